@@ -1,0 +1,3 @@
+"""Selective Self-Rehearsal fine-tuning."""
+
+__version__ = "0.1.0"
