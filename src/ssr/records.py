@@ -1,0 +1,50 @@
+"""The one record type every dataset adapter produces."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+
+@dataclass(frozen=True)
+class Record:
+    """A grounded-QA (or generic chat) training/eval example.
+
+    ``document`` is empty for closed-book or generic prompt/response data; ``messages`` holds a
+    chat prefix (without the final assistant turn) for generic chat data and overrides the
+    grounded-QA prompt when present.
+    """
+
+    id: str
+    question: str
+    gold: str
+    document: str = ""
+    answerable: bool = True
+    messages: tuple[dict[str, str], ...] | None = None
+    meta: dict[str, Any] = field(default_factory=dict, compare=False, hash=False)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["messages"] = list(self.messages) if self.messages is not None else None
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Record:
+        msgs = d.get("messages")
+        return cls(
+            id=str(d["id"]),
+            question=d.get("question", ""),
+            gold=d["gold"],
+            document=d.get("document", ""),
+            answerable=bool(d.get("answerable", True)),
+            messages=tuple(dict(m) for m in msgs) if msgs is not None else None,
+            meta=dict(d.get("meta") or {}),
+        )
+
+
+def content_hash(*parts: Any) -> str:
+    """Stable short hash of JSON-serialisable parts (cache keys, fingerprints)."""
+    payload = json.dumps(parts, sort_keys=True, ensure_ascii=False, default=str)
+    return hashlib.sha256(payload.encode("utf-8")).hexdigest()[:24]
