@@ -56,8 +56,9 @@ class JsonlCache:
             self._rows.setdefault(obj["key"], obj)
         if tail:
             self.torn_lines_dropped += 1
-            log.warning("%s: dropped a torn last line (%d bytes) left by an interrupted write",
-                        self.path, len(tail))
+            log.warning(
+                "%s: dropped a torn last line (%d bytes) left by an interrupted write", self.path, len(tail)
+            )
             with open(self.path, "r+b") as fh:
                 fh.truncate(len(raw) - len(tail))
                 fh.flush()
@@ -105,8 +106,12 @@ class JsonlCache:
             os.fsync(fh.fileno())
 
     def stats(self) -> dict[str, int]:
-        return {"rows": len(self), "hits": self.hits, "misses": self.misses,
-                "torn_lines_dropped": self.torn_lines_dropped}
+        return {
+            "rows": len(self),
+            "hits": self.hits,
+            "misses": self.misses,
+            "torn_lines_dropped": self.torn_lines_dropped,
+        }
 
 
 @contextmanager

@@ -47,8 +47,16 @@ class LengthGroupedBatchSampler(Sampler[list[int]]):
     evenly), so DDP never waits on a rank that ran out of data.
     """
 
-    def __init__(self, lengths: list[int], batch_size: int, shuffle: bool, seed: int = 0,
-                 rank: int = 0, world_size: int = 1, megabatch: int = 32) -> None:
+    def __init__(
+        self,
+        lengths: list[int],
+        batch_size: int,
+        shuffle: bool,
+        seed: int = 0,
+        rank: int = 0,
+        world_size: int = 1,
+        megabatch: int = 32,
+    ) -> None:
         self.lengths, self.batch_size, self.shuffle = lengths, batch_size, shuffle
         self.seed, self.rank, self.world_size, self.megabatch = seed, rank, world_size, megabatch
         self.epoch = 0
@@ -64,12 +72,12 @@ class LengthGroupedBatchSampler(Sampler[list[int]]):
         size = self.batch_size * self.megabatch
         batches = []
         for start in range(0, len(idx), size):
-            chunk = sorted(idx[start:start + size], key=lambda i: -self.lengths[i])
-            batches += [chunk[j:j + self.batch_size] for j in range(0, len(chunk), self.batch_size)]
+            chunk = sorted(idx[start : start + size], key=lambda i: -self.lengths[i])
+            batches += [chunk[j : j + self.batch_size] for j in range(0, len(chunk), self.batch_size)]
         if self.shuffle:
             rng.shuffle(batches)
         usable = len(batches) - len(batches) % self.world_size if len(batches) >= self.world_size else 0
-        return batches[:usable][self.rank::self.world_size]
+        return batches[:usable][self.rank :: self.world_size]
 
     def __iter__(self) -> Iterator[list[int]]:
         return iter(self._batches())
@@ -90,20 +98,36 @@ def collate(rows: list[Tokenized], pad_id: int) -> dict[str, Any]:
         ids[i, :n] = torch.tensor(r.input_ids)
         labels[i, :n] = torch.tensor(r.labels)
         mask[i, :n] = 1
-    return {"input_ids": ids, "labels": labels, "attention_mask": mask,
-            "num_tokens": sum(len(r.input_ids) for r in rows),
-            "num_response_tokens": sum(r.num_response_tokens for r in rows)}
+    return {
+        "input_ids": ids,
+        "labels": labels,
+        "attention_mask": mask,
+        "num_tokens": sum(len(r.input_ids) for r in rows),
+        "num_response_tokens": sum(r.num_response_tokens for r in rows),
+    }
 
 
 class SSRDataModule(L.LightningDataModule):
     """Records in, mixed self/gold training batches out."""
 
-    def __init__(self, train_records: list[Record], model: dict[str, Any] | ModelSpec,
-                 method: dict[str, Any] | MethodConfig, prompt: dict[str, Any] | PromptConfig,
-                 run_dir: str, val_records: list[Record] | None = None, judge: Any = None,
-                 generator: dict[str, Any] | GeneratorConfig | None = None, max_length: int = 1024,
-                 batch_size: int = 8, val_batch_size: int | None = None, num_workers: int = 0,
-                 seed: int = 0, cache_dir: str | None = None, prepare_data_per_node: bool = False) -> None:
+    def __init__(
+        self,
+        train_records: list[Record],
+        model: dict[str, Any] | ModelSpec,
+        method: dict[str, Any] | MethodConfig,
+        prompt: dict[str, Any] | PromptConfig,
+        run_dir: str,
+        val_records: list[Record] | None = None,
+        judge: Any = None,
+        generator: dict[str, Any] | GeneratorConfig | None = None,
+        max_length: int = 1024,
+        batch_size: int = 8,
+        val_batch_size: int | None = None,
+        num_workers: int = 0,
+        seed: int = 0,
+        cache_dir: str | None = None,
+        prepare_data_per_node: bool = False,
+    ) -> None:
         super().__init__()
         self.train_records = list(train_records)
         self.val_records = list(val_records) if val_records else []
@@ -131,10 +155,14 @@ class SSRDataModule(L.LightningDataModule):
         return self.run_dir / "selection.jsonl"
 
     def prepare_data(self) -> None:
-        generator = (BaseModelGenerator(self.spec, self.generator_cfg, self.cache_dir)
-                     if self.method.needs_judge else None)
-        _, self.stats, _ = run_selection(self.train_records, self.method, self.prompt, generator,
-                                         self.judge, self.cache_dir, self.run_dir)
+        generator = (
+            BaseModelGenerator(self.spec, self.generator_cfg, self.cache_dir)
+            if self.method.needs_judge
+            else None
+        )
+        _, self.stats, _ = run_selection(
+            self.train_records, self.method, self.prompt, generator, self.judge, self.cache_dir, self.run_dir
+        )
 
     def setup(self, stage: str | None = None) -> None:
         if self.train_rows:
@@ -143,28 +171,45 @@ class SSRDataModule(L.LightningDataModule):
         selections = read_selection(self.selection_path)
         missing = [s.id for s in selections if s.id not in by_id]
         if missing or len(selections) != len(by_id):
-            raise RuntimeError(f"{self.selection_path} does not match the training records "
-                               f"({len(selections)} selections, {len(by_id)} records, unknown ids {missing[:3]}); "
-                               "delete it to rebuild")
+            raise RuntimeError(
+                f"{self.selection_path} does not match the training records "
+                f"({len(selections)} selections, {len(by_id)} records, unknown ids {missing[:3]}); "
+                "delete it to rebuild"
+            )
         records = [by_id[s.id] for s in selections]
         self.train_rows, self.tokenize_report = tokenize_all(
-            self.tokenizer, records, [s.target for s in selections], self.prompt, self.max_length)
+            self.tokenizer, records, [s.target for s in selections], self.prompt, self.max_length
+        )
         if self.val_records:
-            self.val_rows, _ = tokenize_all(self.tokenizer, self.val_records, [r.gold for r in self.val_records],
-                                            self.prompt, self.max_length)
-        log.info("train rows: %d (%d documents truncated, %d dropped); val rows: %d",
-                 len(self.train_rows), self.tokenize_report.truncated, len(self.tokenize_report.dropped),
-                 len(self.val_rows))
+            self.val_rows, _ = tokenize_all(
+                self.tokenizer,
+                self.val_records,
+                [r.gold for r in self.val_records],
+                self.prompt,
+                self.max_length,
+            )
+        log.info(
+            "train rows: %d (%d documents truncated, %d dropped); val rows: %d",
+            len(self.train_rows),
+            self.tokenize_report.truncated,
+            len(self.tokenize_report.dropped),
+            len(self.val_rows),
+        )
 
     def _loader(self, rows: list[Tokenized], batch_size: int, shuffle: bool) -> DataLoader:
         rank = self.trainer.global_rank if self.trainer else 0
         world = self.trainer.world_size if self.trainer else 1
         epoch_seed = self.seed
-        sampler = LengthGroupedBatchSampler([len(r.input_ids) for r in rows], batch_size, shuffle,
-                                            epoch_seed, rank, world)
+        sampler = LengthGroupedBatchSampler(
+            [len(r.input_ids) for r in rows], batch_size, shuffle, epoch_seed, rank, world
+        )
         pad = self.tokenizer.pad_token_id
-        return DataLoader(_ListDataset(rows), batch_sampler=sampler, num_workers=self.num_workers,
-                          collate_fn=partial(collate, pad_id=pad))
+        return DataLoader(
+            _ListDataset(rows),
+            batch_sampler=sampler,
+            num_workers=self.num_workers,
+            collate_fn=partial(collate, pad_id=pad),
+        )
 
     def train_dataloader(self) -> DataLoader:
         return self._loader(self.train_rows, self.batch_size, shuffle=True)

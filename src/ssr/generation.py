@@ -42,10 +42,16 @@ def generation_key(model_fingerprint: str, prompt: str, decoding: DecodingConfig
 
 
 @torch.inference_mode()
-def hf_generate(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, prompts: list[str],
-                decoding: DecodingConfig, batch_size: int = 16, autocast: bool = True,
-                on_batch: Callable[[list[int], list[str]], None] | None = None,
-                progress: bool = True) -> list[str]:
+def hf_generate(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    prompts: list[str],
+    decoding: DecodingConfig,
+    batch_size: int = 16,
+    autocast: bool = True,
+    on_batch: Callable[[list[int], list[str]], None] | None = None,
+    progress: bool = True,
+) -> list[str]:
     """Greedy/sampled generation in length-sorted, left-padded batches; returns texts in input order.
 
     ``on_batch(indices, texts)`` is called after each batch (the cache writes there), so an
@@ -64,15 +70,17 @@ def hf_generate(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, prom
     eos = [tokenizer.eos_token_id]
     try:
         for start in range(0, len(order), batch_size):
-            idx = order[start:start + batch_size]
-            enc = tokenizer([prompts[i] for i in idx], return_tensors="pt", padding=True,
-                            add_special_tokens=False).to(device)
+            idx = order[start : start + batch_size]
+            enc = tokenizer(
+                [prompts[i] for i in idx], return_tensors="pt", padding=True, add_special_tokens=False
+            ).to(device)
             if decoding.do_sample:
                 torch.manual_seed(decoding.seed + start)
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_autocast):
-                out = model.generate(**enc, **decoding.hf_kwargs(), pad_token_id=tokenizer.pad_token_id,
-                                     eos_token_id=eos)
-            texts = tokenizer.batch_decode(out[:, enc["input_ids"].shape[1]:], skip_special_tokens=True)
+                out = model.generate(
+                    **enc, **decoding.hf_kwargs(), pad_token_id=tokenizer.pad_token_id, eos_token_id=eos
+                )
+            texts = tokenizer.batch_decode(out[:, enc["input_ids"].shape[1] :], skip_special_tokens=True)
             texts = [t.strip() for t in texts]
             for i, text in zip(idx, texts):
                 results[i] = text
@@ -86,16 +94,21 @@ def hf_generate(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, prom
     return [r or "" for r in results]
 
 
-def vllm_generate(model_path: str, prompts: list[str], decoding: DecodingConfig, **engine_kwargs: Any) -> list[str]:
+def vllm_generate(
+    model_path: str, prompts: list[str], decoding: DecodingConfig, **engine_kwargs: Any
+) -> list[str]:
     """vLLM backend for GPU users (optional extra ``ssr[vllm]``)."""
     try:
         from vllm import LLM, SamplingParams
     except ImportError as err:  # pragma: no cover - optional dependency
         raise ImportError("generator=vllm needs vLLM: pip install 'ssr[vllm]' (GPU only)") from err
     llm = LLM(model=model_path, **engine_kwargs)  # pragma: no cover
-    params = SamplingParams(max_tokens=decoding.max_new_tokens, seed=decoding.seed,  # pragma: no cover
-                            temperature=decoding.temperature if decoding.do_sample else 0.0,
-                            top_p=decoding.top_p if decoding.do_sample else 1.0)
+    params = SamplingParams(
+        max_tokens=decoding.max_new_tokens,
+        seed=decoding.seed,  # pragma: no cover
+        temperature=decoding.temperature if decoding.do_sample else 0.0,
+        top_p=decoding.top_p if decoding.do_sample else 1.0,
+    )
     return [o.outputs[0].text.strip() for o in llm.generate(prompts, params)]  # pragma: no cover
 
 
@@ -111,8 +124,14 @@ class GenerationStats:
         return self.generated / self.seconds if self.seconds else 0.0
 
 
-def cached_generate(prompts: list[str], cache: JsonlCache, model_fingerprint: str, decoding: DecodingConfig,
-                    generate_fn: Callable[..., list[str]], backend: str = "hf") -> tuple[list[str], GenerationStats]:
+def cached_generate(
+    prompts: list[str],
+    cache: JsonlCache,
+    model_fingerprint: str,
+    decoding: DecodingConfig,
+    generate_fn: Callable[..., list[str]],
+    backend: str = "hf",
+) -> tuple[list[str], GenerationStats]:
     """Generate only the prompts missing from the cache; every new batch is written before the next.
 
     ``generate_fn(prompts, on_batch)`` runs the backend; it is not called when everything is cached.
@@ -130,13 +149,20 @@ def cached_generate(prompts: list[str], cache: JsonlCache, model_fingerprint: st
         t0 = time.perf_counter()
 
         def write(batch_idx: list[int], texts: list[str]) -> None:
-            cache.put_many((keys[unique[j]], {"text": t, "backend": backend}) for j, t in zip(batch_idx, texts))
+            cache.put_many(
+                (keys[unique[j]], {"text": t, "backend": backend}) for j, t in zip(batch_idx, texts)
+            )
 
         generate_fn([prompts[i] for i in unique], write)
         stats.generated = len(unique)
         stats.seconds = time.perf_counter() - t0
-        log.info("generated %d rows in %.1fs (%.2f rows/s); %d from cache", len(unique), stats.seconds,
-                 stats.rows_per_s, stats.cached)
+        log.info(
+            "generated %d rows in %.1fs (%.2f rows/s); %d from cache",
+            len(unique),
+            stats.seconds,
+            stats.rows_per_s,
+            stats.cached,
+        )
     texts = []
     for k in keys:
         row = cache.peek(k)

@@ -1,9 +1,9 @@
 """Target selection for sft / ssr / sdft / s3ft: which text each training example learns.
 
-    sft   gold everywhere
-    ssr   the model's own answer where the judge accepts it, gold elsewhere
-    sdft  the model's rewrite of the gold answer where the judge accepts it, gold elsewhere
-    s3ft  own answer if accepted, else the model's paraphrase of gold if accepted, else gold
+sft   gold everywhere
+ssr   the model's own answer where the judge accepts it, gold elsewhere
+sdft  the model's rewrite of the gold answer where the judge accepts it, gold elsewhere
+s3ft  own answer if accepted, else the model's paraphrase of gold if accepted, else gold
 """
 
 from __future__ import annotations
@@ -77,10 +77,16 @@ class Selection:
         return asdict(self)
 
 
-def select_one(cfg: MethodConfig, record: Record, own: Candidate | None, rewrite: Candidate | None) -> Selection:
+def select_one(
+    cfg: MethodConfig, record: Record, own: Candidate | None, rewrite: Candidate | None
+) -> Selection:
     """Apply the method's rule to one example."""
-    base = dict(id=record.id, answerable=record.answerable, self_response=own.text if own else None,
-                rewrite=rewrite.text if rewrite else None)
+    base = dict(
+        id=record.id,
+        answerable=record.answerable,
+        self_response=own.text if own else None,
+        rewrite=rewrite.text if rewrite else None,
+    )
     own_ok = own is not None and own.accept and (record.answerable or cfg.use_self_for_unanswerable)
     if cfg.name in ("ssr", "s3ft") and own is None:
         raise ValueError(f"method {cfg.name} needs the model's own answer for row {record.id!r}")
@@ -93,18 +99,29 @@ def select_one(cfg: MethodConfig, record: Record, own: Candidate | None, rewrite
     if cfg.name == "sdft" and rewrite.accept:
         return Selection(source="rewrite", target=rewrite.text, verdict=True, score=rewrite.score, **base)
     judged = own if cfg.name == "ssr" else (rewrite if cfg.name in ("sdft", "s3ft") else None)
-    return Selection(source="gold", target=record.gold, verdict=None if judged is None else judged.accept,
-                     score=None if judged is None else judged.score, **base)
+    return Selection(
+        source="gold",
+        target=record.gold,
+        verdict=None if judged is None else judged.accept,
+        score=None if judged is None else judged.score,
+        **base,
+    )
 
 
-def select_targets(cfg: MethodConfig, records: list[Record], own: list[Candidate] | None = None,
-                   rewrites: list[Candidate] | None = None) -> list[Selection]:
+def select_targets(
+    cfg: MethodConfig,
+    records: list[Record],
+    own: list[Candidate] | None = None,
+    rewrites: list[Candidate] | None = None,
+) -> list[Selection]:
     """Targets for every record, in order."""
     for name, cands in (("own answers", own), ("rewrites", rewrites)):
         if cands is not None and len(cands) != len(records):
             raise ValueError(f"{name}: {len(cands)} for {len(records)} records")
-    return [select_one(cfg, r, own[i] if own else None, rewrites[i] if rewrites else None)
-            for i, r in enumerate(records)]
+    return [
+        select_one(cfg, r, own[i] if own else None, rewrites[i] if rewrites else None)
+        for i, r in enumerate(records)
+    ]
 
 
 @dataclass
@@ -128,11 +145,17 @@ def _shares(rows: list[Selection]) -> dict[str, float]:
     return {src: (counts[src] / len(rows) if rows else 0.0) for src in SOURCES}
 
 
-def selection_stats(cfg: MethodConfig, selections: list[Selection], own: list[Candidate] | None = None,
-                    rewrites: list[Candidate] | None = None) -> SelectionStats:
+def selection_stats(
+    cfg: MethodConfig,
+    selections: list[Selection],
+    own: list[Candidate] | None = None,
+    rewrites: list[Candidate] | None = None,
+) -> SelectionStats:
     """Share of targets by source, overall and by answerability, plus the judge's accept rates."""
     return SelectionStats(
-        method=cfg.name, rows=len(selections), by_source=_shares(selections),
+        method=cfg.name,
+        rows=len(selections),
+        by_source=_shares(selections),
         by_source_answerable=_shares([s for s in selections if s.answerable]),
         by_source_unanswerable=_shares([s for s in selections if not s.answerable]),
         counts=dict(Counter(s.source for s in selections)),

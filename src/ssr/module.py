@@ -22,8 +22,13 @@ from ssr.models import ModelSpec, apply_peft, load_model
 log = logging.getLogger(__name__)
 
 
-def response_token_loss(model: PreTrainedModel, input_ids: torch.Tensor, attention_mask: torch.Tensor,
-                        labels: torch.Tensor, position_ids: torch.Tensor | None = None) -> torch.Tensor:
+def response_token_loss(
+    model: PreTrainedModel,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor,
+    labels: torch.Tensor,
+    position_ids: torch.Tensor | None = None,
+) -> torch.Tensor:
     """Summed next-token CE over response positions only.
 
     Runs the decoder, then projects to the vocabulary only the hidden states that predict a
@@ -31,8 +36,9 @@ def response_token_loss(model: PreTrainedModel, input_ids: torch.Tensor, attenti
     """
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
     decoder, head = base.get_decoder(), base.get_output_embeddings()
-    hidden = decoder(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
-                     use_cache=False).last_hidden_state
+    hidden = decoder(
+        input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, use_cache=False
+    ).last_hidden_state
     targets = labels[:, 1:]
     mask = targets != IGNORE_INDEX
     logits = head(hidden[:, :-1][mask])
@@ -48,10 +54,17 @@ class SSRModule(L.LightningModule):
     owns the gradients, each micro-batch is normalised by its own token count instead.
     """
 
-    def __init__(self, model: dict[str, Any] | ModelSpec, peft: dict[str, Any] | None = None,
-                 lr: float = 2e-4, weight_decay: float = 0.0, betas: tuple[float, float] = (0.9, 0.999),
-                 warmup_ratio: float = 0.1, min_lr_ratio: float = 0.1,
-                 gradient_checkpointing: bool = False) -> None:
+    def __init__(
+        self,
+        model: dict[str, Any] | ModelSpec,
+        peft: dict[str, Any] | None = None,
+        lr: float = 2e-4,
+        weight_decay: float = 0.0,
+        betas: tuple[float, float] = (0.9, 0.999),
+        warmup_ratio: float = 0.1,
+        min_lr_ratio: float = 0.1,
+        gradient_checkpointing: bool = False,
+    ) -> None:
         super().__init__()
         self.save_hyperparameters()
         self.spec = model if isinstance(model, ModelSpec) else ModelSpec(**model)
@@ -71,6 +84,7 @@ class SSRModule(L.LightningModule):
             model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
             model.enable_input_require_grads()
         self.model = apply_peft(model, self.peft_cfg)
+        self.model.train()  # from_pretrained returns eval mode; Lightning expects train mode here
         n_train = sum(p.numel() for p in self.model.parameters() if p.requires_grad)
         n_all = sum(p.numel() for p in self.model.parameters())
         log.info("trainable parameters: %d / %d (%.2f%%)", n_train, n_all, 100 * n_train / n_all)
@@ -84,8 +98,13 @@ class SSRModule(L.LightningModule):
         self._t_batch = time.perf_counter()
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
-        loss_sum = response_token_loss(self.model, batch["input_ids"], batch["attention_mask"],
-                                       batch["labels"], batch.get("position_ids"))
+        loss_sum = response_token_loss(
+            self.model,
+            batch["input_ids"],
+            batch["attention_mask"],
+            batch["labels"],
+            batch.get("position_ids"),
+        )
         n = int(batch["num_response_tokens"])
         self._window_tokens += n
         self.log("train/loss", loss_sum.detach() / max(n, 1), prog_bar=True, batch_size=n)
@@ -112,13 +131,23 @@ class SSRModule(L.LightningModule):
     def on_train_batch_end(self, outputs: Any, batch: dict[str, Any], batch_idx: int) -> None:
         dt = time.perf_counter() - self._t_batch
         if dt > 0:
-            self.log_dict({"train/tokens_per_s": batch["num_tokens"] / dt,
-                           "train/response_tokens_per_s": batch["num_response_tokens"] / dt},
-                          on_step=True, on_epoch=False)
+            self.log_dict(
+                {
+                    "train/tokens_per_s": batch["num_tokens"] / dt,
+                    "train/response_tokens_per_s": batch["num_response_tokens"] / dt,
+                },
+                on_step=True,
+                on_epoch=False,
+            )
 
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
-        loss_sum = response_token_loss(self.model, batch["input_ids"], batch["attention_mask"],
-                                       batch["labels"], batch.get("position_ids"))
+        loss_sum = response_token_loss(
+            self.model,
+            batch["input_ids"],
+            batch["attention_mask"],
+            batch["labels"],
+            batch.get("position_ids"),
+        )
         n = int(batch["num_response_tokens"])
         self.log("val/loss", loss_sum / max(n, 1), prog_bar=True, batch_size=n, sync_dist=True)
 
@@ -129,14 +158,18 @@ class SSRModule(L.LightningModule):
     # -- optimisation ----------------------------------------------------------------------
     def configure_optimizers(self) -> dict[str, Any]:
         params = [p for p in self.model.parameters() if p.requires_grad]
-        if self._deepspeed and self.trainer.strategy.config.get("zero_optimization", {}).get("offload_optimizer"):
+        if self._deepspeed and self.trainer.strategy.config.get("zero_optimization", {}).get(
+            "offload_optimizer"
+        ):
             from deepspeed.ops.adam import DeepSpeedCPUAdam
 
-            opt = DeepSpeedCPUAdam(params, lr=self.hparams.lr, betas=self.hparams.betas,
-                                   weight_decay=self.hparams.weight_decay)
+            opt = DeepSpeedCPUAdam(
+                params, lr=self.hparams.lr, betas=self.hparams.betas, weight_decay=self.hparams.weight_decay
+            )
         else:
-            opt = torch.optim.AdamW(params, lr=self.hparams.lr, betas=self.hparams.betas,
-                                    weight_decay=self.hparams.weight_decay)
+            opt = torch.optim.AdamW(
+                params, lr=self.hparams.lr, betas=self.hparams.betas, weight_decay=self.hparams.weight_decay
+            )
         total = max(1, int(self.trainer.estimated_stepping_batches))
         warmup = int(self.hparams.warmup_ratio * total)
         floor = self.hparams.min_lr_ratio

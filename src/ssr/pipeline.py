@@ -40,11 +40,18 @@ class StageCounters:
     stages: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def add(self, stage: str, total: int, cached: int, computed: int, seconds: float) -> None:
-        self.stages[stage] = {"rows": total, "cached": cached, "computed": computed, "seconds": round(seconds, 2)}
+        self.stages[stage] = {
+            "rows": total,
+            "cached": cached,
+            "computed": computed,
+            "seconds": round(seconds, 2),
+        }
 
     def summary(self) -> str:
-        return "; ".join(f"{k}: {v['cached']}/{v['rows']} cached, {v['computed']} computed in {v['seconds']}s"
-                         for k, v in self.stages.items())
+        return "; ".join(
+            f"{k}: {v['cached']}/{v['rows']} cached, {v['computed']} computed in {v['seconds']}s"
+            for k, v in self.stages.items()
+        )
 
 
 class BaseModelGenerator:
@@ -62,8 +69,9 @@ class BaseModelGenerator:
 
     def _backend(self, prompts: list[str], on_batch: Any) -> list[str]:
         if self.cfg.backend == "vllm":
-            texts = vllm_generate(resolve_path(self.spec.name_or_path), prompts, self.cfg.decoding,
-                                  **self.cfg.vllm_kwargs)
+            texts = vllm_generate(
+                resolve_path(self.spec.name_or_path), prompts, self.cfg.decoding, **self.cfg.vllm_kwargs
+            )
             on_batch(list(range(len(prompts))), texts)
             return texts
         if self.cfg.backend != "hf":
@@ -72,14 +80,16 @@ class BaseModelGenerator:
             self._model, _ = load_model(self.spec)
             if _cuda_available():
                 self._model.to("cuda")
-        return hf_generate(self._model, self.tokenizer, prompts, self.cfg.decoding, self.cfg.batch_size,
-                           on_batch=on_batch)
+        return hf_generate(
+            self._model, self.tokenizer, prompts, self.cfg.decoding, self.cfg.batch_size, on_batch=on_batch
+        )
 
     def generate(self, prompts: list[str]) -> tuple[list[str], GenerationStats]:
         with stage_lock(self.cache_path.with_suffix(".lock")):
             cache = JsonlCache(self.cache_path)
-            return cached_generate(prompts, cache, self.fingerprint, self.cfg.decoding, self._backend,
-                                   backend=self.cfg.backend)
+            return cached_generate(
+                prompts, cache, self.fingerprint, self.cfg.decoding, self._backend, backend=self.cfg.backend
+            )
 
     def release(self) -> None:
         """Free the generation model before training starts."""
@@ -96,27 +106,46 @@ def answer_prompts(tokenizer: Any, records: list[Record], prompt_cfg: PromptConf
     return [render_prompt(tokenizer, build_messages(r, prompt_cfg)) for r in records]
 
 
-def rewrite_prompts(tokenizer: Any, records: list[Record], prompt_cfg: PromptConfig,
-                    method: MethodConfig) -> list[str]:
+def rewrite_prompts(
+    tokenizer: Any, records: list[Record], prompt_cfg: PromptConfig, method: MethodConfig
+) -> list[str]:
     """Prompts asking the base model to restate each gold answer in its own words (SDFT/S3FT)."""
     out = []
     for r in records:
         messages = build_messages(r, prompt_cfg)
         last = messages[-1]
-        messages[-1] = {**last, "content": method.rewrite_template.format(prompt=last["content"], gold=r.gold)}
+        messages[-1] = {
+            **last,
+            "content": method.rewrite_template.format(prompt=last["content"], gold=r.gold),
+        }
         out.append(render_prompt(tokenizer, messages))
     return out
 
 
-def judge_candidates(judge: Any, records: list[Record], candidates: list[str], cache_dir: Path,
-                     counters: StageCounters, stage: str) -> list[Candidate]:
+def judge_candidates(
+    judge: Any,
+    records: list[Record],
+    candidates: list[str],
+    cache_dir: Path,
+    counters: StageCounters,
+    stage: str,
+) -> list[Candidate]:
     """Judge each candidate against its record's gold answer, through the verdict cache."""
     import time
 
     from ssr.judges.base import JudgeItem, run_judge
 
-    items = [JudgeItem(id=r.id, question=r.question, gold=r.gold, candidate=c, document=r.document,
-                       answerable=r.answerable) for r, c in zip(records, candidates, strict=True)]
+    items = [
+        JudgeItem(
+            id=r.id,
+            question=r.question,
+            gold=r.gold,
+            candidate=c,
+            document=r.document,
+            answerable=r.answerable,
+        )
+        for r, c in zip(records, candidates, strict=True)
+    ]
     path = Path(cache_dir) / "verdicts" / f"{judge.fingerprint()}.jsonl"
     t0 = time.perf_counter()
     with stage_lock(path.with_suffix(".lock")):
@@ -125,12 +154,19 @@ def judge_candidates(judge: Any, records: list[Record], candidates: list[str], c
         verdicts = run_judge(judge, items, cache)
         computed = len(cache) - before
     counters.add(stage, len(items), len(items) - computed, computed, time.perf_counter() - t0)
-    return [Candidate(text=c, accept=v.accept, score=v.score, rationale=v.rationale)
-            for c, v in zip(candidates, verdicts)]
+    return [
+        Candidate(text=c, accept=v.accept, score=v.score, rationale=v.rationale)
+        for c, v in zip(candidates, verdicts)
+    ]
 
 
-def generate_candidates(generator: BaseModelGenerator, records: list[Record], prompt_cfg: PromptConfig,
-                        method: MethodConfig, counters: StageCounters) -> dict[str, list[str]]:
+def generate_candidates(
+    generator: BaseModelGenerator,
+    records: list[Record],
+    prompt_cfg: PromptConfig,
+    method: MethodConfig,
+    counters: StageCounters,
+) -> dict[str, list[str]]:
     """The model-written texts the method needs: own answers and/or rewrites of gold."""
     out: dict[str, list[str]] = {}
     tok = generator.tokenizer
@@ -146,9 +182,15 @@ def generate_candidates(generator: BaseModelGenerator, records: list[Record], pr
     return out
 
 
-def run_selection(records: list[Record], method: MethodConfig, prompt_cfg: PromptConfig,
-                  generator: BaseModelGenerator | None, judge: Any, cache_dir: Path,
-                  out_dir: Path) -> tuple[list[Selection], SelectionStats, StageCounters]:
+def run_selection(
+    records: list[Record],
+    method: MethodConfig,
+    prompt_cfg: PromptConfig,
+    generator: BaseModelGenerator | None,
+    judge: Any,
+    cache_dir: Path,
+    out_dir: Path,
+) -> tuple[list[Selection], SelectionStats, StageCounters]:
     """Generate (cached) -> judge (cached) -> select; writes selection.jsonl and selection_stats.json."""
     counters = StageCounters()
     own = rewrites = None
@@ -162,7 +204,9 @@ def run_selection(records: list[Record], method: MethodConfig, prompt_cfg: Promp
         if "self" in texts:
             own = judge_candidates(judge, records, texts["self"], cache_dir, counters, "judge_self")
         if "rewrite" in texts:
-            rewrites = judge_candidates(judge, records, texts["rewrite"], cache_dir, counters, "judge_rewrite")
+            rewrites = judge_candidates(
+                judge, records, texts["rewrite"], cache_dir, counters, "judge_rewrite"
+            )
     selections = select_targets(method, records, own, rewrites)
     stats = selection_stats(method, selections, own, rewrites)
     stats.extra["stages"] = counters.stages
@@ -176,8 +220,10 @@ def run_selection(records: list[Record], method: MethodConfig, prompt_cfg: Promp
 def write_selection(out_dir: Path, selections: list[Selection], stats: SelectionStats) -> None:
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    _atomic_write(out_dir / "selection.jsonl",
-                  "".join(json.dumps(s.to_dict(), ensure_ascii=False) + "\n" for s in selections))
+    _atomic_write(
+        out_dir / "selection.jsonl",
+        "".join(json.dumps(s.to_dict(), ensure_ascii=False) + "\n" for s in selections),
+    )
     _atomic_write(out_dir / "selection_stats.json", json.dumps(stats.to_dict(), indent=2))
 
 

@@ -18,7 +18,9 @@ def conf_dir() -> str:
     env = os.environ.get("SSR_CONF_DIR")
     path = Path(env) if env else Path(__file__).resolve().parents[3] / "conf"
     if not (path / "train.yaml").is_file():
-        raise FileNotFoundError(f"Hydra config tree not found at {path}; set SSR_CONF_DIR to the repo's conf/")
+        raise FileNotFoundError(
+            f"Hydra config tree not found at {path}; set SSR_CONF_DIR to the repo's conf/"
+        )
     return str(path)
 
 

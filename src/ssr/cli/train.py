@@ -27,10 +27,18 @@ def build_datamodule(cfg: DictConfig, run_dir: Path) -> SSRDataModule:
     return SSRDataModule(
         train_records=load_records(cfg.data, "train", cfg.seed),
         val_records=load_records(cfg.data, "val", cfg.seed),
-        model=to_dict(cfg.model), method=method, prompt=to_dict(cfg.prompt), judge=judge,
-        generator=to_dict(cfg.generator), run_dir=str(run_dir), max_length=cfg.data.max_length,
-        batch_size=cfg.data.batch_size, val_batch_size=cfg.data.get("val_batch_size"),
-        num_workers=cfg.data.get("num_workers", 0), seed=cfg.seed, cache_dir=cfg.paths.get("cache_dir"),
+        model=to_dict(cfg.model),
+        method=method,
+        prompt=to_dict(cfg.prompt),
+        judge=judge,
+        generator=to_dict(cfg.generator),
+        run_dir=str(run_dir),
+        max_length=cfg.data.max_length,
+        batch_size=cfg.data.batch_size,
+        val_batch_size=cfg.data.get("val_batch_size"),
+        num_workers=cfg.data.get("num_workers", 0),
+        seed=cfg.seed,
+        cache_dir=cfg.paths.get("cache_dir"),
     )
 
 
@@ -58,8 +66,12 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         datamodule.tokenizer.save_pretrained(adapter)
         stats_path = run_dir / "selection_stats.json"
         summary = {
-            "method": cfg.method.name, "seed": cfg.seed, "run_dir": str(run_dir), "adapter": str(adapter),
-            "global_step": trainer.global_step, "epochs": trainer.current_epoch,
+            "method": cfg.method.name,
+            "seed": cfg.seed,
+            "run_dir": str(run_dir),
+            "adapter": str(adapter),
+            "global_step": trainer.global_step,
+            "epochs": trainer.current_epoch,
             "train_rows": len(datamodule.train_rows),
             "selection": json.loads(stats_path.read_text()) if stats_path.exists() else None,
             "metrics": {k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1},
@@ -67,7 +79,9 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         }
         (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
         sel = summary["selection"] or {}
-        log.info("selection by source: %s | stages: %s", sel.get("by_source"), sel.get("extra", {}).get("stages"))
+        log.info(
+            "selection by source: %s | stages: %s", sel.get("by_source"), sel.get("extra", {}).get("stages")
+        )
         log.info("done in %.1fs; adapter: %s", summary["wall_s"], adapter)
     return summary
 

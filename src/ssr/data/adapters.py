@@ -63,8 +63,12 @@ def _collect(rows: Iterable[tuple[str, Callable[[], Record]]], source: str, on_e
         out.append(record)
     report.rows = len(out)
     if report.skipped:
-        log.warning("%s: skipped %d bad rows (on_error=skip), first: %s", source, len(report.skipped),
-                    report.skipped[0])
+        log.warning(
+            "%s: skipped %d bad rows (on_error=skip), first: %s",
+            source,
+            len(report.skipped),
+            report.skipped[0],
+        )
     if not out:
         raise DataError(f"{source}: no usable rows")
     return out
@@ -106,8 +110,14 @@ def article_split(title: str, split: str, test_fraction: float, seed: int) -> bo
     return (bucket < test_fraction) == (split == "test")
 
 
-def squad_v2(path: str, split: str = "all", test_fraction: float = 0.3, seed: int = 0,
-             unanswerable_sentence: str = DEFAULT_UNANSWERABLE, on_error: str = "raise") -> list[Record]:
+def squad_v2(
+    path: str,
+    split: str = "all",
+    test_fraction: float = 0.3,
+    seed: int = 0,
+    unanswerable_sentence: str = DEFAULT_UNANSWERABLE,
+    on_error: str = "raise",
+) -> list[Record]:
     """SQuAD 2.0 JSON; ``split`` train/test/all partitions by article title."""
     file = Path(path)
     data = _load_json_file(file)
@@ -122,8 +132,14 @@ def squad_v2(path: str, split: str = "all", test_fraction: float = 0.3, seed: in
             for p, para in enumerate(article.get("paragraphs", [])):
                 for q, qa in enumerate(para.get("qas", [])):
                     where = f"{file}: data[{a}].paragraphs[{p}].qas[{q}]"
-                    yield where, (lambda qa=qa, para=para, where=where, title=title: _squad_record(
-                        qa, para, where, title, unanswerable_sentence))
+                    yield (
+                        where,
+                        (
+                            lambda qa=qa, para=para, where=where, title=title: _squad_record(
+                                qa, para, where, title, unanswerable_sentence
+                            )
+                        ),
+                    )
 
     return _collect(rows(), str(file), on_error)
 
@@ -138,12 +154,22 @@ def _squad_record(qa: dict, para: dict, where: str, title: str, unanswerable: st
     if not impossible and not answers:
         raise DataError(f"{where}: answerable question without answers")
     gold = unanswerable if impossible else answers[0]
-    return Record(id=qid, question=question, gold=gold, document=context, answerable=not impossible,
-                  meta={"source": "squad_v2", "title": title, "answers": answers})
+    return Record(
+        id=qid,
+        question=question,
+        gold=gold,
+        document=context,
+        answerable=not impossible,
+        meta={"source": "squad_v2", "title": title, "answers": answers},
+    )
 
 
-def quac(path: str, unanswerable_sentence: str = DEFAULT_UNANSWERABLE, on_error: str = "raise",
-         marker: str = "CANNOTANSWER") -> list[Record]:
+def quac(
+    path: str,
+    unanswerable_sentence: str = DEFAULT_UNANSWERABLE,
+    on_error: str = "raise",
+    marker: str = "CANNOTANSWER",
+) -> list[Record]:
     """QuAC JSONL (llm-foundry layout: ``context`` ending in the current ``Question:``, ``answer``).
 
     The CANNOTANSWER marker is stripped from the context; the dialogue history stays in the
@@ -161,16 +187,27 @@ def quac(path: str, unanswerable_sentence: str = DEFAULT_UNANSWERABLE, on_error:
         document = head.replace(marker, "").strip()
         impossible = answer.strip() == marker
         gold = unanswerable_sentence if impossible else answer.strip()
-        return Record(id=str(row.get("id") or content_hash(context)), question=question.strip(), gold=gold,
-                      document=document, answerable=not impossible,
-                      meta={"source": "quac", "answers": [] if impossible else [answer.strip()]})
+        return Record(
+            id=str(row.get("id") or content_hash(context)),
+            question=question.strip(),
+            gold=gold,
+            document=document,
+            answerable=not impossible,
+            meta={"source": "quac", "answers": [] if impossible else [answer.strip()]},
+        )
 
     return _collect(((w, lambda r=r, w=w: make(r, w)) for w, r in _read_jsonl(file)), str(file), on_error)
 
 
-def jsonl(path: str, prompt_field: str = "prompt", response_field: str = "response",
-          document_field: str | None = "document", id_field: str = "id",
-          answerable_field: str | None = "answerable", on_error: str = "raise") -> list[Record]:
+def jsonl(
+    path: str,
+    prompt_field: str = "prompt",
+    response_field: str = "response",
+    document_field: str | None = "document",
+    id_field: str = "id",
+    answerable_field: str | None = "answerable",
+    on_error: str = "raise",
+) -> list[Record]:
     """Generic JSONL: prompt/response (+ optional document), or ``messages`` chat rows.
 
     A row with ``messages`` must end with an assistant turn, which becomes the gold response.
@@ -179,34 +216,65 @@ def jsonl(path: str, prompt_field: str = "prompt", response_field: str = "respon
 
     def make(raw: bytes, where: str) -> Record:
         row = _parse_json_line(raw, where)
-        rid = str(row[id_field]) if row.get(id_field) is not None else f"{file.name}:{where.rsplit(':', 1)[1]}"
+        rid = (
+            str(row[id_field]) if row.get(id_field) is not None else f"{file.name}:{where.rsplit(':', 1)[1]}"
+        )
         answerable = bool(row.get(answerable_field, True)) if answerable_field else True
         if "messages" in row:
             msgs = row["messages"]
-            if not isinstance(msgs, list) or not msgs or not all(
-                    isinstance(m, dict) and isinstance(m.get("role"), str) and isinstance(m.get("content"), str)
-                    for m in msgs):
-                raise DataError(f"{where}: field 'messages' must be a non-empty list of {{role, content}} strings")
+            if (
+                not isinstance(msgs, list)
+                or not msgs
+                or not all(
+                    isinstance(m, dict)
+                    and isinstance(m.get("role"), str)
+                    and isinstance(m.get("content"), str)
+                    for m in msgs
+                )
+            ):
+                raise DataError(
+                    f"{where}: field 'messages' must be a non-empty list of {{role, content}} strings"
+                )
             if msgs[-1]["role"] != "assistant" or not msgs[-1]["content"].strip():
                 raise DataError(f"{where}: field 'messages' must end with a non-empty assistant turn")
             prefix = tuple({"role": m["role"], "content": m["content"]} for m in msgs[:-1])
             question = next((m["content"] for m in reversed(prefix) if m["role"] == "user"), "")
-            return Record(id=rid, question=question, gold=msgs[-1]["content"], messages=prefix,
-                          answerable=answerable, meta={"source": str(file)})
+            return Record(
+                id=rid,
+                question=question,
+                gold=msgs[-1]["content"],
+                messages=prefix,
+                answerable=answerable,
+                meta={"source": str(file)},
+            )
         document = ""
         if document_field and row.get(document_field) is not None:
             document = _require_str(row, document_field, where, allow_empty=True)
-        return Record(id=rid, question=_require_str(row, prompt_field, where),
-                      gold=_require_str(row, response_field, where), document=document,
-                      answerable=answerable, meta={"source": str(file)})
+        return Record(
+            id=rid,
+            question=_require_str(row, prompt_field, where),
+            gold=_require_str(row, response_field, where),
+            document=document,
+            answerable=answerable,
+            meta={"source": str(file)},
+        )
 
     return _collect(((w, lambda r=r, w=w: make(r, w)) for w, r in _read_jsonl(file)), str(file), on_error)
 
 
-def hub(name: str, split: str = "train", config: str | None = None, question_field: str = "question",
-        response_field: str = "answer", document_field: str | None = "context", id_field: str = "id",
-        answerable_field: str | None = None, data_files: Any = None, revision: str | None = None,
-        on_error: str = "raise") -> list[Record]:
+def hub(
+    name: str,
+    split: str = "train",
+    config: str | None = None,
+    question_field: str = "question",
+    response_field: str = "answer",
+    document_field: str | None = "context",
+    id_field: str = "id",
+    answerable_field: str | None = None,
+    data_files: Any = None,
+    revision: str | None = None,
+    on_error: str = "raise",
+) -> list[Record]:
     """A Hugging Face ``datasets`` dataset by name (or a local builder like ``json`` + data_files)."""
     import datasets
 
@@ -220,24 +288,32 @@ def hub(name: str, split: str = "train", config: str | None = None, question_fie
             response = texts[0] if texts else None
         row = {**row, response_field: response}
         document = _require_str(row, document_field, where, allow_empty=True) if document_field else ""
-        return Record(id=str(row.get(id_field, i)), question=_require_str(row, question_field, where),
-                      gold=_require_str(row, response_field, where), document=document,
-                      answerable=bool(row.get(answerable_field, True)) if answerable_field else True,
-                      meta={"source": name})
+        return Record(
+            id=str(row.get(id_field, i)),
+            question=_require_str(row, question_field, where),
+            gold=_require_str(row, response_field, where),
+            document=document,
+            answerable=bool(row.get(answerable_field, True)) if answerable_field else True,
+            meta={"source": name},
+        )
 
-    return _collect(((f"{name} row {i}", lambda i=i, r=r: make(i, r)) for i, r in enumerate(ds)), name, on_error)
+    return _collect(
+        ((f"{name} row {i}", lambda i=i, r=r: make(i, r)) for i, r in enumerate(ds)), name, on_error
+    )
 
 
-def embedded_grounded_qa(split: str = "train", unanswerable_sentence: str = DEFAULT_UNANSWERABLE,
-                         **kwargs: Any) -> list[Record]:
+def embedded_grounded_qa(
+    split: str = "train", unanswerable_sentence: str = DEFAULT_UNANSWERABLE, **kwargs: Any
+) -> list[Record]:
     """The package's own deterministic grounded-QA set (see ``ssr.data.embedded``)."""
     from ssr.data.embedded import generate
 
     return generate(split=split, unanswerable_sentence=unanswerable_sentence, **kwargs)
 
 
-def subsample(records: list[Record], max_rows: int | None = None, balance: bool = False,
-              seed: int = 0) -> list[Record]:
+def subsample(
+    records: list[Record], max_rows: int | None = None, balance: bool = False, seed: int = 0
+) -> list[Record]:
     """Optionally balance answerable/unanswerable 50/50, then cap the row count (deterministic)."""
     rng = random.Random(seed)
     rows = list(records)

@@ -43,7 +43,9 @@ def render_prompt(tokenizer: PreTrainedTokenizerBase, messages: list[dict[str, s
     return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
 
 
-def render_conversation(tokenizer: PreTrainedTokenizerBase, messages: list[dict[str, str]], response: str) -> str:
+def render_conversation(
+    tokenizer: PreTrainedTokenizerBase, messages: list[dict[str, str]], response: str
+) -> str:
     """Prompt + response as one chat, including the template's end-of-turn after the response."""
     return tokenizer.apply_chat_template(
         [*messages, {"role": "assistant", "content": response}], tokenize=False

@@ -37,26 +37,36 @@ class TokenizeReport:
     dropped: list[str] = field(default_factory=list)
 
 
-def tokenize_pair(tokenizer: PreTrainedTokenizerBase, messages: list[dict[str, str]],
-                  response: str) -> tuple[list[int], list[int]]:
+def tokenize_pair(
+    tokenizer: PreTrainedTokenizerBase, messages: list[dict[str, str]], response: str
+) -> tuple[list[int], list[int]]:
     """Token ids of prompt+response and labels that mask the prompt with -100.
 
     The prompt (with the generation header) must tokenize to a prefix of the full conversation;
     everything after it (the response and the template's end-of-turn) is kept in the loss.
     """
     prompt_ids = tokenizer(render_prompt(tokenizer, messages), add_special_tokens=False)["input_ids"]
-    full_ids = tokenizer(render_conversation(tokenizer, messages, response), add_special_tokens=False)["input_ids"]
+    full_ids = tokenizer(render_conversation(tokenizer, messages, response), add_special_tokens=False)[
+        "input_ids"
+    ]
     if full_ids[: len(prompt_ids)] != prompt_ids:
-        raise PromptPrefixError("prompt tokens are not a prefix of prompt+response tokens; "
-                                "the chat template rewrites earlier turns")
+        raise PromptPrefixError(
+            "prompt tokens are not a prefix of prompt+response tokens; "
+            "the chat template rewrites earlier turns"
+        )
     if len(full_ids) == len(prompt_ids):
         raise ValueError("empty response after tokenization")
-    labels = [IGNORE_INDEX] * len(prompt_ids) + full_ids[len(prompt_ids):]
+    labels = [IGNORE_INDEX] * len(prompt_ids) + full_ids[len(prompt_ids) :]
     return full_ids, labels
 
 
-def tokenize_record(tokenizer: PreTrainedTokenizerBase, record: Record, response: str,
-                    prompt_cfg: PromptConfig, max_length: int) -> Tokenized | None:
+def tokenize_record(
+    tokenizer: PreTrainedTokenizerBase,
+    record: Record,
+    response: str,
+    prompt_cfg: PromptConfig,
+    max_length: int,
+) -> Tokenized | None:
     """Tokenize one example; cut the document (never the response) to fit ``max_length``.
 
     Returns None when even an empty document leaves no room for the whole response.
@@ -78,8 +88,13 @@ def tokenize_record(tokenizer: PreTrainedTokenizerBase, record: Record, response
     return None
 
 
-def tokenize_all(tokenizer: PreTrainedTokenizerBase, records: list[Record], responses: list[str],
-                 prompt_cfg: PromptConfig, max_length: int) -> tuple[list[Tokenized], TokenizeReport]:
+def tokenize_all(
+    tokenizer: PreTrainedTokenizerBase,
+    records: list[Record],
+    responses: list[str],
+    prompt_cfg: PromptConfig,
+    max_length: int,
+) -> tuple[list[Tokenized], TokenizeReport]:
     """Tokenize many; rows that cannot fit are dropped with a counted warning; none left is an error."""
     report = TokenizeReport()
     out = []
@@ -92,8 +107,15 @@ def tokenize_all(tokenizer: PreTrainedTokenizerBase, records: list[Record], resp
         report.truncated += tok.truncated_document
         out.append(tok)
     if report.dropped:
-        log.warning("dropped %d/%d rows whose response cannot fit in max_length=%d (e.g. %s)",
-                    len(report.dropped), len(records), max_length, report.dropped[:3])
+        log.warning(
+            "dropped %d/%d rows whose response cannot fit in max_length=%d (e.g. %s)",
+            len(report.dropped),
+            len(records),
+            max_length,
+            report.dropped[:3],
+        )
     if not out:
-        raise ValueError(f"no training rows left: all {len(records)} responses exceed max_length={max_length}")
+        raise ValueError(
+            f"no training rows left: all {len(records)} responses exceed max_length={max_length}"
+        )
     return out, report
