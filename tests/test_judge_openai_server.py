@@ -20,10 +20,10 @@ from pathlib import Path
 import httpx
 import pytest
 
-from judge_helpers import smollm2_gguf_path
 from ssr.cache import JsonlCache
 from ssr.judges import JudgeError, JudgeItem, run_judge
 from ssr.judges.openai import OpenAIJudge
+from ssr.models import embedded_gguf_path
 
 pytestmark = pytest.mark.server
 
@@ -59,7 +59,7 @@ def llama_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LlamaServ
         "-m",
         "llama_cpp.server",
         "--model",
-        str(smollm2_gguf_path()),
+        str(embedded_gguf_path()),
         "--model_alias",
         MODEL_ALIAS,
         "--host",

@@ -9,7 +9,6 @@ from pathlib import Path
 import pytest
 from omegaconf import OmegaConf
 
-from judge_helpers import save_smollm2_tokenizer, tiny_random_llama
 from ssr.cache import JsonlCache
 from ssr.judges import Judge, JudgeError, JudgeItem, RuleQAJudge, Verdict, judge_key, run_judge
 from ssr.judges.prompt import DEFAULT_TEMPLATE, JudgePrompt, escape_field, parse_yes_no
@@ -245,16 +244,10 @@ def test_prompt_truncates_long_documents() -> None:
 
 
 @pytest.fixture(scope="session")
-def smollm2_tokenizer_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return save_smollm2_tokenizer(tmp_path_factory.mktemp("smollm2_tokenizer"))
+def tiny_model_and_tokenizer(tokenizer):
+    from ssr.models import tiny_random_model
 
-
-@pytest.fixture(scope="session")
-def tiny_model_and_tokenizer(smollm2_tokenizer_dir: Path):
-    from transformers import AutoTokenizer
-
-    tokenizer = AutoTokenizer.from_pretrained(smollm2_tokenizer_dir)
-    return tiny_random_llama(len(tokenizer)), tokenizer
+    return tiny_random_model(tokenizer, seed=0).eval(), tokenizer
 
 
 @pytest.fixture
@@ -390,10 +383,10 @@ def test_openai_config_needs_its_key_variable(monkeypatch: pytest.MonkeyPatch) -
 
 @pytest.mark.slow
 def test_hf_judge_loads_the_embedded_smollm2_gguf() -> None:
-    from judge_helpers import smollm2_gguf_path
     from ssr.judges.hf import HFJudge
+    from ssr.models import EMBEDDED
 
-    judge = HFJudge(model=str(smollm2_gguf_path()), batch_size=2)
+    judge = HFJudge(model=EMBEDDED, batch_size=2)
     verdicts = judge.judge_batch([item("It is Paris."), item("Berlin"), item(UNANSWERABLE)])
     assert len(verdicts) == 3
     assert all(0.0 < v.score < 1.0 and v.parsed for v in verdicts)

@@ -65,7 +65,7 @@ def test_truncation_cuts_the_document_never_the_response(tokenizer, max_length):
     tok = tokenize_record(tokenizer, long, long.gold, CFG, max_length)
     assert tok is not None and tok.truncated_document
     assert len(tok.input_ids) <= max_length
-    full_ids, full_labels = tokenize_pair(tokenizer, build_messages(long, CFG), long.gold)
+    _full_ids, full_labels = tokenize_pair(tokenizer, build_messages(long, CFG), long.gold)
     response = [t for t in full_labels if t != IGNORE_INDEX]
     assert [t for t in tok.labels if t != IGNORE_INDEX] == response
     assert tok.input_ids[-len(response) :] == response
@@ -82,5 +82,5 @@ def test_rows_whose_response_cannot_fit_are_dropped_and_counted(tokenizer):
 
 def test_messages_records_use_their_chat_prefix(tokenizer):
     rec = Record(id="m", question="hi", gold="hello!", messages=({"role": "user", "content": "hi"},))
-    ids, labels = tokenize_pair(tokenizer, build_messages(rec, CFG), rec.gold)
+    _ids, labels = tokenize_pair(tokenizer, build_messages(rec, CFG), rec.gold)
     assert tokenizer.decode([t for t in labels if t != IGNORE_INDEX]).startswith("hello!")

@@ -54,7 +54,7 @@ class ModelSpec:
     seed: int = 0
 
 
-def _embedded_gguf_path() -> Path:
+def embedded_gguf_path() -> Path:
     spec = importlib.util.find_spec(EMBEDDED_PACKAGE)
     if spec is None or not spec.submodule_search_locations:
         raise RuntimeError(
@@ -70,7 +70,7 @@ def _embedded_gguf_path() -> Path:
 
 def embedded_model_dir() -> Path:
     """The embedded SmolLM2 as a cached safetensors dir, converted from its GGUF on first use."""
-    gguf = _embedded_gguf_path()
+    gguf = embedded_gguf_path()
     target = cache_root() / "models" / f"smollm2-135m-instruct-{gguf.stat().st_size}"
     if (target / "model.safetensors").is_file() and (target / "tokenizer.json").is_file():
         return target
@@ -94,13 +94,13 @@ def embedded_model_dir() -> Path:
 
 def embedded_tokenizer_dir() -> Path:
     """The embedded tokenizer alone (tests with tiny random models need no model conversion)."""
-    full = cache_root() / "models" / f"smollm2-135m-instruct-{_embedded_gguf_path().stat().st_size}"
+    full = cache_root() / "models" / f"smollm2-135m-instruct-{embedded_gguf_path().stat().st_size}"
     if (full / "tokenizer.json").is_file():
         return full
     target = cache_root() / "models" / "smollm2-135m-instruct-tokenizer"
     if (target / "tokenizer.json").is_file():
         return target
-    gguf = _embedded_gguf_path()
+    gguf = embedded_gguf_path()
     tmp = target.with_name(target.name + f".tmp{os.getpid()}")
     AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name).save_pretrained(tmp)
     shutil.rmtree(target, ignore_errors=True)

@@ -30,14 +30,18 @@ def load_judge_model(model: str | os.PathLike[str], dtype: str) -> tuple[Any, An
     """Load (model, tokenizer) from a hub id, a local directory or a ``.gguf`` file."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    from ssr.models import resolve_path
+
     path = Path(model)
     kwargs: dict[str, Any] = {}
-    source = str(model)
+    source = resolve_path(str(model))  # also maps embedded:smollm2-135m-instruct to its cached dir
     if path.suffix == ".gguf":
         if not path.is_file():
             raise JudgeError(f"judge model file not found: {path}")
         source, kwargs["gguf_file"] = str(path.parent), path.name
-    tokenizer = AutoTokenizer.from_pretrained(source, **kwargs)
+    else:
+        kwargs["use_safetensors"] = True
+    tokenizer = AutoTokenizer.from_pretrained(source, **{k: v for k, v in kwargs.items() if k == "gguf_file"})
     lm = AutoModelForCausalLM.from_pretrained(source, dtype=_DTYPES[dtype], **kwargs)
     return lm, tokenizer
 
