@@ -151,7 +151,7 @@ def judge_candidates(
     with stage_lock(path.with_suffix(".lock")):
         cache = JsonlCache(path)
         before = len(cache)
-        verdicts = run_judge(judge, items, cache)
+        verdicts = run_judge(judge, items, cache, batch_size=getattr(judge, "batch_size", 16))
         computed = len(cache) - before
     counters.add(stage, len(items), len(items) - computed, computed, time.perf_counter() - t0)
     return [
