@@ -198,28 +198,31 @@ def test_kill_9_in_every_stage_then_rerun_loses_nothing(tmp_path, tokenizer):
     run.kill_when(proc, log, lambda: (run.checkpoints / f"step{ckpt_at}.ckpt").exists(), rng)
     out = log.read_text(errors="replace")
     assert "dropped a torn last line" in out
-    assert 'ckpt_path="last") is set, but there is no last checkpoint' in out, (
-        "fresh start with ckpt_path=last"
-    )
+    assert "ckpt_path=last: no checkpoint in" in out, "ckpt_path=last starts fresh"
     judged_3 = _keys(run.verdicts)
     assert run.verdicts.read_bytes().endswith(b"\n"), "the torn line was cut off"
     assert judged_3[: len(judged_2)] == judged_2 and len(judged_3) == ROWS == len(set(judged_3))
     assert _keys(run.generations) == generated_2, "nothing regenerated"
     selection = [json.loads(line) for line in _complete_lines(run.dir / "selection.jsonl")]
     assert len(selection) == ROWS == len({s["id"] for s in selection})
-    step_before = _ckpt_step(run.checkpoints / "last.ckpt")
+    newest = max(run.checkpoints.glob("*.ckpt"), key=lambda p: p.stat().st_mtime_ns)
+    step_before = _ckpt_step(newest)  # last.ckpt may be missing or one save behind
     assert ckpt_at <= step_before < TOTAL_STEPS
     metrics_before = _metrics(run.dir)
-    assert _train_steps(metrics_before)[-1] >= step_before - 1
+    # Lightning writes a step's metrics just after that step's checkpoint: a kill in between loses
+    # the metrics row of the checkpointed step (the step itself is kept), nothing earlier.
+    assert set(_train_steps(metrics_before)) >= set(range(step_before - 1))
 
     # 4. the same command again: resumes from last.ckpt and finishes -----------------------------
     proc, log = run.start()
     out = run.wait(proc, log, expect=0)
-    assert "Restoring states from the checkpoint path" in out and "last.ckpt" in out
+    assert f"ckpt_path=last: resuming from {newest}" in out
+    assert f"Restored all states from the checkpoint at {newest}" in out
     summary = json.loads((run.dir / "summary.json").read_text())
     assert summary["global_step"] == TOTAL_STEPS
     metrics_after = _metrics(run.dir)
-    assert _train_steps(metrics_after) == list(range(TOTAL_STEPS))
+    unlogged = set(range(TOTAL_STEPS)) - set(_train_steps(metrics_after))
+    assert unlogged <= {step_before - 1} - set(_train_steps(metrics_before)), unlogged
     kept = [r for r in metrics_before if int(r["step"]) < step_before]
     assert metrics_after[: len(kept)] == kept, "metrics of the interrupted run are kept"
     steps_after = _train_steps(metrics_after[len(kept) :])

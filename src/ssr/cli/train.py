@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import time
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -48,6 +49,28 @@ def build_trainer(cfg: DictConfig, extra_callbacks: list[Any] | None = None) -> 
     return instantiate(cfg.trainer, logger=loggers or False, callbacks=callbacks + (extra_callbacks or []))
 
 
+def resume_checkpoint(cfg: DictConfig, run_dir: Path) -> str | None:
+    """``ckpt_path``, with ``last`` meaning the newest complete checkpoint of this run.
+
+    Lightning's own ``last`` looks only at ``last.ckpt``, which a kill between writing
+    ``step<N>.ckpt`` and ``last.ckpt`` leaves missing or one save behind. A file that is not a
+    complete zip archive (a copy cut short) is skipped; no checkpoint yet means a fresh start.
+    """
+    ckpt_path = cfg.get("ckpt_path")
+    if ckpt_path != "last":
+        return ckpt_path
+    node = (cfg.get("callbacks") or {}).get("model_checkpoint") or {}
+    folder = Path(node.get("dirpath") or run_dir / "checkpoints")
+    candidates = sorted(folder.glob("*.ckpt"), key=lambda p: p.stat().st_mtime_ns, reverse=True)
+    for path in candidates:
+        if path.is_dir() or zipfile.is_zipfile(path):  # DeepSpeed writes a directory
+            log.info("ckpt_path=last: resuming from %s", path)
+            return str(path)
+        log.warning("ckpt_path=last: skipping %s (incomplete; interrupted while written)", path)
+    log.info("ckpt_path=last: no checkpoint in %s yet; starting from scratch", folder)
+    return None
+
+
 def train(cfg: DictConfig) -> dict[str, Any]:
     """Run one training job; returns (and writes) its summary."""
     t0 = time.perf_counter()
@@ -56,7 +79,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     datamodule = build_datamodule(cfg, run_dir)
     module = SSRModule(model=to_dict(cfg.model), peft=to_dict(cfg.get("peft")), **to_dict(cfg.optim))
     trainer = build_trainer(cfg)
-    trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
+    trainer.fit(module, datamodule=datamodule, ckpt_path=resume_checkpoint(cfg, run_dir))
     summary: dict[str, Any] = {}
     if trainer.is_global_zero:
         adapter = module.save_adapter(run_dir / "adapter")
