@@ -153,7 +153,46 @@ def test_table_rows_and_deltas():
     assert rows[2][3] == "new" and rows[2][6] != rows[2][6]  # nan base
 
 
+def test_from_eval_config(tokenizer):
+    from hydra import compose, initialize_config_dir
+
+    conf = Path(__file__).resolve().parents[1] / "conf"
+    with initialize_config_dir(config_dir=str(conf), version_base=None):
+        cfg = compose(config_name=None, overrides=["+eval=default", "eval.callback.every_n_epochs=2"])
+    cb = GeneralizationDriftCallback.from_config(cfg.eval, tokenizer=tokenizer)
+    assert cb.every_n_epochs == 2 and cb.suite.name == "local" and cb.self_drift.max_new_tokens == 64
+    assert cb.tokenizer is tokenizer and cb.mixed_precision == "auto"
+
+
 def test_needs_a_tokenizer(tmp_path):
     trainer = pl.Trainer(logger=False, default_root_dir=tmp_path)
     with pytest.raises(ValueError, match="tokenizer"):
         GeneralizationDriftCallback(self_drift=SELF_DRIFT)._tokenizer(trainer)
+
+
+def test_wandb_logger_gets_metrics_and_a_table(tokenizer, tmp_path, monkeypatch):
+    from lightning.pytorch.loggers import WandbLogger
+
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    logged = []
+    monkeypatch.setattr(
+        WandbLogger, "log_metrics", lambda self, metrics, step=None: logged.append((metrics, step))
+    )
+    logger = WandbLogger(save_dir=str(tmp_path), offline=True)
+    drift = GeneralizationDriftCallback(self_drift=SELF_DRIFT, tokenizer=tokenizer, run_dir=tmp_path / "run")
+    trainer = pl.Trainer(
+        max_epochs=1,
+        accelerator="cpu",
+        logger=logger,
+        callbacks=[drift],
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        default_root_dir=tmp_path,
+    )
+    trainer.fit(TinyLM(tiny_random_model(tokenizer, seed=0)), datamodule=TinyData(tokenizer))
+    tables = [m["drift/table"] for m, _ in logged if "drift/table" in m]
+    assert len(tables) == 2  # base + epoch 0
+    assert tables[-1].columns == drift_callback.TABLE_COLUMNS and len(tables[-1].data) == 2 * 3
+    assert any("drift_delta/self_drift/nll" in m for m, _ in logged)

@@ -20,7 +20,7 @@ import yaml
 
 from ssr.eval.evaluate import SELF_DRIFT_KEY, evaluate_model
 from ssr.eval.hub_mirror import hub_task_config
-from ssr.eval.suite import SuiteConfig, sample_counts
+from ssr.eval.suite import SuiteConfig, limit_for, sample_counts
 from ssr.models import EMBEDDED, ModelSpec, load_model
 
 
@@ -45,7 +45,12 @@ def main(argv: list[str] | None = None) -> dict:
     if args.limits is not None:
         suite.limits = json.loads(args.limits)
     mirrors = [t for t in args.hub_mirror.split(",") if t]
-    tasks = [*suite.tasks, *(hub_task_config(t) for t in mirrors)]
+    mirror_cfgs = [hub_task_config(t) for t in mirrors]
+    if isinstance(suite.limits, dict):  # a mirror evaluates the same docs as its ssr_* task
+        suite.limits = dict(suite.limits)
+        for ssr_task, cfg in zip(mirrors, mirror_cfgs):
+            suite.limits.setdefault(cfg["task"], limit_for(ssr_task, {}, suite.limits))
+    tasks = [*suite.tasks, *mirror_cfgs]
     suite.tasks = tasks
     model, tokenizer = load_model(ModelSpec(name_or_path=args.model, dtype=args.dtype))
     counts = sample_counts(tasks, suite.limits)

@@ -230,7 +230,12 @@ class GeneralizationDriftCallback(pl.Callback):
         trainer.strategy.barrier("ssr_drift_end")
 
     def _measure(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> dict[str, Any]:
-        model = pl_module.model
+        model = getattr(pl_module, "model", None)
+        if not isinstance(model, torch.nn.Module):
+            raise TypeError(
+                "GeneralizationDriftCallback expects the Hugging Face model (or its PEFT wrapper) "
+                f"at pl_module.model; {type(pl_module).__name__} has none"
+            )
         tokenizer = self._tokenizer(trainer)
         precision = autocast_for(trainer) if self.mixed_precision == "auto" else self.mixed_precision
         with preserved_state(pl_module), torch.no_grad():

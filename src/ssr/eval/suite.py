@@ -101,7 +101,7 @@ def needs_hub_tasks(tasks: list[str | dict[str, Any]]) -> bool:
     return any(isinstance(t, str) and not t.startswith(LOCAL_PREFIX) for t in tasks)
 
 
-def _limit_for(leaf: str, parents: dict[str, list[str]], limits: Limits) -> int | float | None:
+def limit_for(leaf: str, parents: dict[str, list[str]], limits: Limits) -> int | float | None:
     if limits is None or isinstance(limits, int | float):
         return limits
     seen = [leaf]
@@ -122,7 +122,7 @@ def sample_indices(loaded: Mapping[str, Any], limits: Limits) -> dict[str, list[
     out: dict[str, list[int]] = {}
     for name, task in loaded["tasks"].items():
         n_docs = len(task.eval_docs)
-        limit = _limit_for(name, parents, limits)
+        limit = limit_for(name, parents, limits)
         if limit is not None and limit <= 0:
             raise ValueError(f"limit for task {name!r} must be positive, got {limit}")
         if limit is None:
