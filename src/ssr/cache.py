@@ -8,10 +8,12 @@ the file and line number, because silently dropping finished work would hide a r
 
 from __future__ import annotations
 
+import fcntl
 import json
 import logging
 import os
 from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -54,8 +56,9 @@ class JsonlCache:
             self._rows.setdefault(obj["key"], obj)
         if tail:
             self.torn_lines_dropped += 1
-            log.warning("%s: dropped a torn last line (%d bytes) left by an interrupted write",
-                        self.path, len(tail))
+            log.warning(
+                "%s: dropped a torn last line (%d bytes) left by an interrupted write", self.path, len(tail)
+            )
             with open(self.path, "r+b") as fh:
                 fh.truncate(len(raw) - len(tail))
                 fh.flush()
@@ -79,6 +82,10 @@ class JsonlCache:
             self.hits += 1
         return row
 
+    def peek(self, key: str) -> dict[str, Any] | None:
+        """Return the stored row without counting a hit or miss."""
+        return self._rows.get(key)
+
     def put(self, key: str, value: dict[str, Any]) -> None:
         self.put_many([(key, value)])
 
@@ -99,5 +106,26 @@ class JsonlCache:
             os.fsync(fh.fileno())
 
     def stats(self) -> dict[str, int]:
-        return {"rows": len(self), "hits": self.hits, "misses": self.misses,
-                "torn_lines_dropped": self.torn_lines_dropped}
+        return {
+            "rows": len(self),
+            "hits": self.hits,
+            "misses": self.misses,
+            "torn_lines_dropped": self.torn_lines_dropped,
+        }
+
+
+@contextmanager
+def stage_lock(path: str | os.PathLike[str]) -> Iterator[None]:
+    """Exclusive inter-process lock (``flock``) around a cached stage.
+
+    Parallel sweep jobs that need the same generations wait here, then find the rows cached
+    instead of generating them twice.
+    """
+    lock_path = Path(path)
+    lock_path.parent.mkdir(parents=True, exist_ok=True)
+    with open(lock_path, "a+") as fh:
+        fcntl.flock(fh.fileno(), fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh.fileno(), fcntl.LOCK_UN)

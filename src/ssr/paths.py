@@ -20,8 +20,10 @@ def data_root() -> Path:
     """Root of offline dataset files: env ``SSR_DATA_ROOT`` (CI points it at ``../shared/data``)."""
     root = os.environ.get("SSR_DATA_ROOT")
     if not root:
-        raise RuntimeError("SSR_DATA_ROOT is not set: point it at the offline data folder "
-                           "(e.g. export SSR_DATA_ROOT=../shared/data)")
+        raise RuntimeError(
+            "SSR_DATA_ROOT is not set: point it at the offline data folder "
+            "(e.g. export SSR_DATA_ROOT=../shared/data)"
+        )
     path = Path(root).expanduser()
     if not path.is_dir():
         raise FileNotFoundError(f"SSR_DATA_ROOT={root} is not a directory")

@@ -1,0 +1,43 @@
+"""Where the Hydra config tree lives, and config helpers shared by the entry points."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+
+from ssr.data.adapters import subsample
+from ssr.records import Record
+
+
+def conf_dir() -> str:
+    """``$SSR_CONF_DIR`` or the repository's ``conf/`` (editable installs and checkouts)."""
+    env = os.environ.get("SSR_CONF_DIR")
+    path = Path(env) if env else Path(__file__).resolve().parents[3] / "conf"
+    if not (path / "train.yaml").is_file():
+        raise FileNotFoundError(
+            f"Hydra config tree not found at {path}; set SSR_CONF_DIR to the repo's conf/"
+        )
+    return str(path)
+
+
+CONF_DIR = conf_dir()
+
+
+def to_dict(node: Any) -> Any:
+    return OmegaConf.to_container(node, resolve=True) if isinstance(node, DictConfig) else node
+
+
+def load_records(data_cfg: DictConfig, split: str, seed: int) -> list[Record]:
+    """Instantiate a data split's adapter and apply balancing / row caps."""
+    node = data_cfg.get(split)
+    if node is None:
+        return []
+    records = instantiate(node)
+    cap = data_cfg.get("max_train_rows" if split == "train" else "max_val_rows")
+    if split != "train" and cap == 0:
+        return []
+    return subsample(records, max_rows=cap, balance=bool(data_cfg.get("balance", False)), seed=seed)

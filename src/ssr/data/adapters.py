@@ -1,0 +1,330 @@
+"""Dataset adapters: SQuAD 2.0, QuAC, generic JSONL, hub datasets, the embedded set -> Records.
+
+Every adapter validates its rows: a bad row raises ``DataError`` naming the file, row and field,
+or, with ``on_error="skip"``, is skipped and counted (``LoadReport``).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import random
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ssr.data.prompts import DEFAULT_UNANSWERABLE
+from ssr.records import Record, content_hash
+
+log = logging.getLogger(__name__)
+
+
+class DataError(ValueError):
+    """A dataset row is malformed."""
+
+
+@dataclass
+class LoadReport:
+    source: str
+    rows: int = 0
+    skipped: list[str] = field(default_factory=list)
+
+
+def _require_str(row: dict[str, Any], key: str, where: str, allow_empty: bool = False) -> str:
+    if key not in row or row[key] is None:
+        raise DataError(f"{where}: missing field {key!r}")
+    value = row[key]
+    if not isinstance(value, str):
+        raise DataError(f"{where}: field {key!r} must be a string, got {type(value).__name__}")
+    if not allow_empty and not value.strip():
+        raise DataError(f"{where}: field {key!r} is empty")
+    return value
+
+
+def _collect(rows: Iterable[tuple[str, Callable[[], Record]]], source: str, on_error: str) -> list[Record]:
+    """Build records from (location, thunk) pairs applying the error policy and the duplicate-id check."""
+    if on_error not in ("raise", "skip"):
+        raise ValueError(f"on_error must be 'raise' or 'skip', got {on_error!r}")
+    report = LoadReport(source)
+    seen: dict[str, str] = {}
+    out = []
+    for where, make in rows:
+        try:
+            record = make()
+            if record.id in seen:
+                raise DataError(f"{where}: duplicate id {record.id!r} (first at {seen[record.id]})")
+        except DataError as err:
+            if on_error == "raise":
+                raise
+            report.skipped.append(str(err))
+            continue
+        seen[record.id] = where
+        out.append(record)
+    report.rows = len(out)
+    if report.skipped:
+        log.warning(
+            "%s: skipped %d bad rows (on_error=skip), first: %s",
+            source,
+            len(report.skipped),
+            report.skipped[0],
+        )
+    if not out:
+        raise DataError(f"{source}: no usable rows")
+    return out
+
+
+def _read_jsonl(path: Path) -> Iterator[tuple[str, Any]]:
+    """Yield (location, parsed row); undecodable or invalid lines raise inside the thunk."""
+    with open(path, "rb") as fh:
+        for lineno, raw in enumerate(fh, start=1):
+            if not raw.strip():
+                continue
+            yield f"{path}:{lineno}", raw
+
+
+def _parse_json_line(raw: bytes, where: str) -> dict[str, Any]:
+    try:
+        row = json.loads(raw.decode("utf-8"))
+    except UnicodeDecodeError as err:
+        raise DataError(f"{where}: not valid UTF-8 ({err.reason} at byte {err.start})") from err
+    except json.JSONDecodeError as err:
+        raise DataError(f"{where}: invalid JSON ({err.msg})") from err
+    if not isinstance(row, dict):
+        raise DataError(f"{where}: expected a JSON object, got {type(row).__name__}")
+    return row
+
+
+def _load_json_file(path: Path) -> Any:
+    try:
+        return json.loads(path.read_bytes().decode("utf-8"))
+    except UnicodeDecodeError as err:
+        raise DataError(f"{path}: not valid UTF-8 ({err.reason} at byte {err.start})") from err
+    except json.JSONDecodeError as err:
+        raise DataError(f"{path}: invalid JSON at line {err.lineno} ({err.msg})") from err
+
+
+def article_split(title: str, split: str, test_fraction: float, seed: int) -> bool:
+    """Deterministic split by article so no document lands in both train and test."""
+    bucket = int(content_hash("article", title, seed)[:8], 16) / 0xFFFFFFFF
+    return (bucket < test_fraction) == (split == "test")
+
+
+def squad_v2(
+    path: str,
+    split: str = "all",
+    test_fraction: float = 0.3,
+    seed: int = 0,
+    unanswerable_sentence: str = DEFAULT_UNANSWERABLE,
+    on_error: str = "raise",
+) -> list[Record]:
+    """SQuAD 2.0 JSON; ``split`` train/test/all partitions by article title."""
+    file = Path(path)
+    data = _load_json_file(file)
+    if not isinstance(data, dict) or not isinstance(data.get("data"), list):
+        raise DataError(f"{file}: expected a SQuAD JSON object with a 'data' list")
+
+    def rows() -> Iterator[tuple[str, Callable[[], Record]]]:
+        for a, article in enumerate(data["data"]):
+            title = str(article.get("title", a))
+            if split != "all" and not article_split(title, split, test_fraction, seed):
+                continue
+            for p, para in enumerate(article.get("paragraphs", [])):
+                for q, qa in enumerate(para.get("qas", [])):
+                    where = f"{file}: data[{a}].paragraphs[{p}].qas[{q}]"
+                    yield (
+                        where,
+                        (
+                            lambda qa=qa, para=para, where=where, title=title: _squad_record(
+                                qa, para, where, title, unanswerable_sentence
+                            )
+                        ),
+                    )
+
+    return _collect(rows(), str(file), on_error)
+
+
+def _squad_record(qa: dict, para: dict, where: str, title: str, unanswerable: str) -> Record:
+    context = _require_str(para, "context", where.rsplit(".qas", 1)[0])
+    question = _require_str(qa, "question", where)
+    qid = _require_str(qa, "id", where)
+    impossible = bool(qa.get("is_impossible", False))
+    answers = [a.get("text", "") for a in qa.get("answers", []) if isinstance(a, dict)]
+    answers = [a for a in answers if isinstance(a, str) and a.strip()]
+    if not impossible and not answers:
+        raise DataError(f"{where}: answerable question without answers")
+    gold = unanswerable if impossible else answers[0]
+    return Record(
+        id=qid,
+        question=question,
+        gold=gold,
+        document=context,
+        answerable=not impossible,
+        meta={"source": "squad_v2", "title": title, "answers": answers},
+    )
+
+
+def quac(
+    path: str,
+    unanswerable_sentence: str = DEFAULT_UNANSWERABLE,
+    on_error: str = "raise",
+    marker: str = "CANNOTANSWER",
+) -> list[Record]:
+    """QuAC JSONL (llm-foundry layout: ``context`` ending in the current ``Question:``, ``answer``).
+
+    The CANNOTANSWER marker is stripped from the context; the dialogue history stays in the
+    document; ``answer == CANNOTANSWER`` marks an unanswerable question.
+    """
+    file = Path(path)
+
+    def make(raw: bytes, where: str) -> Record:
+        row = _parse_json_line(raw, where)
+        context = _require_str(row, "context", where)
+        answer = _require_str(row, "answer", where)
+        head, sep, question = context.rpartition("Question:")
+        if not sep or not question.strip():
+            raise DataError(f"{where}: field 'context' has no trailing 'Question:' turn")
+        document = head.replace(marker, "").strip()
+        impossible = answer.strip() == marker
+        gold = unanswerable_sentence if impossible else answer.strip()
+        return Record(
+            id=str(row.get("id") or content_hash(context)),
+            question=question.strip(),
+            gold=gold,
+            document=document,
+            answerable=not impossible,
+            meta={"source": "quac", "answers": [] if impossible else [answer.strip()]},
+        )
+
+    return _collect(((w, lambda r=r, w=w: make(r, w)) for w, r in _read_jsonl(file)), str(file), on_error)
+
+
+def jsonl(
+    path: str,
+    prompt_field: str = "prompt",
+    response_field: str = "response",
+    document_field: str | None = "document",
+    id_field: str = "id",
+    answerable_field: str | None = "answerable",
+    on_error: str = "raise",
+) -> list[Record]:
+    """Generic JSONL: prompt/response (+ optional document), or ``messages`` chat rows.
+
+    A row with ``messages`` must end with an assistant turn, which becomes the gold response.
+    """
+    file = Path(path)
+
+    def make(raw: bytes, where: str) -> Record:
+        row = _parse_json_line(raw, where)
+        rid = (
+            str(row[id_field]) if row.get(id_field) is not None else f"{file.name}:{where.rsplit(':', 1)[1]}"
+        )
+        answerable = bool(row.get(answerable_field, True)) if answerable_field else True
+        if "messages" in row:
+            msgs = row["messages"]
+            if (
+                not isinstance(msgs, list)
+                or not msgs
+                or not all(
+                    isinstance(m, dict)
+                    and isinstance(m.get("role"), str)
+                    and isinstance(m.get("content"), str)
+                    for m in msgs
+                )
+            ):
+                raise DataError(
+                    f"{where}: field 'messages' must be a non-empty list of {{role, content}} strings"
+                )
+            if msgs[-1]["role"] != "assistant" or not msgs[-1]["content"].strip():
+                raise DataError(f"{where}: field 'messages' must end with a non-empty assistant turn")
+            prefix = tuple({"role": m["role"], "content": m["content"]} for m in msgs[:-1])
+            question = next((m["content"] for m in reversed(prefix) if m["role"] == "user"), "")
+            return Record(
+                id=rid,
+                question=question,
+                gold=msgs[-1]["content"],
+                messages=prefix,
+                answerable=answerable,
+                meta={"source": str(file)},
+            )
+        document = ""
+        if document_field and row.get(document_field) is not None:
+            document = _require_str(row, document_field, where, allow_empty=True)
+        return Record(
+            id=rid,
+            question=_require_str(row, prompt_field, where),
+            gold=_require_str(row, response_field, where),
+            document=document,
+            answerable=answerable,
+            meta={"source": str(file)},
+        )
+
+    return _collect(((w, lambda r=r, w=w: make(r, w)) for w, r in _read_jsonl(file)), str(file), on_error)
+
+
+def hub(
+    name: str,
+    split: str = "train",
+    config: str | None = None,
+    question_field: str = "question",
+    response_field: str = "answer",
+    document_field: str | None = "context",
+    id_field: str = "id",
+    answerable_field: str | None = None,
+    data_files: Any = None,
+    revision: str | None = None,
+    on_error: str = "raise",
+) -> list[Record]:
+    """A Hugging Face ``datasets`` dataset by name (or a local builder like ``json`` + data_files)."""
+    import datasets
+
+    ds = datasets.load_dataset(name, config, split=split, data_files=data_files, revision=revision)
+
+    def make(i: int, row: dict[str, Any]) -> Record:
+        where = f"{name}[{split}] row {i}"
+        response = row.get(response_field)
+        if isinstance(response, dict):  # e.g. SQuAD-style {"text": [...]} answers
+            texts = response.get("text") or []
+            response = texts[0] if texts else None
+        row = {**row, response_field: response}
+        document = _require_str(row, document_field, where, allow_empty=True) if document_field else ""
+        return Record(
+            id=str(row.get(id_field, i)),
+            question=_require_str(row, question_field, where),
+            gold=_require_str(row, response_field, where),
+            document=document,
+            answerable=bool(row.get(answerable_field, True)) if answerable_field else True,
+            meta={"source": name},
+        )
+
+    return _collect(
+        ((f"{name} row {i}", lambda i=i, r=r: make(i, r)) for i, r in enumerate(ds)), name, on_error
+    )
+
+
+def embedded_grounded_qa(
+    split: str = "train", unanswerable_sentence: str = DEFAULT_UNANSWERABLE, **kwargs: Any
+) -> list[Record]:
+    """The package's own deterministic grounded-QA set (see ``ssr.data.embedded``)."""
+    from ssr.data.embedded import generate
+
+    return generate(split=split, unanswerable_sentence=unanswerable_sentence, **kwargs)
+
+
+def subsample(
+    records: list[Record], max_rows: int | None = None, balance: bool = False, seed: int = 0
+) -> list[Record]:
+    """Optionally balance answerable/unanswerable 50/50, then cap the row count (deterministic)."""
+    rng = random.Random(seed)
+    rows = list(records)
+    if balance:
+        ans = [r for r in rows if r.answerable]
+        una = [r for r in rows if not r.answerable]
+        n = min(len(ans), len(una))
+        if max_rows:
+            n = min(n, max_rows // 2)
+        rows = rng.sample(ans, n) + rng.sample(una, n)
+        rng.shuffle(rows)
+    elif max_rows and len(rows) > max_rows:
+        rows = rng.sample(rows, max_rows)
+    return rows

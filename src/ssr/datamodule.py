@@ -1,0 +1,230 @@
+"""LightningDataModule that performs the judge-driven target selection.
+
+``prepare_data`` (one process) runs generation + judging through the caches and writes
+``selection.jsonl``; ``setup`` (every rank) reads it, tokenizes with response-only labels and
+builds length-grouped batches sharded across data-parallel ranks.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+from collections.abc import Iterator
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+from torch.utils.data import DataLoader, Dataset, Sampler
+
+from ssr.data.prompts import PromptConfig
+from ssr.data.tokenize import IGNORE_INDEX, Tokenized, TokenizeReport, tokenize_all
+from ssr.methods import MethodConfig, SelectionStats
+from ssr.models import ModelSpec, load_tokenizer
+from ssr.paths import cache_root
+from ssr.pipeline import BaseModelGenerator, GeneratorConfig, read_selection, run_selection
+from ssr.records import Record
+
+log = logging.getLogger(__name__)
+
+
+class _ListDataset(Dataset):
+    def __init__(self, rows: list[Tokenized]) -> None:
+        self.rows = rows
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, i: int) -> Tokenized:
+        return self.rows[i]
+
+
+class LengthGroupedBatchSampler(Sampler[list[int]]):
+    """Batches of similar length (less padding), shuffled per epoch, sharded across ranks.
+
+    Every rank gets the same number of batches (the last few are dropped if they do not divide
+    evenly), so DDP never waits on a rank that ran out of data.
+    """
+
+    def __init__(
+        self,
+        lengths: list[int],
+        batch_size: int,
+        shuffle: bool,
+        seed: int = 0,
+        rank: int = 0,
+        world_size: int = 1,
+        megabatch: int = 32,
+    ) -> None:
+        self.lengths, self.batch_size, self.shuffle = lengths, batch_size, shuffle
+        self.seed, self.rank, self.world_size, self.megabatch = seed, rank, world_size, megabatch
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def _batches(self) -> list[list[int]]:
+        idx = list(range(len(self.lengths)))
+        rng = random.Random(self.seed + self.epoch)
+        if self.shuffle:
+            rng.shuffle(idx)
+        size = self.batch_size * self.megabatch
+        batches = []
+        for start in range(0, len(idx), size):
+            chunk = sorted(idx[start : start + size], key=lambda i: -self.lengths[i])
+            batches += [chunk[j : j + self.batch_size] for j in range(0, len(chunk), self.batch_size)]
+        if self.shuffle:
+            rng.shuffle(batches)
+        usable = len(batches) - len(batches) % self.world_size if len(batches) >= self.world_size else 0
+        return batches[:usable][self.rank :: self.world_size]
+
+    def __iter__(self) -> Iterator[list[int]]:
+        return iter(self._batches())
+
+    def __len__(self) -> int:
+        n = -(-len(self.lengths) // self.batch_size)
+        return (n - n % self.world_size) // self.world_size if n >= self.world_size else 0
+
+
+def collate(rows: list[Tokenized], pad_id: int) -> dict[str, Any]:
+    """Right-pad a batch; token counts travel as Python ints (no device sync in the step)."""
+    width = max(len(r.input_ids) for r in rows)
+    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    labels = torch.full((len(rows), width), IGNORE_INDEX, dtype=torch.long)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for i, r in enumerate(rows):
+        n = len(r.input_ids)
+        ids[i, :n] = torch.tensor(r.input_ids)
+        labels[i, :n] = torch.tensor(r.labels)
+        mask[i, :n] = 1
+    return {
+        "input_ids": ids,
+        "labels": labels,
+        "attention_mask": mask,
+        "num_tokens": sum(len(r.input_ids) for r in rows),
+        "num_response_tokens": sum(r.num_response_tokens for r in rows),
+    }
+
+
+class SSRDataModule(L.LightningDataModule):
+    """Records in, mixed self/gold training batches out."""
+
+    def __init__(
+        self,
+        train_records: list[Record],
+        model: dict[str, Any] | ModelSpec,
+        method: dict[str, Any] | MethodConfig,
+        prompt: dict[str, Any] | PromptConfig,
+        run_dir: str,
+        val_records: list[Record] | None = None,
+        judge: Any = None,
+        generator: dict[str, Any] | GeneratorConfig | None = None,
+        max_length: int = 1024,
+        batch_size: int = 8,
+        val_batch_size: int | None = None,
+        num_workers: int = 0,
+        seed: int = 0,
+        cache_dir: str | None = None,
+        prepare_data_per_node: bool = False,
+    ) -> None:
+        super().__init__()
+        self.train_records = list(train_records)
+        self.val_records = list(val_records) if val_records else []
+        self.spec = model if isinstance(model, ModelSpec) else ModelSpec(**model)
+        self.method = method if isinstance(method, MethodConfig) else MethodConfig(**method)
+        self.prompt = prompt if isinstance(prompt, PromptConfig) else PromptConfig(**prompt)
+        self.generator_cfg = _generator_cfg(generator)
+        self.judge = judge
+        self.run_dir = Path(run_dir)
+        self.max_length, self.batch_size = max_length, batch_size
+        self.val_batch_size = val_batch_size or batch_size
+        self.num_workers, self.seed = num_workers, seed
+        self.cache_dir = Path(cache_dir) if cache_dir else cache_root()
+        self.prepare_data_per_node = prepare_data_per_node
+        if self.method.needs_judge and judge is None:
+            raise ValueError(f"method={self.method.name} needs a judge: set judge=rule_qa|hf|openai")
+        self.tokenizer = load_tokenizer(self.spec)
+        self.stats: SelectionStats | None = None
+        self.tokenize_report: TokenizeReport | None = None
+        self.train_rows: list[Tokenized] = []
+        self.val_rows: list[Tokenized] = []
+
+    @property
+    def selection_path(self) -> Path:
+        return self.run_dir / "selection.jsonl"
+
+    def prepare_data(self) -> None:
+        generator = (
+            BaseModelGenerator(self.spec, self.generator_cfg, self.cache_dir)
+            if self.method.needs_judge
+            else None
+        )
+        _, self.stats, _ = run_selection(
+            self.train_records, self.method, self.prompt, generator, self.judge, self.cache_dir, self.run_dir
+        )
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.train_rows:
+            return
+        by_id = {r.id: r for r in self.train_records}
+        selections = read_selection(self.selection_path)
+        missing = [s.id for s in selections if s.id not in by_id]
+        if missing or len(selections) != len(by_id):
+            raise RuntimeError(
+                f"{self.selection_path} does not match the training records "
+                f"({len(selections)} selections, {len(by_id)} records, unknown ids {missing[:3]}); "
+                "delete it to rebuild"
+            )
+        records = [by_id[s.id] for s in selections]
+        self.train_rows, self.tokenize_report = tokenize_all(
+            self.tokenizer, records, [s.target for s in selections], self.prompt, self.max_length
+        )
+        if self.val_records:
+            self.val_rows, _ = tokenize_all(
+                self.tokenizer,
+                self.val_records,
+                [r.gold for r in self.val_records],
+                self.prompt,
+                self.max_length,
+            )
+        log.info(
+            "train rows: %d (%d documents truncated, %d dropped); val rows: %d",
+            len(self.train_rows),
+            self.tokenize_report.truncated,
+            len(self.tokenize_report.dropped),
+            len(self.val_rows),
+        )
+
+    def _loader(self, rows: list[Tokenized], batch_size: int, shuffle: bool) -> DataLoader:
+        rank = self.trainer.global_rank if self.trainer else 0
+        world = self.trainer.world_size if self.trainer else 1
+        epoch_seed = self.seed
+        sampler = LengthGroupedBatchSampler(
+            [len(r.input_ids) for r in rows], batch_size, shuffle, epoch_seed, rank, world
+        )
+        pad = self.tokenizer.pad_token_id
+        return DataLoader(
+            _ListDataset(rows),
+            batch_sampler=sampler,
+            num_workers=self.num_workers,
+            collate_fn=partial(collate, pad_id=pad),
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader(self.train_rows, self.batch_size, shuffle=True)
+
+    def val_dataloader(self) -> DataLoader | list:
+        return self._loader(self.val_rows, self.val_batch_size, shuffle=False) if self.val_rows else []
+
+
+def _generator_cfg(generator: dict[str, Any] | GeneratorConfig | None) -> GeneratorConfig:
+    from ssr.generation import DecodingConfig
+
+    if generator is None:
+        return GeneratorConfig()
+    if isinstance(generator, GeneratorConfig):
+        return generator
+    g = dict(generator)
+    g["decoding"] = DecodingConfig(**dict(g.get("decoding") or {}))
+    return GeneratorConfig(**g)

@@ -1,0 +1,172 @@
+"""Batched generation behind one function, with a resumable cache (hf and vllm backends)."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import torch
+from tqdm.auto import tqdm
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+from ssr.cache import JsonlCache
+from ssr.records import content_hash
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class DecodingConfig:
+    """Decoding settings; part of every generation cache key."""
+
+    max_new_tokens: int = 96
+    do_sample: bool = False
+    temperature: float = 1.0
+    top_p: float = 1.0
+    seed: int = 0
+
+    def hf_kwargs(self) -> dict[str, Any]:
+        kw: dict[str, Any] = {"max_new_tokens": self.max_new_tokens, "do_sample": self.do_sample}
+        if self.do_sample:
+            kw.update(temperature=self.temperature, top_p=self.top_p)
+        else:  # keep generation_config's sampling defaults from warning under greedy decoding
+            kw.update(temperature=None, top_p=None, top_k=None)
+        return kw
+
+
+def generation_key(model_fingerprint: str, prompt: str, decoding: DecodingConfig) -> str:
+    return content_hash("gen", model_fingerprint, prompt, asdict(decoding))
+
+
+@torch.inference_mode()
+def hf_generate(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    prompts: list[str],
+    decoding: DecodingConfig,
+    batch_size: int = 16,
+    autocast: bool = True,
+    on_batch: Callable[[list[int], list[str]], None] | None = None,
+    progress: bool = True,
+) -> list[str]:
+    """Greedy/sampled generation in length-sorted, left-padded batches; returns texts in input order.
+
+    ``on_batch(indices, texts)`` is called after each batch (the cache writes there), so an
+    interruption loses at most one batch.
+    """
+    was_training = model.training
+    model.eval()
+    padding_side = tokenizer.padding_side
+    tokenizer.padding_side = "left"
+    lengths = [len(tokenizer(p, add_special_tokens=False)["input_ids"]) for p in prompts]
+    order = sorted(range(len(prompts)), key=lambda i: -lengths[i])
+    results: list[str | None] = [None] * len(prompts)
+    device = next(model.parameters()).device
+    use_autocast = autocast and (device.type == "cuda" or next(model.parameters()).dtype == torch.float32)
+    bar = tqdm(total=len(prompts), desc="generate", unit="row", disable=not progress)
+    eos = [tokenizer.eos_token_id]
+    try:
+        for start in range(0, len(order), batch_size):
+            idx = order[start : start + batch_size]
+            enc = tokenizer(
+                [prompts[i] for i in idx], return_tensors="pt", padding=True, add_special_tokens=False
+            ).to(device)
+            if decoding.do_sample:
+                torch.manual_seed(decoding.seed + start)
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_autocast):
+                out = model.generate(
+                    **enc, **decoding.hf_kwargs(), pad_token_id=tokenizer.pad_token_id, eos_token_id=eos
+                )
+            texts = tokenizer.batch_decode(out[:, enc["input_ids"].shape[1] :], skip_special_tokens=True)
+            texts = [t.strip() for t in texts]
+            for i, text in zip(idx, texts):
+                results[i] = text
+            if on_batch:
+                on_batch(idx, texts)
+            bar.update(len(idx))
+    finally:
+        bar.close()
+        tokenizer.padding_side = padding_side
+        model.train(was_training)
+    return [r or "" for r in results]
+
+
+def vllm_generate(
+    model_path: str, prompts: list[str], decoding: DecodingConfig, **engine_kwargs: Any
+) -> list[str]:
+    """vLLM backend for GPU users (optional extra ``ssr[vllm]``)."""
+    try:
+        from vllm import LLM, SamplingParams
+    except ImportError as err:  # pragma: no cover - optional dependency
+        raise ImportError("generator=vllm needs vLLM: pip install 'ssr[vllm]' (GPU only)") from err
+    llm = LLM(model=model_path, **engine_kwargs)  # pragma: no cover
+    params = SamplingParams(
+        max_tokens=decoding.max_new_tokens,
+        seed=decoding.seed,  # pragma: no cover
+        temperature=decoding.temperature if decoding.do_sample else 0.0,
+        top_p=decoding.top_p if decoding.do_sample else 1.0,
+    )
+    return [o.outputs[0].text.strip() for o in llm.generate(prompts, params)]  # pragma: no cover
+
+
+@dataclass
+class GenerationStats:
+    rows: int = 0
+    cached: int = 0
+    generated: int = 0
+    seconds: float = 0.0
+
+    @property
+    def rows_per_s(self) -> float:
+        return self.generated / self.seconds if self.seconds else 0.0
+
+
+def cached_generate(
+    prompts: list[str],
+    cache: JsonlCache,
+    model_fingerprint: str,
+    decoding: DecodingConfig,
+    generate_fn: Callable[..., list[str]],
+    backend: str = "hf",
+) -> tuple[list[str], GenerationStats]:
+    """Generate only the prompts missing from the cache; every new batch is written before the next.
+
+    ``generate_fn(prompts, on_batch)`` runs the backend; it is not called when everything is cached.
+    """
+    keys = [generation_key(model_fingerprint, p, decoding) for p in prompts]
+    rows = [cache.get(k) for k in keys]
+    missing = [i for i, r in enumerate(rows) if r is None]
+    stats = GenerationStats(rows=len(prompts), cached=len(prompts) - len(missing))
+    # duplicate prompts generate once
+    todo: dict[str, int] = {}
+    for i in missing:
+        todo.setdefault(keys[i], i)
+    unique = list(todo.values())
+    if unique:
+        t0 = time.perf_counter()
+
+        def write(batch_idx: list[int], texts: list[str]) -> None:
+            cache.put_many(
+                (keys[unique[j]], {"text": t, "backend": backend}) for j, t in zip(batch_idx, texts)
+            )
+
+        generate_fn([prompts[i] for i in unique], write)
+        stats.generated = len(unique)
+        stats.seconds = time.perf_counter() - t0
+        log.info(
+            "generated %d rows in %.1fs (%.2f rows/s); %d from cache",
+            len(unique),
+            stats.seconds,
+            stats.rows_per_s,
+            stats.cached,
+        )
+    texts = []
+    for k in keys:
+        row = cache.peek(k)
+        if row is None:
+            raise RuntimeError(f"generation backend returned no text for cache key {k}")
+        texts.append(row["text"])
+    return texts, stats

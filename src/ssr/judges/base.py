@@ -1,0 +1,175 @@
+"""The judge interface, the verdict type and the cached, resumable driver ``run_judge``."""
+
+from __future__ import annotations
+
+import abc
+import logging
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+from ssr.cache import JsonlCache
+from ssr.records import content_hash
+
+log = logging.getLogger(__name__)
+
+
+class JudgeError(RuntimeError):
+    """A judge could not produce verdicts (bad config, unreachable server, broken replies)."""
+
+
+@dataclass(frozen=True)
+class JudgeItem:
+    """One (question, gold, candidate) triple to judge; ``document`` is the grounding context."""
+
+    id: str
+    question: str
+    gold: str
+    candidate: str
+    document: str = ""
+    answerable: bool = True
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """Whether the candidate is accepted as being as good as the gold answer.
+
+    ``parsed=False`` marks an unparseable judge output; such a verdict is always a reject and is
+    counted separately so that a broken judge does not silently look like a strict one.
+    """
+
+    accept: bool
+    score: float
+    rationale: str
+    parsed: bool = True
+
+    def __post_init__(self) -> None:
+        if not self.parsed and self.accept:
+            raise ValueError("an unparsed verdict must be a reject")
+
+    def to_row(self) -> dict[str, Any]:
+        return {
+            "accept": self.accept,
+            "score": self.score,
+            "rationale": self.rationale,
+            "parsed": self.parsed,
+        }
+
+    @classmethod
+    def from_row(cls, row: dict[str, Any]) -> Verdict:
+        return cls(
+            accept=bool(row["accept"]),
+            score=float(row["score"]),
+            rationale=str(row.get("rationale", "")),
+            parsed=bool(row.get("parsed", True)),
+        )
+
+
+class Judge(abc.ABC):
+    """Decides per item whether a candidate answer is as good as the gold answer."""
+
+    name: str = "judge"
+
+    def fingerprint(self) -> str:
+        """Identity of everything that changes verdicts (model, prompt, thresholds), for cache keys."""
+        return content_hash(type(self).__qualname__, self._fingerprint_parts())
+
+    def _fingerprint_parts(self) -> dict[str, Any]:
+        """Verdict-relevant settings; subclasses extend. Never include secrets."""
+        return {}
+
+    @abc.abstractmethod
+    def judge_batch(self, items: list[JudgeItem]) -> list[Verdict]:
+        """Return one verdict per item, in order."""
+
+
+def judge_key(judge_fingerprint: str, item: JudgeItem) -> str:
+    """Cache key of one verdict: the judge's identity and everything it reads of the item."""
+    return content_hash(judge_fingerprint, item.question, item.document, item.gold, item.candidate)
+
+
+def _chunks(seq: list[Any], size: int) -> Iterator[list[Any]]:
+    for start in range(0, len(seq), size):
+        yield seq[start : start + size]
+
+
+def run_judge(
+    judge: Judge,
+    items: list[JudgeItem],
+    cache: JsonlCache | None,
+    batch_size: int = 16,
+    progress: bool = True,
+) -> list[Verdict]:
+    """Judge ``items`` (in input order), skipping those already in ``cache``.
+
+    New verdicts are appended to the cache after every batch, so an interruption loses at most
+    one batch and re-running resumes. Identical items are judged once.
+    """
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    fingerprint = judge.fingerprint()
+    keys = [judge_key(fingerprint, item) for item in items]
+    verdicts: dict[str, Verdict] = {}
+    todo: dict[str, JudgeItem] = {}
+    for key, item in zip(keys, items):
+        if key in verdicts or key in todo:
+            continue
+        row = cache.get(key) if cache is not None else None
+        if row is not None:
+            verdicts[key] = Verdict.from_row(row)
+        else:
+            todo[key] = item
+    n_cached = len(verdicts)
+    where = f" (cache {cache.path})" if cache is not None else ""
+    log.info(
+        "judge %s: %d items, %d unique, %d cached, %d to judge%s",
+        judge.name,
+        len(items),
+        n_cached + len(todo),
+        n_cached,
+        len(todo),
+        where,
+    )
+
+    pending = list(todo.items())
+    batches = _chunks(pending, batch_size)
+    if progress and pending:
+        from tqdm.auto import tqdm
+
+        batches = tqdm(
+            batches, total=-(-len(pending) // batch_size), desc=f"judge {judge.name}", unit="batch"
+        )
+    n_new = 0
+    for batch in batches:
+        try:
+            new = judge.judge_batch([item for _, item in batch])
+            if len(new) != len(batch):
+                raise JudgeError(f"judge returned {len(new)} verdicts for a batch of {len(batch)}")
+        except Exception as err:
+            state = f"{n_cached + n_new} of {n_cached + len(todo)} unique items are judged" + (
+                f" and saved in {cache.path}; re-running resumes from there"
+                if cache is not None
+                else " (no cache: re-running starts over)"
+            )
+            if isinstance(err, JudgeError):
+                raise JudgeError(f"judge {judge.name} failed: {err}. {state}") from err
+            log.error("judge %s stopped: %s", judge.name, state)
+            raise
+        if cache is not None:
+            cache.put_many(
+                (key, {"id": item.id, "judge": judge.name, **verdict.to_row()})
+                for (key, item), verdict in zip(batch, new)
+            )
+        verdicts.update((key, verdict) for (key, _), verdict in zip(batch, new))
+        n_new += len(batch)
+
+    out = [verdicts[key] for key in keys]
+    n_unparsed = sum(not v.parsed for v in out)
+    log.info(
+        "judge %s: %d/%d accepted, %d unparseable outputs",
+        judge.name,
+        sum(v.accept for v in out),
+        len(out),
+        n_unparsed,
+    )
+    return out

@@ -1,0 +1,197 @@
+"""LightningModule: response-only cross-entropy over mixed self/gold targets, LoRA.
+
+bf16 autocast comes from the Trainer's ``precision: bf16-mixed`` (CPU and GPU) or DeepSpeed's bf16.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+from transformers import PreTrainedModel
+
+from ssr.data.tokenize import IGNORE_INDEX
+from ssr.models import ModelSpec, apply_peft, load_model
+
+log = logging.getLogger(__name__)
+
+
+def response_token_loss(
+    model: PreTrainedModel,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor,
+    labels: torch.Tensor,
+    position_ids: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Summed next-token CE over response positions only.
+
+    Runs the decoder, then projects to the vocabulary only the hidden states that predict a
+    response token: prompt positions never reach the (large) output layer.
+    """
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    decoder, head = base.get_decoder(), base.get_output_embeddings()
+    hidden = decoder(
+        input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, use_cache=False
+    ).last_hidden_state
+    targets = labels[:, 1:]
+    mask = targets != IGNORE_INDEX
+    logits = head(hidden[:, :-1][mask])
+    return F.cross_entropy(logits.float(), targets[mask], reduction="sum")
+
+
+class SSRModule(L.LightningModule):
+    """Fine-tunes a causal LM on pre-selected targets (the method lives in the DataModule).
+
+    The loss is normalised by the number of response tokens in the whole optimizer step:
+    summed over every micro-batch of the gradient-accumulation window and every data-parallel
+    rank (gradients are rescaled once before the optimizer step). Under DeepSpeed, whose engine
+    owns the gradients, each micro-batch is normalised by its own token count instead.
+    """
+
+    def __init__(
+        self,
+        model: dict[str, Any] | ModelSpec,
+        peft: dict[str, Any] | None = None,
+        lr: float = 2e-4,
+        weight_decay: float = 0.0,
+        betas: tuple[float, float] = (0.9, 0.999),
+        warmup_ratio: float = 0.1,
+        min_lr_ratio: float = 0.1,
+        gradient_checkpointing: bool = False,
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters()
+        self.spec = model if isinstance(model, ModelSpec) else ModelSpec(**model)
+        self.peft_cfg = dict(peft) if peft else None
+        self.model: PreTrainedModel | None = None
+        self.strict_loading = False  # LoRA checkpoints hold only the trainable weights
+        self._window_tokens = 0
+        self._t_batch = 0.0
+
+    # -- model ---------------------------------------------------------------------------
+    def configure_model(self) -> None:
+        """Build the model here so DeepSpeed ZeRO-3 can shard it while it is created."""
+        if self.model is not None:
+            return
+        model, _ = load_model(self.spec)
+        if self.hparams.gradient_checkpointing:
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+            model.enable_input_require_grads()
+        self.model = apply_peft(model, self.peft_cfg)
+        self.model.train()  # from_pretrained returns eval mode; Lightning expects train mode here
+        n_train = sum(p.numel() for p in self.model.parameters() if p.requires_grad)
+        n_all = sum(p.numel() for p in self.model.parameters())
+        log.info("trainable parameters: %d / %d (%.2f%%)", n_train, n_all, 100 * n_train / n_all)
+
+    @property
+    def _deepspeed(self) -> bool:
+        return type(self.trainer.strategy).__name__.startswith("DeepSpeed")
+
+    # -- steps ---------------------------------------------------------------------------
+    def on_train_batch_start(self, batch: dict[str, Any], batch_idx: int) -> None:
+        self._t_batch = time.perf_counter()
+
+    def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
+        loss_sum = response_token_loss(
+            self.model,
+            batch["input_ids"],
+            batch["attention_mask"],
+            batch["labels"],
+            batch.get("position_ids"),
+        )
+        n = int(batch["num_response_tokens"])
+        self._window_tokens += n
+        self.log("train/loss", loss_sum.detach() / max(n, 1), prog_bar=True, batch_size=n)
+        if self._deepspeed:
+            return loss_sum / max(n, 1)
+        # Lightning divides by accumulate_grad_batches; the true normaliser is applied to the grads.
+        return loss_sum
+
+    def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
+        if self._deepspeed:
+            return
+        tokens = torch.tensor(float(self._window_tokens), device=self.device)
+        world = self.trainer.world_size
+        if world > 1:
+            tokens = self.trainer.strategy.reduce(tokens, reduce_op="sum")
+        # grads hold (1/world) * sum_ranks sum_window loss_sum / accumulate  ->  sum / tokens
+        scale = self.trainer.accumulate_grad_batches * world / tokens.clamp(min=1.0)
+        for group in optimizer.param_groups:
+            for p in group["params"]:
+                if p.grad is not None:
+                    p.grad.mul_(scale)
+        self._window_tokens = 0
+
+    def on_train_batch_end(self, outputs: Any, batch: dict[str, Any], batch_idx: int) -> None:
+        dt = time.perf_counter() - self._t_batch
+        if dt > 0:
+            self.log_dict(
+                {
+                    "train/tokens_per_s": batch["num_tokens"] / dt,
+                    "train/response_tokens_per_s": batch["num_response_tokens"] / dt,
+                },
+                on_step=True,
+                on_epoch=False,
+            )
+
+    def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+        loss_sum = response_token_loss(
+            self.model,
+            batch["input_ids"],
+            batch["attention_mask"],
+            batch["labels"],
+            batch.get("position_ids"),
+        )
+        n = int(batch["num_response_tokens"])
+        self.log("val/loss", loss_sum / max(n, 1), prog_bar=True, batch_size=n, sync_dist=True)
+
+    def on_train_start(self) -> None:
+        if not math.isfinite(self.hparams.lr) or self.hparams.lr <= 0:
+            raise ValueError(f"optim lr must be a positive number, got {self.hparams.lr}")
+
+    # -- optimisation ----------------------------------------------------------------------
+    def configure_optimizers(self) -> dict[str, Any]:
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        if self._deepspeed and self.trainer.strategy.config.get("zero_optimization", {}).get(
+            "offload_optimizer"
+        ):
+            from deepspeed.ops.adam import DeepSpeedCPUAdam
+
+            opt = DeepSpeedCPUAdam(
+                params, lr=self.hparams.lr, betas=self.hparams.betas, weight_decay=self.hparams.weight_decay
+            )
+        else:
+            opt = torch.optim.AdamW(
+                params, lr=self.hparams.lr, betas=self.hparams.betas, weight_decay=self.hparams.weight_decay
+            )
+        total = max(1, int(self.trainer.estimated_stepping_batches))
+        warmup = int(self.hparams.warmup_ratio * total)
+        floor = self.hparams.min_lr_ratio
+
+        def schedule(step: int) -> float:
+            if step < warmup:
+                return (step + 1) / (warmup + 1)
+            progress = (step - warmup) / max(1, total - warmup)
+            return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, schedule)
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+    # -- checkpoints -------------------------------------------------------------------------
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Keep only trainable weights (the LoRA adapter) when the base model is frozen."""
+        if self.peft_cfg:
+            trainable = {n for n, p in self.named_parameters() if p.requires_grad}
+            checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if k in trainable}
+
+    def save_adapter(self, path: str | Path) -> Path:
+        """Write the PEFT adapter (or the full model without LoRA) in Hugging Face format."""
+        path = Path(path)
+        self.model.save_pretrained(path, safe_serialization=True)
+        return path

@@ -1,0 +1,245 @@
+"""The cached stages before training: self-generation, rewriting, judging, target selection.
+
+Each stage reads and writes the shared caches under ``SSR_CACHE`` (keyed by content), so any
+entry point (``ssr-generate``, ``ssr-judge``, ``ssr-train``) runs only what is missing.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ssr.cache import JsonlCache, stage_lock
+from ssr.data.prompts import PromptConfig, build_messages, render_prompt
+from ssr.generation import DecodingConfig, GenerationStats, cached_generate, hf_generate, vllm_generate
+from ssr.methods import Candidate, MethodConfig, Selection, SelectionStats, select_targets, selection_stats
+from ssr.models import ModelSpec, load_model, load_tokenizer, model_fingerprint, resolve_path
+from ssr.records import Record
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class GeneratorConfig:
+    """How the base model writes its own answers and rewrites."""
+
+    backend: str = "hf"  # hf | vllm
+    batch_size: int = 16
+    decoding: DecodingConfig = field(default_factory=DecodingConfig)
+    vllm_kwargs: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class StageCounters:
+    """Rows served from cache vs computed, per stage (shown after every run)."""
+
+    stages: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    def add(self, stage: str, total: int, cached: int, computed: int, seconds: float) -> None:
+        self.stages[stage] = {
+            "rows": total,
+            "cached": cached,
+            "computed": computed,
+            "seconds": round(seconds, 2),
+        }
+
+    def summary(self) -> str:
+        return "; ".join(
+            f"{k}: {v['cached']}/{v['rows']} cached, {v['computed']} computed in {v['seconds']}s"
+            for k, v in self.stages.items()
+        )
+
+
+class BaseModelGenerator:
+    """Generates with the *base* model (loaded lazily, once) through the shared generation cache."""
+
+    def __init__(self, spec: ModelSpec, cfg: GeneratorConfig, cache_dir: Path) -> None:
+        self.spec, self.cfg, self.cache_dir = spec, cfg, Path(cache_dir)
+        self.fingerprint = model_fingerprint(spec)
+        self._model = None
+        self.tokenizer = load_tokenizer(spec)
+
+    @property
+    def cache_path(self) -> Path:
+        return self.cache_dir / "generations" / f"{self.fingerprint}.jsonl"
+
+    def _backend(self, prompts: list[str], on_batch: Any) -> list[str]:
+        if self.cfg.backend == "vllm":
+            texts = vllm_generate(
+                resolve_path(self.spec.name_or_path), prompts, self.cfg.decoding, **self.cfg.vllm_kwargs
+            )
+            on_batch(list(range(len(prompts))), texts)
+            return texts
+        if self.cfg.backend != "hf":
+            raise ValueError(f"unknown generator backend {self.cfg.backend!r}; valid choices: hf, vllm")
+        if self._model is None:
+            self._model, _ = load_model(self.spec)
+            if _cuda_available():
+                self._model.to("cuda")
+        return hf_generate(
+            self._model, self.tokenizer, prompts, self.cfg.decoding, self.cfg.batch_size, on_batch=on_batch
+        )
+
+    def generate(self, prompts: list[str]) -> tuple[list[str], GenerationStats]:
+        with stage_lock(self.cache_path.with_suffix(".lock")):
+            cache = JsonlCache(self.cache_path)
+            return cached_generate(
+                prompts, cache, self.fingerprint, self.cfg.decoding, self._backend, backend=self.cfg.backend
+            )
+
+    def release(self) -> None:
+        """Free the generation model before training starts."""
+        self._model = None
+
+
+def _cuda_available() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
+def answer_prompts(tokenizer: Any, records: list[Record], prompt_cfg: PromptConfig) -> list[str]:
+    return [render_prompt(tokenizer, build_messages(r, prompt_cfg)) for r in records]
+
+
+def rewrite_prompts(
+    tokenizer: Any, records: list[Record], prompt_cfg: PromptConfig, method: MethodConfig
+) -> list[str]:
+    """Prompts asking the base model to restate each gold answer in its own words (SDFT/S3FT)."""
+    out = []
+    for r in records:
+        messages = build_messages(r, prompt_cfg)
+        last = messages[-1]
+        messages[-1] = {
+            **last,
+            "content": method.rewrite_template.format(prompt=last["content"], gold=r.gold),
+        }
+        out.append(render_prompt(tokenizer, messages))
+    return out
+
+
+def judge_candidates(
+    judge: Any,
+    records: list[Record],
+    candidates: list[str],
+    cache_dir: Path,
+    counters: StageCounters,
+    stage: str,
+) -> list[Candidate]:
+    """Judge each candidate against its record's gold answer, through the verdict cache."""
+    import time
+
+    from ssr.judges.base import JudgeItem, run_judge
+
+    items = [
+        JudgeItem(
+            id=r.id,
+            question=r.question,
+            gold=r.gold,
+            candidate=c,
+            document=r.document,
+            answerable=r.answerable,
+        )
+        for r, c in zip(records, candidates, strict=True)
+    ]
+    path = Path(cache_dir) / "verdicts" / f"{judge.fingerprint()}.jsonl"
+    t0 = time.perf_counter()
+    with stage_lock(path.with_suffix(".lock")):
+        cache = JsonlCache(path)
+        before = len(cache)
+        verdicts = run_judge(judge, items, cache)
+        computed = len(cache) - before
+    counters.add(stage, len(items), len(items) - computed, computed, time.perf_counter() - t0)
+    return [
+        Candidate(text=c, accept=v.accept, score=v.score, rationale=v.rationale)
+        for c, v in zip(candidates, verdicts)
+    ]
+
+
+def generate_candidates(
+    generator: BaseModelGenerator,
+    records: list[Record],
+    prompt_cfg: PromptConfig,
+    method: MethodConfig,
+    counters: StageCounters,
+) -> dict[str, list[str]]:
+    """The model-written texts the method needs: own answers and/or rewrites of gold."""
+    out: dict[str, list[str]] = {}
+    tok = generator.tokenizer
+    jobs = []
+    if method.needs_self:
+        jobs.append(("self", answer_prompts(tok, records, prompt_cfg)))
+    if method.needs_rewrite:
+        jobs.append(("rewrite", rewrite_prompts(tok, records, prompt_cfg, method)))
+    for name, prompts in jobs:
+        texts, stats = generator.generate(prompts)
+        counters.add(f"generate_{name}", stats.rows, stats.cached, stats.generated, stats.seconds)
+        out[name] = texts
+    return out
+
+
+def run_selection(
+    records: list[Record],
+    method: MethodConfig,
+    prompt_cfg: PromptConfig,
+    generator: BaseModelGenerator | None,
+    judge: Any,
+    cache_dir: Path,
+    out_dir: Path,
+) -> tuple[list[Selection], SelectionStats, StageCounters]:
+    """Generate (cached) -> judge (cached) -> select; writes selection.jsonl and selection_stats.json."""
+    counters = StageCounters()
+    own = rewrites = None
+    if method.needs_judge:
+        if judge is None:
+            raise ValueError(f"method={method.name} needs a judge (set judge=rule_qa|hf|openai)")
+        if generator is None:
+            raise ValueError(f"method={method.name} needs a generator for the base model's own texts")
+        texts = generate_candidates(generator, records, prompt_cfg, method, counters)
+        generator.release()
+        if "self" in texts:
+            own = judge_candidates(judge, records, texts["self"], cache_dir, counters, "judge_self")
+        if "rewrite" in texts:
+            rewrites = judge_candidates(
+                judge, records, texts["rewrite"], cache_dir, counters, "judge_rewrite"
+            )
+    selections = select_targets(method, records, own, rewrites)
+    stats = selection_stats(method, selections, own, rewrites)
+    stats.extra["stages"] = counters.stages
+    write_selection(out_dir, selections, stats)
+    log.info("selection (%s): %s", method.name, json.dumps(stats.by_source))
+    if counters.stages:
+        log.info("stage cache counters: %s", counters.summary())
+    return selections, stats, counters
+
+
+def write_selection(out_dir: Path, selections: list[Selection], stats: SelectionStats) -> None:
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    _atomic_write(
+        out_dir / "selection.jsonl",
+        "".join(json.dumps(s.to_dict(), ensure_ascii=False) + "\n" for s in selections),
+    )
+    _atomic_write(out_dir / "selection_stats.json", json.dumps(stats.to_dict(), indent=2))
+
+
+def read_selection(path: Path) -> list[Selection]:
+    with open(path, encoding="utf-8") as fh:
+        return [Selection(**json.loads(line)) for line in fh if line.strip()]
+
+
+def _atomic_write(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
+    with open(tmp, "w", encoding="utf-8") as fh:
+        fh.write(text)
+        fh.flush()
+        os.fsync(fh.fileno())
+    tmp.replace(path)
+
+
+def stats_dict(stats: SelectionStats) -> dict[str, Any]:
+    return asdict(stats)
