@@ -3,7 +3,6 @@
 import contextlib
 import csv
 import json
-import os
 from pathlib import Path
 
 import lightning.pytorch as pl
@@ -14,26 +13,15 @@ from torch.utils.data import DataLoader
 
 from ssr.eval import drift_callback
 from ssr.eval.drift_callback import GeneralizationDriftCallback, score_deltas, table_rows
-from ssr.models import ModelSpec, load_tokenizer, tiny_random_model
-
-DATA = Path(os.environ.get("SSR_DATA_ROOT") or Path(__file__).resolve().parents[1] / ".." / "shared" / "data")
-pytestmark = pytest.mark.skipif(not DATA.is_dir(), reason="offline data folder not found")
+from ssr.models import tiny_random_model
 
 SUITE = {"tasks": ["ssr_arc_easy"], "limits": 3, "batch_size": 4}
 SELF_DRIFT = {"limit": 3, "max_new_tokens": 4, "batch_size": 3}
 
 
 @pytest.fixture(autouse=True)
-def _env(monkeypatch, tmp_path):
-    monkeypatch.setenv("SSR_CACHE", str(tmp_path / "cache"))
-    monkeypatch.setenv("SSR_DATA_ROOT", str(DATA))
-    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-
-
-@pytest.fixture(scope="module")
-def tokenizer():
-    return load_tokenizer(ModelSpec())
+def _private_cache(monkeypatch, tmp_path, data_root):
+    monkeypatch.setenv("SSR_CACHE", str(tmp_path / "cache"))  # self-drift references
 
 
 class TinyLM(pl.LightningModule):
@@ -99,16 +87,25 @@ def test_two_epochs_write_base_and_epoch_records_and_restore_state(tokenizer, tm
     _, probe_plain, weights_plain, _ = _fit(tokenizer, tmp_path / "b", with_drift=False)
 
     payload = json.loads((tmp_path / "a" / "run" / "drift.json").read_text())
-    assert set(payload["base"]) == {"ssr_arc_easy", "self_drift"}
+    assert payload["base"]["stage"] == "base" and payload["base"]["step"] == 0
+    assert set(payload["base"]["scores"]) == {"ssr_arc_easy", "self_drift"}
     assert [e["epoch"] for e in payload["epochs"]] == [0, 1]
     assert [e["step"] for e in payload["epochs"]] == [4, 8]
-    assert payload["base"]["self_drift"]["nll_increase"] == pytest.approx(0.0, abs=1e-6)
+    assert payload["base"]["scores"]["self_drift"]["nll_increase"] == pytest.approx(0.0, abs=1e-6)
     last = payload["epochs"][-1]
     assert last["delta"]["self_drift"]["nll"] == pytest.approx(
-        last["scores"]["self_drift"]["nll"] - payload["base"]["self_drift"]["nll"]
+        last["scores"]["self_drift"]["nll"] - payload["base"]["scores"]["self_drift"]["nll"]
     )
     assert last["scores"]["self_drift"]["nll_increase"] != 0.0  # lr 0.5 SGD moved the weights
     assert (tmp_path / "a" / "run" / "self_drift_reference.json").is_file()
+
+    # ssr-report reads this drift.json
+    from ssr.report import load_run
+
+    (tmp_path / "a" / "run" / "summary.json").write_text(json.dumps({"method": "sft"}))
+    run = load_run(tmp_path / "a" / "run")
+    assert run.base["suite/ssr_arc_easy/acc"] == payload["base"]["scores"]["ssr_arc_easy"]["acc"]
+    assert len(run.epochs) == 2 and run.final["suite/self_drift/nll"] == last["scores"]["self_drift"]["nll"]
 
     # evaluation leaves training exactly as it would have been: same RNG stream, same weights, train mode
     assert probe.seen == probe_plain.seen
@@ -161,7 +158,10 @@ def test_from_eval_config(tokenizer):
         cfg = compose(config_name=None, overrides=["+eval=default", "eval.callback.every_n_epochs=2"])
     cb = GeneralizationDriftCallback.from_config(cfg.eval, tokenizer=tokenizer)
     assert cb.every_n_epochs == 2 and cb.suite.name == "local" and cb.self_drift.max_new_tokens == 64
-    assert cb.tokenizer is tokenizer and cb.mixed_precision == "auto"
+    assert cb.tokenizer is tokenizer and cb.mixed_precision == "auto" and cb.enabled
+    with initialize_config_dir(config_dir=str(conf), version_base=None):
+        off = compose(config_name=None, overrides=["+eval=default", "eval.callback.enabled=false"])
+    assert not GeneralizationDriftCallback.from_config(off.eval).enabled
 
 
 def test_needs_a_tokenizer(tmp_path):

@@ -2,7 +2,6 @@
 requests of lm-eval's own hub task definitions."""
 
 import json
-import os
 from pathlib import Path
 
 import pytest
@@ -11,25 +10,14 @@ from ssr.eval import local_docs
 from ssr.eval.hub_mirror import hub_task_config, mirrored_tasks
 from ssr.eval.suite import task_manager
 
-DATA = Path(os.environ.get("SSR_DATA_ROOT") or Path(__file__).resolve().parents[1] / ".." / "shared" / "data")
-pytestmark = pytest.mark.skipif(not DATA.is_dir(), reason="offline data folder not found")
-
 LOCAL = [
     "ssr_arc_easy", "ssr_arc_challenge", "ssr_piqa", "ssr_boolq", "ssr_hellaswag",
     "ssr_truthfulqa_mc1", "ssr_truthfulqa_mc2", "ssr_gsm8k",
 ]  # fmt: skip
 
 
-@pytest.fixture(autouse=True)
-def _offline(monkeypatch):
-    monkeypatch.setenv("SSR_DATA_ROOT", str(DATA))
-    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-
-
 @pytest.fixture(scope="module")
-def loaded():
-    os.environ.setdefault("SSR_DATA_ROOT", str(DATA))
+def loaded(data_root):
     return task_manager(False).load([*LOCAL, "ssr_mmlu"])
 
 

@@ -15,14 +15,9 @@ from ssr.eval.self_drift import (
     self_drift_scores,
     weights_fingerprint,
 )
-from ssr.models import ModelSpec, load_tokenizer, tiny_random_model
+from ssr.models import tiny_random_model
 
 CFG = {"limit": 5, "max_new_tokens": 6, "batch_size": 3}
-
-
-@pytest.fixture(scope="module")
-def tokenizer():
-    return load_tokenizer(ModelSpec())
 
 
 @pytest.fixture

@@ -1,7 +1,6 @@
 """run_suite on a tiny random Llama (fast) and on the real SmolLM2 (slow); suite configs."""
 
 import math
-import os
 from pathlib import Path
 
 import pytest
@@ -9,28 +8,9 @@ import torch
 
 from ssr.eval.hub_mirror import hub_task_config
 from ssr.eval.suite import SuiteConfig, flatten_results, run_suite, sample_indices
-from ssr.models import ModelSpec, load_model, load_tokenizer, tiny_random_model
+from ssr.models import ModelSpec, load_model, tiny_random_model
 
 ROOT = Path(__file__).resolve().parents[1]
-DATA = Path(os.environ.get("SSR_DATA_ROOT") or ROOT / ".." / "shared" / "data")
-needs_data = pytest.mark.skipif(not DATA.is_dir(), reason="offline data folder not found")
-
-
-@pytest.fixture(autouse=True)
-def _offline(monkeypatch):
-    monkeypatch.setenv("SSR_DATA_ROOT", str(DATA))
-    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-
-
-@pytest.fixture(scope="module")
-def tokenizer():
-    return load_tokenizer(ModelSpec())
-
-
-@pytest.fixture(scope="module")
-def tiny(tokenizer):
-    return tiny_random_model(tokenizer, seed=0)
 
 
 class _FakeTask:
@@ -67,8 +47,8 @@ def test_suite_config_rejects_unknown_keys():
         SuiteConfig.from_mapping({"tasks": [], "limts": 3})
 
 
-@needs_data
-def test_run_suite_on_tiny_model_with_per_task_limits(tiny, tokenizer):
+def test_run_suite_on_tiny_model_with_per_task_limits(tiny_model, tokenizer, data_root):
+    tiny = tiny_model
     tiny.train()
     scores = run_suite(
         tiny,
@@ -102,11 +82,10 @@ def test_run_suite_on_tiny_model_with_per_task_limits(tiny, tokenizer):
     assert not tiny.training  # HFLM switched to eval; the drift callback restores it
 
 
-@needs_data
-def test_peft_wrapped_model_runs_and_matches_base_when_adapter_is_zero(tiny, tokenizer):
+def test_peft_wrapped_model_runs_and_matches_base_when_adapter_is_zero(tiny_model, tokenizer, data_root):
     from peft import LoraConfig, get_peft_model
 
-    base = run_suite(tiny, tokenizer, ["ssr_piqa"], limits=6, batch_size=6)
+    base = run_suite(tiny_model, tokenizer, ["ssr_piqa"], limits=6, batch_size=6)
     peft_model = get_peft_model(
         tiny_random_model(tokenizer, seed=0), LoraConfig(r=4, target_modules="all-linear")
     )
@@ -131,8 +110,7 @@ def test_hydra_eval_group_composes_with_nested_suite():
 
 
 @pytest.mark.slow
-@needs_data
-def test_real_smollm2_two_tasks_and_hub_mirror_agree():
+def test_real_smollm2_two_tasks_and_hub_mirror_agree(data_root):
     torch.manual_seed(0)
     model, tokenizer = load_model(ModelSpec())
     tasks = ["ssr_arc_easy", "ssr_piqa", hub_task_config("ssr_arc_easy"), hub_task_config("ssr_piqa")]

@@ -3,7 +3,11 @@
 Scores come from :func:`ssr.eval.evaluate.evaluate_model` (the lm-eval suite + self-drift). Each
 evaluation is logged to every logger as ``drift/<task>/<metric>`` (absolute) and
 ``drift_delta/<task>/<metric>`` (minus the base score), as a W&B table for W&B loggers, and
-appended to ``drift.json`` in the run directory.
+appended to ``drift.json`` in the run directory::
+
+    {"suite": {...}, "self_drift": {...},
+     "base": {"stage": "base", "epoch": -1, "step": 0, "scores": {task: {metric: value}}},
+     "epochs": [{"stage": "epoch", "epoch": 0, "step": 40, "scores": {...}, "delta": {...}}, ...]}
 """
 
 from __future__ import annotations
@@ -129,6 +133,7 @@ class GeneralizationDriftCallback(pl.Callback):
         run_dir: where ``drift.json`` goes; default ``trainer.default_root_dir``.
         mixed_precision: ``auto`` follows the trainer (``bf16-mixed`` -> bf16 autocast), or
             ``bf16``/``fp16``/``none``.
+        enabled: ``False`` turns the callback into a no-op (``eval.callback.enabled``).
     """
 
     def __init__(
@@ -140,6 +145,7 @@ class GeneralizationDriftCallback(pl.Callback):
         run_dir: str | os.PathLike | None = None,
         mixed_precision: str | None = "auto",
         data_root: str | None = None,
+        enabled: bool = True,
     ) -> None:
         if every_n_epochs < 1:
             raise ValueError(f"every_n_epochs must be >= 1, got {every_n_epochs}")
@@ -150,6 +156,7 @@ class GeneralizationDriftCallback(pl.Callback):
         self.run_dir = Path(run_dir) if run_dir else None
         self.mixed_precision = mixed_precision
         self.data_root = data_root
+        self.active = enabled
         self.records: list[dict[str, Any]] = []
         self.reference: SelfDriftReference | None = None
 
@@ -159,7 +166,6 @@ class GeneralizationDriftCallback(pl.Callback):
     ) -> GeneralizationDriftCallback:
         """Build from the ``eval`` config group (``suite``, ``self_drift``, ``callback`` keys)."""
         callback_cfg = dict(eval_cfg.get("callback") or {})
-        callback_cfg.pop("enabled", None)
         return cls(
             suite=eval_cfg.get("suite"),
             self_drift=eval_cfg.get("self_drift"),
@@ -169,7 +175,7 @@ class GeneralizationDriftCallback(pl.Callback):
 
     @property
     def enabled(self) -> bool:
-        return bool(self.suite.tasks) or self.self_drift.enabled
+        return self.active and (bool(self.suite.tasks) or self.self_drift.enabled)
 
     @property
     def base_scores(self) -> Scores | None:
@@ -282,7 +288,7 @@ class GeneralizationDriftCallback(pl.Callback):
         payload = {
             "suite": self.suite.__dict__,
             "self_drift": self.self_drift.__dict__,
-            "base": base,
+            "base": next((r for r in self.records if r["stage"] == "base"), None),
             "epochs": [
                 {**r, "delta": score_deltas(r["scores"], base) if base is not None else None}
                 for r in self.records
