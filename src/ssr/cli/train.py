@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import time
 import zipfile
 from pathlib import Path
@@ -15,9 +16,11 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig
 
 from ssr.cli._hydra import CONF_DIR, load_records, to_dict
+from ssr.data.adapters import subsample
 from ssr.datamodule import SSRDataModule
 from ssr.methods import MethodConfig
 from ssr.module import SSRModule
+from ssr.records import Record
 
 log = logging.getLogger("ssr.train")
 
@@ -40,6 +43,44 @@ def build_datamodule(cfg: DictConfig, run_dir: Path) -> SSRDataModule:
         num_workers=cfg.data.get("num_workers", 0),
         seed=cfg.seed,
         cache_dir=cfg.paths.get("cache_dir"),
+    )
+
+
+def task_sets(cfg: DictConfig, datamodule: SSRDataModule) -> dict[str, list[Record]]:
+    """Held-out grounded-QA sets scored before and after training: in-domain val + ``data.ood``."""
+    tasks = cfg.eval.get("tasks") or {}
+    cap = tasks.get("max_rows")
+    sets = (
+        {"in_domain": subsample(datamodule.val_records, max_rows=cap, seed=cfg.seed)}
+        if tasks.get("in_domain", True) and datamodule.val_records
+        else {}
+    )
+    for name, node in (cfg.data.get("ood") or {}).items():
+        records = instantiate(node)
+        balance = any(not r.answerable for r in records)
+        sets[f"ood_{name}"] = subsample(records, max_rows=cap, balance=balance, seed=cfg.seed)
+    return sets
+
+
+def build_drift_callback(cfg: DictConfig, datamodule: SSRDataModule, run_dir: Path) -> Any:
+    """The generalization-drift callback (lm-eval suite + self-drift + task metrics), if enabled."""
+    from ssr.eval.drift_callback import GeneralizationDriftCallback
+
+    ev = cfg.get("eval")
+    if not ev or not ev.callback.get("enabled", True):
+        return None
+    data_root = str(Path(cfg.paths.data_root).resolve())
+    os.environ["SSR_DATA_ROOT"] = data_root  # the local lm-eval task YAMLs read it
+    tasks = ev.get("tasks") or {}
+    return GeneralizationDriftCallback.from_config(
+        to_dict(ev),
+        tokenizer=datamodule.tokenizer,
+        run_dir=str(run_dir),
+        data_root=data_root,
+        task_sets=task_sets(cfg, datamodule),
+        prompt=datamodule.prompt,
+        task_every_epoch=bool(tasks.get("every_epoch", False)),
+        task_max_new_tokens=int(tasks.get("max_new_tokens", 64)),
     )
 
 
@@ -78,7 +119,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     L.seed_everything(cfg.seed, workers=True)
     datamodule = build_datamodule(cfg, run_dir)
     module = SSRModule(model=to_dict(cfg.model), peft=to_dict(cfg.get("peft")), **to_dict(cfg.optim))
-    trainer = build_trainer(cfg)
+    drift = build_drift_callback(cfg, datamodule, run_dir)
+    trainer = build_trainer(cfg, [drift] if drift else None)
     trainer.fit(module, datamodule=datamodule, ckpt_path=resume_checkpoint(cfg, run_dir))
     summary: dict[str, Any] = {}
     if trainer.is_global_zero:

@@ -226,11 +226,13 @@ def quac(
     unanswerable_sentence: str = DEFAULT_UNANSWERABLE,
     on_error: str = "raise",
     marker: str = "CANNOTANSWER",
+    source: str = "quac",
 ) -> list[Record]:
     """QuAC JSONL (llm-foundry layout: ``context`` ending in the current ``Question:``, ``answer``).
 
     The CANNOTANSWER marker is stripped from the context; the dialogue history stays in the
-    document; ``answer == CANNOTANSWER`` marks an unanswerable question.
+    document; ``answer == CANNOTANSWER`` marks an unanswerable question. The same layout serves
+    NQ open-book (``nq_open_book``), whose contexts start with ``Context:`` and end in ``Answer:``.
     """
     file = Path(path)
 
@@ -239,21 +241,27 @@ def quac(
         context = _require_str(row, "context", where)
         answer = _require_str(row, "answer", where)
         head, sep, question = context.rpartition("Question:")
-        if not sep or not question.strip():
+        question = question.strip().removesuffix("Answer:").strip()
+        if not sep or not question:
             raise DataError(f"{where}: field 'context' has no trailing 'Question:' turn")
-        document = head.replace(marker, "").strip()
+        document = head.replace(marker, "").strip().removeprefix("Context:").strip()
         impossible = answer.strip() == marker
         gold = unanswerable_sentence if impossible else answer.strip()
         return Record(
             id=_optional_id(row, "id", where) or content_hash(context),
-            question=question.strip(),
+            question=question,
             gold=gold,
             document=document,
             answerable=not impossible,
-            meta={"source": "quac", "answers": [] if impossible else [answer.strip()]},
+            meta={"source": source, "answers": [] if impossible else [answer.strip()]},
         )
 
     return _collect(((w, lambda r=r, w=w: make(r, w)) for w, r in _read_jsonl(file)), str(file), on_error)
+
+
+def nq_open_book(path: str, on_error: str = "raise", **_: Any) -> list[Record]:
+    """NQ open-book JSONL (answerable only): an out-of-domain over-refusal check."""
+    return quac(path, on_error=on_error, source="natural_questions")
 
 
 def jsonl(

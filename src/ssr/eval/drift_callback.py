@@ -34,6 +34,7 @@ from ssr.eval.suite import Scores, SuiteConfig
 log = logging.getLogger(__name__)
 
 DRIFT_FILE = "drift.json"
+EVAL_FILE = "eval.json"
 REFERENCE_FILE = "self_drift_reference.json"
 TABLE_COLUMNS = ["stage", "epoch", "step", "task", "metric", "value", "base", "delta"]
 
@@ -134,6 +135,10 @@ class GeneralizationDriftCallback(pl.Callback):
         mixed_precision: ``auto`` follows the trainer (``bf16-mixed`` -> bf16 autocast), or
             ``bf16``/``fp16``/``none``.
         enabled: ``False`` turns the callback into a no-op (``eval.callback.enabled``).
+        task_sets: grounded-QA record sets (e.g. ``in_domain``, ``ood_quac``) scored with the task
+            metrics at fit start and after the last epoch (every epoch with ``task_every_epoch``);
+            base and final scores also go to ``eval.json``.
+        prompt: the ``PromptConfig`` used to ask the task questions.
     """
 
     def __init__(
@@ -146,6 +151,10 @@ class GeneralizationDriftCallback(pl.Callback):
         mixed_precision: str | None = "auto",
         data_root: str | None = None,
         enabled: bool = True,
+        task_sets: Mapping[str, list[Any]] | None = None,
+        prompt: Any = None,
+        task_every_epoch: bool = False,
+        task_max_new_tokens: int = 64,
     ) -> None:
         if every_n_epochs < 1:
             raise ValueError(f"every_n_epochs must be >= 1, got {every_n_epochs}")
@@ -159,6 +168,10 @@ class GeneralizationDriftCallback(pl.Callback):
         self.active = enabled
         self.records: list[dict[str, Any]] = []
         self.reference: SelfDriftReference | None = None
+        self.task_sets = dict(task_sets or {})
+        self.prompt = prompt
+        self.task_every_epoch = task_every_epoch
+        self.task_max_new_tokens = task_max_new_tokens
 
     @classmethod
     def from_config(
@@ -175,7 +188,7 @@ class GeneralizationDriftCallback(pl.Callback):
 
     @property
     def enabled(self) -> bool:
-        return self.active and (bool(self.suite.tasks) or self.self_drift.enabled)
+        return self.active and (bool(self.suite.tasks) or self.self_drift.enabled or bool(self.task_sets))
 
     @property
     def base_scores(self) -> Scores | None:
@@ -257,15 +270,37 @@ class GeneralizationDriftCallback(pl.Callback):
                 mixed_precision=precision,
                 data_root=self.data_root,
             )
-        return {
+            last_epoch = trainer.max_epochs is not None and trainer.current_epoch + 1 >= trainer.max_epochs
+            tasks = (
+                self._task_scores(model, tokenizer)
+                if (stage == "base" or last_epoch or self.task_every_epoch)
+                else None
+            )
+        record = {
             "stage": stage,
             "epoch": trainer.current_epoch if stage != "base" else -1,
             "step": trainer.global_step,
             "scores": scores,
         }
+        if tasks is not None:
+            record["tasks"] = tasks
+        return record
+
+    def _task_scores(self, model: torch.nn.Module, tokenizer: Any) -> dict[str, Any]:
+        from ssr.eval.grounded import evaluate_grounded
+        from ssr.generation import DecodingConfig
+
+        decoding = DecodingConfig(max_new_tokens=self.task_max_new_tokens)
+        return {
+            name: evaluate_grounded(model, tokenizer, records, self.prompt, decoding)[0]
+            for name, records in self.task_sets.items()
+            if records
+        }
 
     def _log(self, trainer: pl.Trainer, record: dict[str, Any]) -> None:
         metrics = flat_metrics(record["scores"], "drift")
+        if record.get("tasks"):
+            metrics.update(flat_metrics(record["tasks"], "task"))
         base = self.base_scores
         if base is not None and record["stage"] != "base":
             metrics.update(flat_metrics(score_deltas(record["scores"], base), "drift_delta"))
@@ -295,7 +330,22 @@ class GeneralizationDriftCallback(pl.Callback):
                 if r["stage"] != "base"
             ],
         }
-        tmp = path.with_name(path.name + f".tmp{os.getpid()}")
-        tmp.write_text(json.dumps(payload, indent=1, default=str), encoding="utf-8")
-        tmp.replace(path)
+        _write_json(path, payload)
+        with_tasks = [r for r in self.records if r.get("tasks")]
+        if with_tasks:
+            base_tasks = next((r["tasks"] for r in with_tasks if r["stage"] == "base"), None)
+            final = next((r for r in reversed(with_tasks) if r["stage"] != "base"), None)
+            _write_json(
+                path.with_name(EVAL_FILE),
+                {
+                    "base": {"tasks": base_tasks} if base_tasks else {},
+                    "final": {"tasks": final["tasks"], "epoch": final["epoch"]} if final else {},
+                },
+            )
         return path
+
+
+def _write_json(path: Path, payload: Any) -> None:
+    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
+    tmp.write_text(json.dumps(payload, indent=1, default=str), encoding="utf-8")
+    tmp.replace(path)
