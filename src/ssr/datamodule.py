@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 import random
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -56,13 +56,22 @@ class LengthGroupedBatchSampler(Sampler[list[int]]):
         rank: int = 0,
         world_size: int = 1,
         megabatch: int = 32,
+        epoch_fn: Callable[[], int] | None = None,
     ) -> None:
         self.lengths, self.batch_size, self.shuffle = lengths, batch_size, shuffle
         self.seed, self.rank, self.world_size, self.megabatch = seed, rank, world_size, megabatch
+        # Lightning calls set_epoch only on samplers *inside* a batch sampler, so the training
+        # loader reads the epoch from the Trainer instead (epoch_fn).
+        self.epoch_fn = epoch_fn
         self.epoch = 0
+        self._resume: tuple[int, int] | None = None  # (epoch, batches already trained)
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
+
+    def resume_at(self, epoch: int, batches_done: int) -> None:
+        """Start `epoch` at its first untrained batch (a run resumed from a mid-epoch checkpoint)."""
+        self._resume = (epoch, batches_done)
 
     def _batches(self) -> list[list[int]]:
         idx = list(range(len(self.lengths)))
@@ -80,7 +89,13 @@ class LengthGroupedBatchSampler(Sampler[list[int]]):
         return batches[:usable][self.rank :: self.world_size]
 
     def __iter__(self) -> Iterator[list[int]]:
-        return iter(self._batches())
+        if self.epoch_fn is not None:  # evaluated at the first batch, once the epoch has started
+            self.epoch = self.epoch_fn()
+        batches = self._batches()
+        if self._resume is not None and self._resume[0] == self.epoch:
+            batches = batches[self._resume[1] :]
+        self._resume = None
+        yield from batches
 
     def __len__(self) -> int:
         n = -(-len(self.lengths) // self.batch_size)
@@ -149,6 +164,8 @@ class SSRDataModule(L.LightningDataModule):
         self.tokenize_report: TokenizeReport | None = None
         self.train_rows: list[Tokenized] = []
         self.val_rows: list[Tokenized] = []
+        self._train_sampler: LengthGroupedBatchSampler | None = None
+        self._resume: tuple[int, int] | None = None
 
     @property
     def selection_path(self) -> Path:
@@ -196,23 +213,54 @@ class SSRDataModule(L.LightningDataModule):
             len(self.val_rows),
         )
 
-    def _loader(self, rows: list[Tokenized], batch_size: int, shuffle: bool) -> DataLoader:
+    def _loader(
+        self,
+        rows: list[Tokenized],
+        batch_size: int,
+        shuffle: bool,
+        epoch_fn: Callable[[], int] | None = None,
+    ) -> DataLoader:
         rank = self.trainer.global_rank if self.trainer else 0
         world = self.trainer.world_size if self.trainer else 1
-        epoch_seed = self.seed
         sampler = LengthGroupedBatchSampler(
-            [len(r.input_ids) for r in rows], batch_size, shuffle, epoch_seed, rank, world
+            [len(r.input_ids) for r in rows], batch_size, shuffle, self.seed, rank, world, epoch_fn=epoch_fn
         )
-        pad = self.tokenizer.pad_token_id
         return DataLoader(
             _ListDataset(rows),
             batch_sampler=sampler,
             num_workers=self.num_workers,
-            collate_fn=partial(collate, pad_id=pad),
+            collate_fn=partial(collate, pad_id=self.tokenizer.pad_token_id),
         )
 
     def train_dataloader(self) -> DataLoader:
-        return self._loader(self.train_rows, self.batch_size, shuffle=True)
+        loader = self._loader(self.train_rows, self.batch_size, shuffle=True, epoch_fn=self._train_epoch)
+        self._train_sampler = loader.batch_sampler
+        if self._resume is not None:
+            self._train_sampler.resume_at(*self._resume)
+        return loader
+
+    # -- mid-epoch resume ------------------------------------------------------------------
+    # Lightning stores state_dict() in every checkpoint and calls load_state_dict() on resume
+    # (before the loops restart); the training sampler then skips the batches already trained.
+    # (Lightning still warns that the dataloader is "not resumable": this class handles it.)
+    def _train_epoch(self) -> int:
+        return self.trainer.fit_loop.epoch_progress.current.processed if self.trainer else 0
+
+    def state_dict(self) -> dict[str, int]:
+        if not self.trainer or self.trainer.state.fn != "fit":
+            return {}
+        loop = self.trainer.fit_loop
+        return {
+            "epoch": self._train_epoch(),
+            "batches_done": loop.epoch_loop.batch_progress.current.processed,
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if "epoch" not in state:
+            return
+        self._resume = (int(state["epoch"]), int(state["batches_done"]))
+        if self._train_sampler is not None:  # the loader may exist already (estimated_stepping_batches)
+            self._train_sampler.resume_at(*self._resume)
 
     def val_dataloader(self) -> DataLoader | list:
         return self._loader(self.val_rows, self.val_batch_size, shuffle=False) if self.val_rows else []

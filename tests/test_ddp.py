@@ -1,0 +1,45 @@
+"""DDP on CPU (gloo, 2 processes) through the real `ssr-train` CLI equals a one-process run.
+
+Lightning starts rank 1 by re-running the command with `hydra.run.dir=<rank 0's dir>`; generation and
+judging run once, on rank 0, in `prepare_data`; every rank reads `selection.jsonl`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from cli_runs import adapter_shapes, jsonl_rows, run_train, summary
+
+
+@pytest.mark.slow
+def test_ddp_on_cpu_matches_one_process(tmp_path: Path) -> None:
+    common = ("method=ssr", "judge.threshold=0.0")  # threshold 0: own answers win where answerable
+    single, ddp = tmp_path / "single", tmp_path / "ddp"
+    run_train(*common, f"hydra.run.dir={single}", f"paths.cache_dir={tmp_path / 'cache1'}", cwd=tmp_path)
+    run_train(
+        *common,
+        "trainer=ddp",
+        f"hydra.run.dir={ddp}",
+        f"paths.cache_dir={tmp_path / 'cache2'}",
+        cwd=tmp_path,
+    )
+
+    # both ranks ran in one Hydra run dir: rank 1's job log sits next to rank 0's, nothing elsewhere
+    assert (ddp / "train.log").is_file() and (ddp / "train_ddp_process_1.log").is_file()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["cache1", "cache2", "ddp", "single"]
+
+    # the same targets, chosen once
+    assert (ddp / "selection.jsonl").read_bytes() == (single / "selection.jsonl").read_bytes()
+    sources = summary(ddp)["selection"]["counts"]
+    assert sources.get("self", 0) > 0 and sources.get("gold", 0) > 0, sources
+    generations = list((tmp_path / "cache2" / "generations").glob("*.jsonl"))
+    assert len(generations) == 1 and len(jsonl_rows(generations[0])) == 16, "rank 1 generated nothing"
+    assert "generated" not in (ddp / "train_ddp_process_1.log").read_text()
+    assert summary(ddp)["selection"]["extra"]["stages"]["generate_self"]["computed"] == 16
+
+    # the same adapter; each rank took half of the 4 batches per step
+    assert adapter_shapes(ddp) == adapter_shapes(single)
+    assert (summary(single)["global_step"], summary(ddp)["global_step"]) == (4, 2)
+    assert summary(ddp)["train_rows"] == 16
