@@ -113,6 +113,17 @@ class TrackerLogging(L.Callback):
             )
             logger.experiment.summary.update(summary)
 
+    @staticmethod
+    def finish(trainer: L.Trainer, summary: dict[str, Any]) -> None:
+        """Record the run's outcome and close the W&B run (the next job of a sweep that runs in
+        this process, e.g. with Hydra's basic launcher, must start a run of its own)."""
+        if not trainer.is_global_zero:
+            return
+        for logger in _wandb_loggers(trainer):
+            final = {f"final/{k}": summary[k] for k in ("global_step", "epochs", "wall_s") if k in summary}
+            logger.experiment.summary.update(final)
+            logger.experiment.finish()
+
 
 class _AppendingWriter(ExperimentWriter):
     """Keeps an existing metrics.csv (Lightning's writer deletes it) and appends to it."""

@@ -143,6 +143,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
             "selection by source: %s | stages: %s", sel.get("by_source"), sel.get("extra", {}).get("stages")
         )
         log.info("done in %.1fs; adapter: %s", summary["wall_s"], adapter)
+    trackers.finish(trainer, summary)
     return summary
 
 
