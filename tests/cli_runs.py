@@ -20,7 +20,9 @@ def cli_env(**extra: str) -> dict[str, str]:
 
 def train_cmd(*overrides: str) -> list[str]:
     """`ssr-train` as `python -m ssr.cli.train` (Lightning re-runs the same command for DDP ranks)."""
-    return [sys.executable, "-m", "ssr.cli.train", *TINY_OVERRIDES, *overrides]
+    flags = [o for o in overrides if o.startswith("-")]  # e.g. -m: before the overrides
+    rest = [o for o in overrides if not o.startswith("-")]
+    return [sys.executable, "-m", "ssr.cli.train", *flags, *TINY_OVERRIDES, *rest]
 
 
 def run_train(

@@ -32,7 +32,9 @@ def test_ssr_pipeline_second_run_hits_every_cache(tiny_cfg):
     assert all(r["target"] == r["self_response"] for r in rows if r["source"] == "self")
 
 
-@pytest.mark.parametrize("method, sources", [("sdft", {"rewrite", "gold"}), ("s3ft", {"self", "paraphrase", "gold"})])
+@pytest.mark.parametrize(
+    "method, sources", [("sdft", {"rewrite", "gold"}), ("s3ft", {"self", "paraphrase", "gold"})]
+)
 def test_rewrite_methods_run_end_to_end(tiny_cfg, method, sources):
     from ssr.cli.stages import judge
 
@@ -60,8 +62,13 @@ def test_generation_resumes_after_interruption_without_loss_or_duplicates(tmp_pa
     with pytest.raises(KeyboardInterrupt):
         cached_generate(prompts, cache, "fp", DecodingConfig(), flaky)
     assert len(JsonlCache(tmp_path / "gen.jsonl")) == 6
-    texts, stats = cached_generate(prompts, JsonlCache(tmp_path / "gen.jsonl"), "fp", DecodingConfig(),
-                                   lambda p, cb: flaky(p, cb, fail_after=None))
+    texts, stats = cached_generate(
+        prompts,
+        JsonlCache(tmp_path / "gen.jsonl"),
+        "fp",
+        DecodingConfig(),
+        lambda p, cb: flaky(p, cb, fail_after=None),
+    )
     assert texts == [f"answer to {p}" for p in prompts]
     assert stats.cached == 6 and stats.generated == 4
     assert sorted(calls) == sorted(prompts), "every prompt generated exactly once"

@@ -14,18 +14,43 @@ from ssr.report import find_runs, relative_change, table
 def _run(root: Path, method: str, seed: int, arc: list[float], una_f1: float, drift: float) -> None:
     d = root / f"{method}-{seed}"
     d.mkdir(parents=True)
-    sel = {"by_source": {"self": 0.4 if method == "ssr" else 0.0, "gold": 0.6 if method == "ssr" else 1.0},
-           "by_source_answerable": {}, "by_source_unanswerable": {}}
+    sel = {
+        "by_source": {"self": 0.4 if method == "ssr" else 0.0, "gold": 0.6 if method == "ssr" else 1.0},
+        "by_source_answerable": {},
+        "by_source_unanswerable": {},
+    }
     (d / "summary.json").write_text(json.dumps({"method": method, "seed": seed, "selection": sel}))
-    (d / "eval.json").write_text(json.dumps({
-        "base": {"tasks": {"in_domain": {"unanswerable_f1": 0.5, "answer_recall": 0.3}}},
-        "final": {"tasks": {"in_domain": {"unanswerable_f1": una_f1, "answer_recall": 0.4}}}}))
-    epochs = [{"epoch": i, "scores": {"ssr_arc_easy": {"acc": a, "acc_norm": a / 2},
-                                       "self_drift": {"nll_increase_rel": drift * (i + 1)}}}
-              for i, a in enumerate(arc)]
-    (d / "drift.json").write_text(json.dumps({
-        "base": {"scores": {"ssr_arc_easy": {"acc": 0.60, "acc_norm": 0.30}, "self_drift": {"nll_increase_rel": 0.0}}},
-        "epochs": epochs}))
+    (d / "eval.json").write_text(
+        json.dumps(
+            {
+                "base": {"tasks": {"in_domain": {"unanswerable_f1": 0.5, "answer_recall": 0.3}}},
+                "final": {"tasks": {"in_domain": {"unanswerable_f1": una_f1, "answer_recall": 0.4}}},
+            }
+        )
+    )
+    epochs = [
+        {
+            "epoch": i,
+            "scores": {
+                "ssr_arc_easy": {"acc": a, "acc_norm": a / 2},
+                "self_drift": {"nll_increase_rel": drift * (i + 1)},
+            },
+        }
+        for i, a in enumerate(arc)
+    ]
+    (d / "drift.json").write_text(
+        json.dumps(
+            {
+                "base": {
+                    "scores": {
+                        "ssr_arc_easy": {"acc": 0.60, "acc_norm": 0.30},
+                        "self_drift": {"nll_increase_rel": 0.0},
+                    }
+                },
+                "epochs": epochs,
+            }
+        )
+    )
 
 
 def test_table_aggregates_seeds_and_relative_change(tmp_path):

@@ -45,15 +45,21 @@ def _flatten(scores: dict[str, Any], prefix: str = "") -> dict[str, float]:
 def load_run(path: Path) -> Run:
     """Read one run directory (``summary.json`` is required; the others are optional)."""
     summary = json.loads((path / "summary.json").read_text())
-    run = Run(path=path, method=summary["method"], seed=int(summary.get("seed", 0)),
-              selection=summary.get("selection"))
+    run = Run(
+        path=path,
+        method=summary["method"],
+        seed=int(summary.get("seed", 0)),
+        selection=summary.get("selection"),
+    )
     if (path / "eval.json").is_file():
         ev = json.loads((path / "eval.json").read_text())
         run.base.update(_flatten(ev.get("base", {})))
         run.final.update(_flatten(ev.get("final", {})))
     if (path / "drift.json").is_file():
         drift = json.loads((path / "drift.json").read_text())
-        run.base.update({f"suite/{k}": v for k, v in _flatten(drift.get("base", {}).get("scores", {})).items()})
+        run.base.update(
+            {f"suite/{k}": v for k, v in _flatten(drift.get("base", {}).get("scores", {})).items()}
+        )
         for rec in drift.get("epochs", []):
             run.epochs.append({f"suite/{k}": v for k, v in _flatten(rec.get("scores", {})).items()})
         if run.epochs:
@@ -99,8 +105,11 @@ def _fmt(values: list[float], pct: bool = True) -> str:
 
 def relative_change(run: Run, keys: list[str]) -> float | None:
     """Mean relative change vs base over the benchmarks (self-drift excluded: lower is better)."""
-    changes = [(run.final[k] - run.base[k]) / abs(run.base[k]) for k in keys
-               if k in run.final and k in run.base and run.base[k] and "self_drift" not in k]
+    changes = [
+        (run.final[k] - run.base[k]) / abs(run.base[k])
+        for k in keys
+        if k in run.final and k in run.base and run.base[k] and "self_drift" not in k
+    ]
     return statistics.fmean(changes) if changes else None
 
 
@@ -118,7 +127,8 @@ def table(runs: list[Run]) -> str:
     base_row += [_fmt([r.base.get(k) for r in runs], pct="self_drift" not in k) for k in cols] + ["0.0"]
     lines.append("| " + " | ".join(base_row) + " |")
     order = [m for m in ("sft", "ssr", "sdft", "s3ft") if m in by_method] + sorted(
-        m for m in by_method if m not in ("sft", "ssr", "sdft", "s3ft"))
+        m for m in by_method if m not in ("sft", "ssr", "sdft", "s3ft")
+    )
     for method in order:
         group = by_method[method]
         row = [method, str(len(group))]
@@ -129,14 +139,23 @@ def table(runs: list[Run]) -> str:
 
 
 def selection_table(runs: list[Run]) -> str:
-    lines = ["| method | seed | self | paraphrase | rewrite | gold | self (answerable) | self (unanswerable) |",
-             "|---|---|---|---|---|---|---|---|"]
+    lines = [
+        "| method | seed | self | paraphrase | rewrite | gold | self (answerable) | self (unanswerable) |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
     for r in sorted(runs, key=lambda r: (r.method, r.seed)):
         s = r.selection or {}
-        src, ans, una = s.get("by_source", {}), s.get("by_source_answerable", {}), s.get("by_source_unanswerable", {})
+        src, ans, una = (
+            s.get("by_source", {}),
+            s.get("by_source_answerable", {}),
+            s.get("by_source_unanswerable", {}),
+        )
         cells = [f"{100 * src.get(k, 0):.0f}%" for k in ("self", "paraphrase", "rewrite", "gold")]
-        lines.append(f"| {r.method} | {r.seed} | " + " | ".join(cells)
-                     + f" | {100 * ans.get('self', 0):.0f}% | {100 * una.get('self', 0):.0f}% |")
+        lines.append(
+            f"| {r.method} | {r.seed} | "
+            + " | ".join(cells)
+            + f" | {100 * ans.get('self', 0):.0f}% | {100 * una.get('self', 0):.0f}% |"
+        )
     return "\n".join(lines)
 
 
@@ -159,7 +178,9 @@ def plot_drift(runs: list[Run], out_dir: Path) -> list[Path]:
             n = min(len(s) for s in series)
             if n == 0:
                 continue
-            ax.plot(range(n), [statistics.fmean(s[i] for s in series) for i in range(n)], marker="o", label=method)
+            ax.plot(
+                range(n), [statistics.fmean(s[i] for s in series) for i in range(n)], marker="o", label=method
+            )
         name = key.split("/", 1)[1]
         ax.set(title=name, xlabel="epoch (0 = base)", ylabel=name.split("/")[-1])
         ax.legend()
@@ -177,10 +198,23 @@ def write_report(paths: list[Path], out_dir: Path) -> Path:
         raise FileNotFoundError(f"no run directories (with summary.json) under {[str(p) for p in paths]}")
     out_dir.mkdir(parents=True, exist_ok=True)
     plots = plot_drift(runs, out_dir)
-    md = ["# SSR results", "", f"Runs: {len(runs)} from {', '.join(str(p) for p in paths)}", "",
-          "Scores in % (mean ± std over seeds); `self_drift/nll_increase_rel` is the relative increase of "
-          "the NLL on the base model's own answers (lower = less drift).", "", table(runs), "",
-          "## Selection statistics", "", selection_table(runs), "", "## Drift per epoch", ""]
+    md = [
+        "# SSR results",
+        "",
+        f"Runs: {len(runs)} from {', '.join(str(p) for p in paths)}",
+        "",
+        "Scores in % (mean ± std over seeds); `self_drift/nll_increase_rel` is the relative increase of "
+        "the NLL on the base model's own answers (lower = less drift).",
+        "",
+        table(runs),
+        "",
+        "## Selection statistics",
+        "",
+        selection_table(runs),
+        "",
+        "## Drift per epoch",
+        "",
+    ]
     md += [f"![{p.stem}]({p.name})" for p in plots]
     report = out_dir / "results.md"
     report.write_text("\n".join(md) + "\n")
