@@ -43,3 +43,22 @@ def test_ddp_on_cpu_matches_one_process(tmp_path: Path) -> None:
     assert adapter_shapes(ddp) == adapter_shapes(single)
     assert (summary(single)["global_step"], summary(ddp)["global_step"]) == (4, 2)
     assert summary(ddp)["train_rows"] == 16
+
+
+def test_local_ddp_inside_a_multirun_stops_with_a_clear_message(tmp_path: Path) -> None:
+    """Lightning would re-run `ssr-train -m ...` for rank 1, starting the sweep again."""
+    import subprocess
+
+    from cli_runs import cli_env, train_cmd
+
+    cmd = train_cmd(
+        "-m",
+        "trainer=ddp",
+        "method=ssr",
+        f"hydra.sweep.dir={tmp_path / 'sweep'}",
+        f"paths.cache_dir={tmp_path}",
+    )
+    proc = subprocess.run(cmd, cwd=tmp_path, env=cli_env(), capture_output=True, text=True, timeout=300)
+    assert proc.returncode != 0
+    assert "does not work inside a Hydra multirun" in proc.stderr + proc.stdout
+    assert not (tmp_path / "generations").exists(), "stopped before generating"

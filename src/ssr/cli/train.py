@@ -91,7 +91,7 @@ def check_launch(trainer: L.Trainer) -> None:
     multirun would start the whole sweep again."""
     from hydra.core.hydra_config import HydraConfig
     from hydra.types import RunMode
-    from lightning.fabric.strategies.launchers.subprocess_script import _SubprocessScriptLauncher
+    from lightning.pytorch.strategies.launchers.subprocess_script import _SubprocessScriptLauncher
 
     launcher = getattr(trainer.strategy, "launcher", None)
     spawns = isinstance(launcher, _SubprocessScriptLauncher) and not (
