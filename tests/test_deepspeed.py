@@ -102,14 +102,16 @@ def test_deepspeed_without_cuda_fails_before_generation(tiny_cfg, monkeypatch):
     [
         ("+trainer.strategy.config.gradient_accumulation_steps=4", "use trainer.accumulate_grad_batches"),
         ("trainer.precision=32-true", r"bf16.enabled=True disagrees with trainer.precision=32-true"),
+        ("export_merged=true", "export_merged=true cannot merge ZeRO-3 shards"),
     ],
 )
 def test_deepspeed_config_mistakes_are_named(tiny_cfg, monkeypatch, override, message):
     import ssr.cli.train as train_cli
 
     monkeypatch.setattr(train_cli, "_cuda_available", lambda: True)
+    trainer = "deepspeed_zero3" if override.startswith("export_merged") else "deepspeed_zero2"
     with pytest.raises(ValueError, match=message):
-        train_cli.train(tiny_cfg("trainer=deepspeed_zero2", override))
+        train_cli.train(tiny_cfg(f"trainer={trainer}", override))
 
 
 @pytest.fixture(scope="module")
@@ -137,6 +139,33 @@ def _adapter(run: Path) -> dict[str, torch.Tensor]:
     return load_file(run / "adapter" / "adapter_model.safetensors")
 
 
+def _cpu_deepspeed(option: str) -> tuple[str, ...]:
+    return (
+        f"trainer={option}",
+        "trainer.accelerator=cpu",
+        "+trainer.strategy.process_group_backend=gloo",
+        f"trainer.strategy._target_={__name__}.CPUDeepSpeedStrategy",
+    )
+
+
+def test_zero2_on_cpu_trains_and_writes_adapter_only_checkpoints(tiny_cfg, monkeypatch):
+    import ssr.cli.train as train_cli
+
+    monkeypatch.setattr(train_cli, "_cuda_available", lambda: True)
+    cfg = tiny_cfg("method=sft", "trainer.accumulate_grad_batches=2", *_cpu_deepspeed("deepspeed_zero2"))
+    summary = train_cli.train(cfg)
+    run = Path(cfg.paths.output_dir)
+    assert summary["global_step"] == 2, "4 batches, 2 per optimizer step"
+    ours = _adapter(run)
+    assert ours and all("lora_" in k for k in ours)
+    assert all(ours[k].abs().max() > 0 for k in ours if "lora_B" in k), "trained"
+    states = torch.load(
+        run / "checkpoints" / "last.ckpt" / "checkpoint" / "mp_rank_00_model_states.pt", weights_only=False
+    )
+    assert states["module"] and all("lora_" in k for k in states["module"]), "no frozen weights"
+    assert states["ds_config"]["gradient_accumulation_steps"] == 2
+
+
 @pytest.mark.slow
 def test_zero3_on_cpu_shards_trains_saves_the_gathered_adapter_and_resumes(
     tiny_cfg, tiny_model_dir, monkeypatch
@@ -157,12 +186,7 @@ def test_zero3_on_cpu_shards_trains_saves_the_gathered_adapter_and_resumes(
         "optim.warmup_ratio=0",
         "peft.lora_dropout=0",  # Lightning does not checkpoint RNG streams; keep resume exact
     )
-    zero3 = (
-        "trainer=deepspeed_zero3",
-        "trainer.accelerator=cpu",
-        "+trainer.strategy.process_group_backend=gloo",
-        f"trainer.strategy._target_={__name__}.CPUDeepSpeedStrategy",
-    )
+    zero3 = _cpu_deepspeed("deepspeed_zero3")
     plain = tiny_cfg(*common)
     plain.paths.output_dir = str(Path(plain.paths.output_dir).with_name("plain"))
     train_cli.train(plain)

@@ -80,6 +80,7 @@ def test_sweep_with_basic_launcher_shares_caches_and_groups_wandb_runs(tmp_path:
 def _run_group(wandb_file: Path) -> str:
     from test_wandb import _records
 
+    # the sweep process has exited, so W&B's files are complete
     return next(r.run.run_group for r in _records(wandb_file) if r.WhichOneof("record_type") == "run")
 
 

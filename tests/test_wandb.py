@@ -4,6 +4,7 @@ and no planted credential appears anywhere under the run directory."""
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
 import pytest
@@ -45,12 +46,24 @@ def _records(wandb_file: Path) -> list:
         if length == 0 and kind == 0:
             break
         chunk, pos = data[pos + 7 : pos + 7 + length], pos + 7 + length
+        if len(chunk) < length:  # still being written
+            break
         pending = chunk if kind in (1, 2) else pending + chunk
         if kind in (1, 4):
             record = wandb_internal_pb2.Record()
             record.ParseFromString(pending)
             records.append(record)
     return records
+
+
+def _finished_records(wandb_file: Path, timeout_s: float = 60) -> list:
+    """The records once W&B's service has written the run's exit record (it writes asynchronously)."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        records = _records(wandb_file)
+        if any(r.WhichOneof("record_type") == "exit" for r in records) or time.monotonic() > deadline:
+            return records
+        time.sleep(0.2)
 
 
 def _items(items) -> dict[str, object]:
@@ -76,7 +89,7 @@ def test_wandb_offline_run_has_config_metrics_and_selection_table(tiny_cfg, monk
     # offline runs keep everything in the run-*.wandb record log (files/ holds media and logs)
     (offline,) = (run_dir / "wandb").glob("offline-run-*")
     files = offline / "files"
-    records = _records(next(offline.glob("run-*.wandb")))
+    records = _finished_records(next(offline.glob("run-*.wandb")))
     config = {}
     for r in records:
         if r.WhichOneof("record_type") == "config":

@@ -74,7 +74,6 @@ class SSRModule(L.LightningModule):
         self.strict_loading = False  # LoRA checkpoints hold only the trainable weights
         self._window_tokens = 0
         self._t_batch = 0.0
-        self._hf_ds_config: Any = None
 
     # -- model ---------------------------------------------------------------------------
     def configure_model(self) -> None:
@@ -82,11 +81,18 @@ class SSRModule(L.LightningModule):
         if self.model is not None:
             return
         if self._zero3:
-            # from_pretrained must see the ZeRO-3 config to load real weights into sharded params.
-            from transformers.integrations import HfDeepSpeedConfig
+            # from_pretrained must see the ZeRO-3 config to load real weights into sharded params;
+            # the config is global (weakref), so it is set for this load only.
+            from transformers.integrations.deepspeed import HfDeepSpeedConfig, unset_hf_deepspeed_config
 
-            self._hf_ds_config = HfDeepSpeedConfig(self.trainer.strategy.config)  # held by weakref
-        model, _ = load_model(self.spec)
+            hf_ds_config = HfDeepSpeedConfig(self.trainer.strategy.config)
+            try:
+                model, _ = load_model(self.spec)
+            finally:
+                unset_hf_deepspeed_config()
+                del hf_ds_config
+        else:
+            model, _ = load_model(self.spec)
         if self.hparams.gradient_checkpointing:
             model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
             model.enable_input_require_grads()
@@ -215,11 +221,21 @@ class SSRModule(L.LightningModule):
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
 
     # -- checkpoints -------------------------------------------------------------------------
-    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        """Keep only trainable weights (the LoRA adapter) when the base model is frozen."""
+    def state_dict(
+        self, *args: Any, destination: Any = None, prefix: str = "", keep_vars: bool = False
+    ) -> Any:
+        """With LoRA, the module's state is its trainable weights: checkpoints hold the adapter only.
+
+        Filtering here (not in on_save_checkpoint) also covers DeepSpeed, which builds its checkpoints
+        from this state dict and whose exclude_frozen_parameters misses tied aliases of frozen weights
+        (lm_head.weight of tied-embedding models).
+        """
+        out = super().state_dict(*args, destination=destination, prefix=prefix, keep_vars=keep_vars)
         if self.peft_cfg:
-            trainable = {n for n, p in self.named_parameters() if p.requires_grad}
-            checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if k in trainable}
+            trainable = {prefix + n for n, p in self.named_parameters() if p.requires_grad}
+            for key in [k for k in out if k.startswith(prefix) and k not in trainable]:
+                del out[key]
+        return out
 
     def save_adapter(self, path: str | Path) -> Path:
         """Write the PEFT adapter (or the full model without LoRA) in Hugging Face format.

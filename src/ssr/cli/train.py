@@ -56,7 +56,7 @@ def _cuda_available() -> bool:
     return torch.cuda.is_available()
 
 
-def check_trainer_config(trainer_cfg: DictConfig) -> None:
+def check_trainer_config(trainer_cfg: DictConfig, export_merged: bool = False) -> None:
     """Fail before any generation on trainer settings that cannot run on this machine."""
     strategy = trainer_cfg.get("strategy")
     target = str(strategy.get("_target_", "")) if isinstance(strategy, DictConfig) else str(strategy or "")
@@ -84,6 +84,11 @@ def check_trainer_config(trainer_cfg: DictConfig) -> None:
             f"trainer.strategy.config.bf16.enabled={bf16} disagrees with "
             f"trainer.precision={trainer_cfg.get('precision')}: set both to bf16 or neither"
         )
+    if export_merged and (ds_config.get("zero_optimization") or {}).get("stage") == 3:
+        raise ValueError(
+            "export_merged=true cannot merge ZeRO-3 shards in place: train with export_merged=false, "
+            "then merge the saved adapter (PeftModel.from_pretrained(base, adapter).merge_and_unload())"
+        )
 
 
 def check_launch(trainer: L.Trainer) -> None:
@@ -108,7 +113,7 @@ def check_launch(trainer: L.Trainer) -> None:
 def train(cfg: DictConfig) -> dict[str, Any]:
     """Run one training job; returns (and writes) its summary."""
     t0 = time.perf_counter()
-    check_trainer_config(cfg.trainer)
+    check_trainer_config(cfg.trainer, export_merged=bool(cfg.get("export_merged")))
     run_dir = Path(cfg.paths.output_dir)
     L.seed_everything(cfg.seed, workers=True)
     datamodule = build_datamodule(cfg, run_dir)
