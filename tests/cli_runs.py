@@ -11,11 +11,15 @@ from typing import Any
 
 from conftest import REPO, TINY_OVERRIDES
 
+# Set by an in-process distributed run (e.g. the DeepSpeed tests); a child would join that group.
+DIST_VARS = ("MASTER_ADDR", "MASTER_PORT", "RANK", "LOCAL_RANK", "WORLD_SIZE", "NODE_RANK", "GROUP_RANK")
+
 
 def cli_env(**extra: str) -> dict[str, str]:
     """os.environ with this checkout's src/ first on PYTHONPATH (DDP ranks inherit it)."""
     path = os.pathsep.join(p for p in (str(REPO / "src"), os.environ.get("PYTHONPATH")) if p)
-    return {**os.environ, "PYTHONPATH": path, **extra}
+    env = {k: v for k, v in os.environ.items() if k not in DIST_VARS}
+    return {**env, "PYTHONPATH": path, **extra}
 
 
 def train_cmd(*overrides: str) -> list[str]:
