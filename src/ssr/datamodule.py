@@ -56,22 +56,14 @@ class LengthGroupedBatchSampler(Sampler[list[int]]):
         rank: int = 0,
         world_size: int = 1,
         megabatch: int = 32,
-        epoch_fn: Callable[[], int] | None = None,
     ) -> None:
         self.lengths, self.batch_size, self.shuffle = lengths, batch_size, shuffle
         self.seed, self.rank, self.world_size, self.megabatch = seed, rank, world_size, megabatch
-        # Lightning calls set_epoch only on samplers *inside* a batch sampler, so the training
-        # loader reads the epoch from the Trainer instead (epoch_fn).
-        self.epoch_fn = epoch_fn
         self.epoch = 0
-        self._resume: tuple[int, int] | None = None  # (epoch, batches already trained)
+        self.start = 0  # batches of this epoch to skip on the next iteration (a resumed epoch)
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
-
-    def resume_at(self, epoch: int, batches_done: int) -> None:
-        """Start `epoch` at its first untrained batch (a run resumed from a mid-epoch checkpoint)."""
-        self._resume = (epoch, batches_done)
 
     def _batches(self) -> list[list[int]]:
         idx = list(range(len(self.lengths)))
@@ -89,17 +81,49 @@ class LengthGroupedBatchSampler(Sampler[list[int]]):
         return batches[:usable][self.rank :: self.world_size]
 
     def __iter__(self) -> Iterator[list[int]]:
-        if self.epoch_fn is not None:  # evaluated at the first batch, once the epoch has started
-            self.epoch = self.epoch_fn()
-        batches = self._batches()
-        if self._resume is not None and self._resume[0] == self.epoch:
-            batches = batches[self._resume[1] :]
-        self._resume = None
-        yield from batches
+        start, self.start = self.start, 0
+        return iter(self._batches()[start:])
 
     def __len__(self) -> int:
         n = -(-len(self.lengths) // self.batch_size)
         return (n - n % self.world_size) // self.world_size if n >= self.world_size else 0
+
+
+class ResumableDataLoader(DataLoader):
+    """The train loader: reshuffles every epoch and resumes inside an interrupted epoch.
+
+    Lightning stores ``state_dict()`` (epoch, batches trained) in every checkpoint and, resuming
+    inside an epoch, calls ``load_state_dict()`` before iterating; the epoch then goes on with the
+    batches the interrupted run had not trained on, in the same order (a plain DataLoader would start
+    the epoch over and never reach its last batches). ``epoch_fn`` gives the current epoch:
+    Lightning's ``set_epoch`` only reaches ``loader.sampler`` and ``batch_sampler.sampler``.
+    """
+
+    epoch_fn: Callable[[], int] | None = None
+    _resume: tuple[int, int] | None = None
+    _position: tuple[int, int] = (0, 0)
+
+    def __iter__(self) -> Iterator[Any]:
+        sampler = self.batch_sampler
+        if self.epoch_fn is not None:
+            sampler.set_epoch(self.epoch_fn())
+        done = 0
+        if self._resume is not None and self._resume[0] == sampler.epoch:
+            done = self._resume[1]
+        self._resume = None
+        sampler.start = done
+        self._position = (sampler.epoch, done)
+        for batch in super().__iter__():
+            done += 1
+            self._position = (sampler.epoch, done)  # counted when handed to the training step
+            yield batch
+
+    def state_dict(self) -> dict[str, int]:
+        epoch, done = self._position
+        return {"epoch": epoch, "batches_done": done}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        self._resume = (int(state["epoch"]), int(state["batches_done"]))
 
 
 def collate(rows: list[Tokenized], pad_id: int) -> dict[str, Any]:
@@ -164,8 +188,8 @@ class SSRDataModule(L.LightningDataModule):
         self.tokenize_report: TokenizeReport | None = None
         self.train_rows: list[Tokenized] = []
         self.val_rows: list[Tokenized] = []
-        self._train_sampler: LengthGroupedBatchSampler | None = None
-        self._resume: tuple[int, int] | None = None
+        self._train_loader: ResumableDataLoader | None = None
+        self._resume_position: dict[str, int] | None = None
 
     @property
     def selection_path(self) -> Path:
@@ -213,54 +237,44 @@ class SSRDataModule(L.LightningDataModule):
             len(self.val_rows),
         )
 
-    def _loader(
-        self,
-        rows: list[Tokenized],
-        batch_size: int,
-        shuffle: bool,
-        epoch_fn: Callable[[], int] | None = None,
-    ) -> DataLoader:
+    def _loader(self, rows: list[Tokenized], batch_size: int, shuffle: bool) -> DataLoader:
         rank = self.trainer.global_rank if self.trainer else 0
         world = self.trainer.world_size if self.trainer else 1
+        epoch_seed = self.seed
         sampler = LengthGroupedBatchSampler(
-            [len(r.input_ids) for r in rows], batch_size, shuffle, self.seed, rank, world, epoch_fn=epoch_fn
+            [len(r.input_ids) for r in rows], batch_size, shuffle, epoch_seed, rank, world
         )
-        return DataLoader(
+        pad = self.tokenizer.pad_token_id
+        return (ResumableDataLoader if shuffle else DataLoader)(
             _ListDataset(rows),
             batch_sampler=sampler,
             num_workers=self.num_workers,
-            collate_fn=partial(collate, pad_id=self.tokenizer.pad_token_id),
+            collate_fn=partial(collate, pad_id=pad),
         )
 
     def train_dataloader(self) -> DataLoader:
-        loader = self._loader(self.train_rows, self.batch_size, shuffle=True, epoch_fn=self._train_epoch)
-        self._train_sampler = loader.batch_sampler
-        if self._resume is not None:
-            self._train_sampler.resume_at(*self._resume)
+        loader = self._loader(self.train_rows, self.batch_size, shuffle=True)
+        loader.epoch_fn = lambda: self.trainer.current_epoch if self.trainer else 0
+        if self._resume_position is not None:
+            loader.load_state_dict(self._resume_position)
+            self._resume_position = None
+        self._train_loader = loader
         return loader
 
-    # -- mid-epoch resume ------------------------------------------------------------------
-    # Lightning stores state_dict() in every checkpoint and calls load_state_dict() on resume
-    # (before the loops restart); the training sampler then skips the batches already trained.
-    # (Lightning still warns that the dataloader is "not resumable": this class handles it.)
-    def _train_epoch(self) -> int:
-        return self.trainer.fit_loop.epoch_progress.current.processed if self.trainer else 0
-
-    def state_dict(self) -> dict[str, int]:
-        if not self.trainer or self.trainer.state.fn != "fit":
-            return {}
-        loop = self.trainer.fit_loop
-        return {
-            "epoch": self._train_epoch(),
-            "batches_done": loop.epoch_loop.batch_progress.current.processed,
-        }
+    # Lightning builds the train loader (to count steps for the LR schedule) *before* it restores a
+    # checkpoint's loop state, and then never hands that state to the loader: the position inside
+    # the epoch travels as DataModule state instead, which is restored in time.
+    def state_dict(self) -> dict[str, Any]:
+        return {"train_loader": self._train_loader.state_dict()} if self._train_loader else {}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        if "epoch" not in state:
+        position = state.get("train_loader")
+        if position is None:
             return
-        self._resume = (int(state["epoch"]), int(state["batches_done"]))
-        if self._train_sampler is not None:  # the loader may exist already (estimated_stepping_batches)
-            self._train_sampler.resume_at(*self._resume)
+        if self._train_loader is not None:
+            self._train_loader.load_state_dict(position)
+        else:
+            self._resume_position = position
 
     def val_dataloader(self) -> DataLoader | list:
         return self._loader(self.val_rows, self.val_batch_size, shuffle=False) if self.val_rows else []

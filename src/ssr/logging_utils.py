@@ -5,7 +5,6 @@ Everything W&B-specific lives here; the rest of the code only passes Lightning l
 
 from __future__ import annotations
 
-import csv
 import json
 import os
 import re
@@ -13,9 +12,6 @@ from pathlib import Path
 from typing import Any
 
 import lightning as L
-from lightning.fabric.loggers.logger import rank_zero_experiment
-from lightning.pytorch.loggers import CSVLogger
-from lightning.pytorch.loggers.csv_logs import ExperimentWriter
 from omegaconf import OmegaConf
 
 REDACTED = "***redacted***"
@@ -123,26 +119,3 @@ class TrackerLogging(L.Callback):
             final = {f"final/{k}": summary[k] for k in ("global_step", "epochs", "wall_s") if k in summary}
             logger.experiment.summary.update(final)
             logger.experiment.finish()
-
-
-class _AppendingWriter(ExperimentWriter):
-    """Keeps an existing metrics.csv (Lightning's writer deletes it) and appends to it."""
-
-    def _check_log_dir_exists(self) -> None:
-        if self._fs.isfile(self.metrics_file_path):
-            with self._fs.open(self.metrics_file_path, "r", newline="") as fh:
-                self.metrics_keys = sorted(next(csv.reader(fh), []))
-
-
-class ResumableCSVLogger(CSVLogger):
-    """CSVLogger for a run directory that may be resumed (``ckpt_path=last``): the metrics of the
-    interrupted part stay in metrics.csv and the resumed part is appended (steps logged after the
-    last checkpoint appear twice: once from the interrupted run, once recomputed)."""
-
-    @property
-    @rank_zero_experiment
-    def experiment(self) -> ExperimentWriter:
-        if self._experiment is None:
-            self._fs.makedirs(self.root_dir, exist_ok=True)
-            self._experiment = _AppendingWriter(log_dir=self.log_dir)
-        return self._experiment

@@ -6,6 +6,7 @@ import importlib.util
 import json
 import logging
 import time
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -110,6 +111,28 @@ def check_launch(trainer: L.Trainer) -> None:
         )
 
 
+def resume_checkpoint(cfg: DictConfig, run_dir: Path) -> str | None:
+    """``ckpt_path``, with ``last`` meaning the newest complete checkpoint of this run.
+
+    Lightning's own ``last`` looks only at ``last.ckpt``, which a kill between writing
+    ``step<N>.ckpt`` and ``last.ckpt`` leaves missing or one save behind. A file that is not a
+    complete zip archive (a copy cut short) is skipped; no checkpoint yet means a fresh start.
+    """
+    ckpt_path = cfg.get("ckpt_path")
+    if ckpt_path != "last":
+        return ckpt_path
+    node = (cfg.get("callbacks") or {}).get("model_checkpoint") or {}
+    folder = Path(node.get("dirpath") or run_dir / "checkpoints")
+    candidates = sorted(folder.glob("*.ckpt"), key=lambda p: p.stat().st_mtime_ns, reverse=True)
+    for path in candidates:
+        if path.is_dir() or zipfile.is_zipfile(path):  # DeepSpeed writes a directory
+            log.info("ckpt_path=last: resuming from %s", path)
+            return str(path)
+        log.warning("ckpt_path=last: skipping %s (incomplete; interrupted while written)", path)
+    log.info("ckpt_path=last: no checkpoint in %s yet; starting from scratch", folder)
+    return None
+
+
 def train(cfg: DictConfig) -> dict[str, Any]:
     """Run one training job; returns (and writes) its summary."""
     t0 = time.perf_counter()
@@ -121,7 +144,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     trackers = TrackerLogging(to_dict(cfg), run_dir / "selection_stats.json")
     trainer = build_trainer(cfg, extra_callbacks=[trackers])
     check_launch(trainer)
-    trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
+    trainer.fit(module, datamodule=datamodule, ckpt_path=resume_checkpoint(cfg, run_dir))
     adapter = module.save_adapter(run_dir / "adapter")  # every rank: ZeRO-3 gathers the shards
     summary: dict[str, Any] = {}
     if trainer.is_global_zero:
