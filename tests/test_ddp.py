@@ -1,11 +1,13 @@
 """DDP on CPU (gloo, 2 processes) through the real `ssr-train` CLI equals a one-process run.
 
 Lightning starts rank 1 by re-running the command with `hydra.run.dir=<rank 0's dir>`; generation and
-judging run once, on rank 0, in `prepare_data`; every rank reads `selection.jsonl`.
+judging run once, on rank 0, in `prepare_data`; every rank reads `selection.jsonl`; the drift
+callback evaluates on rank 0 while the other rank waits.
 """
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -21,6 +23,8 @@ def test_ddp_on_cpu_matches_one_process(tmp_path: Path) -> None:
     run_train(
         *common,
         "trainer=ddp",
+        "+callbacks.drift._target_=ssr.eval.drift_callback.GeneralizationDriftCallback",
+        "+callbacks.drift.self_drift={enabled: true, limit: 4, max_new_tokens: 8, batch_size: 4, cache: false}",
         f"hydra.run.dir={ddp}",
         f"paths.cache_dir={tmp_path / 'cache2'}",
         cwd=tmp_path,
@@ -38,6 +42,11 @@ def test_ddp_on_cpu_matches_one_process(tmp_path: Path) -> None:
     assert len(generations) == 1 and len(jsonl_rows(generations[0])) == 16, "rank 1 generated nothing"
     assert "generated" not in (ddp / "train_ddp_process_1.log").read_text()
     assert summary(ddp)["selection"]["extra"]["stages"]["generate_self"]["computed"] == 16
+
+    # drift: measured once (rank 0) on the base model and after the epoch, while rank 1 waited
+    drift = json.loads((ddp / "drift.json").read_text())
+    assert drift["base"]["stage"] == "base" and [r["epoch"] for r in drift["epochs"]] == [0]
+    assert "drift" not in (ddp / "train_ddp_process_1.log").read_text()
 
     # the same adapter; each rank took half of the 4 batches per step
     assert adapter_shapes(ddp) == adapter_shapes(single)
