@@ -72,6 +72,10 @@ def _items(items) -> dict[str, object]:
 
 
 def test_wandb_offline_run_has_config_metrics_and_selection_table(tiny_cfg, monkeypatch):
+    import wandb
+
+    if wandb.run is not None:  # left open by another test: WandbLogger would log into it
+        wandb.finish()
     for name, value in PLANTED.items():
         monkeypatch.setenv(name, value)
     monkeypatch.setenv("WANDB_MODE", "offline")
