@@ -57,9 +57,7 @@ def whole_run(tmp_path_factory) -> Path:
     return out / "run"
 
 
-@pytest.mark.parametrize(
-    "kill_at", [3, pytest.param(4, marks=pytest.mark.slow)], ids=["mid-epoch", "epoch-boundary"]
-)
+@pytest.mark.parametrize("kill_at", [3, 4], ids=["mid-epoch", "epoch-boundary"])
 def test_killed_run_resumes_from_last_checkpoint_like_an_uninterrupted_run(tiny_cfg, whole_run, kill_at):
     killed = tiny_cfg(
         *RESUME, f"+callbacks.kill._target_={__name__}.KillAtStep", f"+callbacks.kill.step={kill_at}"
