@@ -62,6 +62,7 @@ TINY_OVERRIDES = (
     "generator.decoding.max_new_tokens=8",
     "callbacks.model_checkpoint.every_n_train_steps=2",
     "trainer.enable_progress_bar=false",
+    "eval.callback.enabled=false",  # drift evaluation has its own tests (test_eval_*, test_train)
 )
 
 

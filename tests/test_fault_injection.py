@@ -51,6 +51,7 @@ OVERRIDES = [
     "logger=csv",
     "+logger.csv.flush_logs_every_n_steps=1",
     "ckpt_path=last",  # the same command starts fresh and resumes
+    "eval.callback.enabled=false",
 ]
 
 

@@ -195,6 +195,7 @@ def test_planted_api_keys_never_reach_any_output_file(tmp_path, tokenizer):
             "data.max_train_rows=8",
             "data.max_val_rows=0",
             "data.batch_size=4",
+            "eval.callback.enabled=false",
             "trainer.max_epochs=1",
             "trainer.log_every_n_steps=1",
             "trainer.enable_progress_bar=false",
