@@ -126,8 +126,15 @@ def test_ssr_train_runs_drift_and_task_evaluation(tiny_cfg):
 
     from ssr.cli.train import train
 
-    cfg = tiny_cfg("method=sft", "eval.callback.enabled=true", "eval/suite=none", "eval.self_drift.limit=4",
-                   "eval.self_drift.max_new_tokens=8", "eval.tasks.max_rows=4", "eval.tasks.max_new_tokens=8")
+    cfg = tiny_cfg(
+        "method=sft",
+        "eval.callback.enabled=true",
+        "eval/suite=none",
+        "eval.self_drift.limit=4",
+        "eval.self_drift.max_new_tokens=8",
+        "eval.tasks.max_rows=4",
+        "eval.tasks.max_new_tokens=8",
+    )
     train(cfg)
     run = Path(cfg.paths.output_dir)
     drift = json.loads((run / "drift.json").read_text())
@@ -137,3 +144,27 @@ def test_ssr_train_runs_drift_and_task_evaluation(tiny_cfg):
     for stage in ("base", "final"):
         scores = ev[stage]["tasks"]["in_domain"]
         assert scores["n"] == 4 and 0.0 <= scores["unanswerable_accuracy"] <= 1.0
+
+
+def test_ssr_eval_scores_a_trained_adapter(tiny_cfg):
+    import json
+
+    from omegaconf import open_dict
+
+    from ssr.cli.eval import evaluate
+    from ssr.cli.train import train
+
+    cfg = tiny_cfg(
+        "method=sft",
+        "eval/suite=none",
+        "eval.self_drift.enabled=false",
+        "eval.tasks.max_rows=4",
+        "eval.tasks.max_new_tokens=4",
+    )
+    train(cfg)
+    adapter = Path(cfg.paths.output_dir) / "adapter"
+    with open_dict(cfg):
+        cfg.adapter = str(adapter)
+    result = evaluate(cfg)
+    saved = json.loads((adapter / "eval.json").read_text())
+    assert saved["final"]["tasks"]["in_domain"]["n"] == 4 == result["final"]["tasks"]["in_domain"]["n"]

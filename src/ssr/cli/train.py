@@ -48,7 +48,7 @@ def build_datamodule(cfg: DictConfig, run_dir: Path) -> SSRDataModule:
     )
 
 
-def task_sets(cfg: DictConfig, datamodule: SSRDataModule) -> dict[str, list[Record]]:
+def task_sets(cfg: DictConfig, val_records: list[Record]) -> dict[str, list[Record]]:
     """Held-out grounded-QA sets scored before and after training: in-domain val + ``data.ood``."""
     tasks = cfg.eval.get("tasks") or {}
     cap = tasks.get("max_rows")
@@ -79,7 +79,7 @@ def build_drift_callback(cfg: DictConfig, datamodule: SSRDataModule, run_dir: Pa
         tokenizer=datamodule.tokenizer,
         run_dir=str(run_dir),
         data_root=data_root,
-        task_sets=task_sets(cfg, datamodule),
+        task_sets=task_sets(cfg, datamodule.val_records),
         prompt=datamodule.prompt,
         task_every_epoch=bool(tasks.get("every_epoch", False)),
         task_max_new_tokens=int(tasks.get("max_new_tokens", 64)),
