@@ -53,8 +53,8 @@ def task_sets(cfg: DictConfig, val_records: list[Record]) -> dict[str, list[Reco
     tasks = cfg.eval.get("tasks") or {}
     cap = tasks.get("max_rows")
     sets = (
-        {"in_domain": subsample(datamodule.val_records, max_rows=cap, seed=cfg.seed)}
-        if tasks.get("in_domain", True) and datamodule.val_records
+        {"in_domain": subsample(val_records, max_rows=cap, seed=cfg.seed)}
+        if tasks.get("in_domain", True) and val_records
         else {}
     )
     for name, node in (cfg.data.get("ood") or {}).items():
