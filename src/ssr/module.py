@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from transformers import PreTrainedModel
 
 from ssr.data.tokenize import IGNORE_INDEX
-from ssr.models import ModelSpec, apply_peft, load_model
+from ssr.models import ModelSpec, apply_peft, cast_frozen_linear_weights, load_model
 
 log = logging.getLogger(__name__)
 
@@ -64,6 +64,7 @@ class SSRModule(L.LightningModule):
         warmup_ratio: float = 0.1,
         min_lr_ratio: float = 0.1,
         gradient_checkpointing: bool = False,
+        precast_frozen_weights: bool = True,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
@@ -85,9 +86,23 @@ class SSRModule(L.LightningModule):
             model.enable_input_require_grads()
         self.model = apply_peft(model, self.peft_cfg)
         self.model.train()  # from_pretrained returns eval mode; Lightning expects train mode here
+        if self.hparams.precast_frozen_weights and self._autocast_dtype() is not None:
+            n = cast_frozen_linear_weights(self.model, self._autocast_dtype())
+            log.info(
+                "stored %d frozen linear weights in %s (bit-identical under autocast)",
+                n,
+                self._autocast_dtype(),
+            )
         n_train = sum(p.numel() for p in self.model.parameters() if p.requires_grad)
         n_all = sum(p.numel() for p in self.model.parameters())
         log.info("trainable parameters: %d / %d (%.2f%%)", n_train, n_all, 100 * n_train / n_all)
+
+    def _autocast_dtype(self) -> torch.dtype | None:
+        """The autocast dtype of the attached Trainer's ``*-mixed`` precision (None otherwise)."""
+        trainer = self._trainer
+        if trainer is None or type(trainer.strategy).__name__.startswith("DeepSpeed"):
+            return None
+        return {"bf16-mixed": torch.bfloat16, "16-mixed": torch.float16}.get(str(trainer.precision))
 
     @property
     def _deepspeed(self) -> bool:
