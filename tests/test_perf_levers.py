@@ -104,3 +104,19 @@ def test_precast_frozen_weights_is_bit_identical_under_autocast(tokenizer):
         loss, grads = _loss_and_grads(model, b)
     assert torch.equal(loss, ref_loss)
     assert all(torch.equal(grads[k], ref_grads[k]) for k in ref_grads)
+
+
+@pytest.mark.parametrize(("precision", "expect"), [("bf16-mixed", torch.bfloat16), ("32-true", torch.float32)])
+def test_module_precasts_frozen_weights_only_under_bf16_mixed(precision, expect):
+    import lightning as L
+
+    from ssr.module import SSRModule
+
+    module = SSRModule(model={"name_or_path": "tiny-random"}, peft=dict(LORA))
+    module.trainer = L.Trainer(
+        accelerator="cpu", devices=1, precision=precision, logger=False, enable_checkpointing=False
+    )
+    module.configure_model()
+    base_q = module.model.get_base_model().model.layers[0].self_attn.q_proj
+    assert base_q.base_layer.weight.dtype == expect
+    assert base_q.lora_A["default"].weight.dtype == torch.float32

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import resource
+import statistics
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -159,6 +160,7 @@ class StepLog:
         out = {
             "steps": n - warmup,
             "warmup_steps": warmup,
+            "warmup_wall_s": (self.wall[warmup - 1] - self.start_wall) if warmup else 0.0,
             "rows": sum(len(x) for x in self.lengths[warmup:n]),
             "wall_s": wall,
             "cpu_s": cpu,
@@ -168,6 +170,12 @@ class StepLog:
             "tokens_per_s": tokens / wall,
             "response_tokens_per_s": response / wall,
             "tokens_per_cpu_s": tokens / cpu if cpu else float("nan"),
+            "median_step_tokens_per_s": statistics.median(
+                tok / (b - a)
+                for tok, a, b in zip(
+                    self.tokens[warmup:n], [t0, *self.wall[warmup : n - 1]], self.wall[warmup:n]
+                )
+            ),
             "step_wall_s": [
                 round(b - a, 3) for a, b in zip([t0, *self.wall[warmup : n - 1]], self.wall[warmup:n])
             ],

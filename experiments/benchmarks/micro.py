@@ -127,7 +127,10 @@ def run_levers(args: dict[str, Any]) -> dict[str, Any]:
             cpu[name].append(c)
             losses[name] = loss
     tokens = padded["num_tokens"]
+    profile = profile_step(lambda: variants["bf16 autocast, frozen weights precast (default)"][1]())
+    cast_model.zero_grad(set_to_none=True)
     out = {
+        "profile": profile,
         "rows": len(rows),
         "tokens": tokens,
         "padded_shape": list(padded["input_ids"].shape),
@@ -148,6 +151,35 @@ def run_levers(args: dict[str, Any]) -> dict[str, Any]:
         "loadavg": loadavg(),
     }
     return out
+
+
+PROFILE_GROUPS = {
+    "matmul": ("aten::mm", "aten::addmm", "aten::bmm", "aten::matmul"),
+    "attention (sdpa)": ("aten::_scaled_dot_product",),
+    "LoRA dropout RNG (bernoulli_)": ("aten::bernoulli",),
+    "casts and copies": ("aten::copy_", "aten::_to_copy"),
+}
+
+
+def profile_step(loss_fn: Any) -> dict[str, float]:
+    """Share of self CPU time per op group for one bf16 forward+backward (torch.profiler)."""
+    import torch
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            loss = loss_fn()
+        loss.backward()
+    totals = {k: 0.0 for k in PROFILE_GROUPS}
+    totals["element-wise and other"] = 0.0
+    for event in prof.key_averages():
+        group = next(
+            (g for g, prefixes in PROFILE_GROUPS.items() if event.key.startswith(prefixes)),
+            "element-wise and other",
+        )
+        totals[group] += event.self_cpu_time_total
+    whole = sum(totals.values()) or 1.0
+    return {k: v / whole for k, v in totals.items()}
 
 
 # -- batching / padding statistics of the default SQuAD config ------------------------------------

@@ -38,6 +38,33 @@ TARGETS = {
     "e2e_cached": 1.05,  # ssr cached re-run <= 1.05x sft
 }
 
+NOTES = [
+    "Library changes measured here: (1) `SSRModule` stores the frozen base weights of every linear layer "
+    "in bf16 when the Trainer runs `bf16-mixed` (`ssr.models.cast_frozen_linear_weights`): autocast "
+    "would cast them on every forward anyway, so matmuls are bit-identical (tested), the per-step "
+    "weight copies disappear and the frozen linears take half the memory; LoRA weights stay fp32. "
+    "(2) `data.packing: true` (padding-free batches, position_ids restarting per row; loss and "
+    "gradients equal to padded batches, tested with sdpa and eager attention).",
+    "Levers that were already in place and are measured above: bf16 autocast (vs fp32), logits only at "
+    "response positions (vs full-vocabulary logits everywhere), length-grouped batches (vs random "
+    "batches: padding overhead table). Not adopted: padding-free packing on CPU (sdpa builds a "
+    "block-diagonal mask over the whole pack, so attention costs grow with the pack length squared; "
+    "slower than length-grouped padding), dropping the attention mask for right-padded batches "
+    "(is_causal; no gain with the CPU flash-attention kernel), torch.compile (not in the default run: "
+    "`--compile` times it; compiling on 2 cores takes minutes and the step is dominated by matmuls, "
+    "attention and dropout RNG that compile does not remove).",
+    "LoRA dropout (p=0.05 on all 7 adapted linears of 30 layers) draws a Bernoulli mask per adapter "
+    "per step with the CPU's mt19937 generator; the profile line in the levers section shows its share. "
+    "All three contenders pay it equally; `peft.lora_dropout: 0.0` (PEFT's own default) would remove it "
+    "and its fp32 mask tensors, but it changes the regularisation, so the default stays 0.05.",
+    "On GPU: bf16 applies (GPU model configs load bf16 weights, then there is nothing to precast); "
+    "SDPA dispatches to flash / memory-efficient kernels; padding-free packing becomes exact "
+    "variable-length attention with `model.attn_implementation=flash_attention_2` (transformers "
+    "reads the restarting position_ids), so it removes padding compute instead of adding attention "
+    "work; response-only logits and length grouping apply unchanged; dropout RNG is cheap (Philox). "
+    "None of this was measured here (no GPU on this machine).",
+]
+
 
 # -- running sub-processes -------------------------------------------------------------------------
 
@@ -343,6 +370,11 @@ def render(res: dict[str, Any]) -> str:
                 f"| {k} | {fmt(v['wall_s'], 2)} | {fmt(v['tokens_per_s'])} | {fmt(v['cpu_s'], 2)} | "
                 f"{fmt(v['tokens_per_cpu_s'])} | {v['loss_sum']:.4f} | {', '.join(fmt(x, 2) for x in v['all_wall_s'])} |"
             )
+        if lv.get("profile"):
+            shares = ", ".join(f"{k} {100 * v:.0f}%" for k, v in lv["profile"].items())
+            lines.append(
+                f"\nWhere the default variant's time goes (torch.profiler, self CPU time of one step): {shares}."
+            )
         if lv.get("compile_s"):
             lines.append(f"\ntorch.compile: first (compiling) call took {fmt(lv['compile_s'])} s.")
         lines.append("")
@@ -495,7 +527,13 @@ def main() -> None:
     p.add_argument(
         "--quick", action="store_true", help="tiny random model, minimal sizes (harness smoke test)"
     )
+    p.add_argument("--render-only", default=None, help="re-render --out from a saved results JSON")
     opts = p.parse_args()
+    if opts.render_only:
+        res = json.loads(Path(opts.render_only).read_text())
+        res["notes"] = NOTES
+        Path(opts.out).write_text(render(res) + "\n")
+        return
     if opts.quick:
         opts.model = "tiny-random"
         opts.rounds, opts.train_steps, opts.batch_size, opts.lever_rounds = 1, 1, 2, 1
@@ -514,7 +552,7 @@ def main() -> None:
         "machine": machine_info(),
         "load_start": loadavg(),
         "work_dir": str(work),
-        "notes": [],
+        "notes": NOTES,
     }
     runner._say(f"work dir: {work}\n")
     base = {"model": opts.model}
