@@ -126,8 +126,10 @@ class ResumableDataLoader(DataLoader):
         self._resume = (int(state["epoch"]), int(state["batches_done"]))
 
 
-def collate(rows: list[Tokenized], pad_id: int) -> dict[str, Any]:
-    """Right-pad a batch; token counts travel as Python ints (no device sync in the step)."""
+def collate(rows: list[Tokenized], pad_id: int, packing: bool = False) -> dict[str, Any]:
+    """Right-pad a batch (or pack it, see :func:`collate_packed`); token counts travel as Python ints."""
+    if packing:
+        return collate_packed(rows)
     width = max(len(r.input_ids) for r in rows)
     ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
     labels = torch.full((len(rows), width), IGNORE_INDEX, dtype=torch.long)
@@ -143,6 +145,31 @@ def collate(rows: list[Tokenized], pad_id: int) -> dict[str, Any]:
         "attention_mask": mask,
         "num_tokens": sum(len(r.input_ids) for r in rows),
         "num_response_tokens": sum(r.num_response_tokens for r in rows),
+    }
+
+
+def collate_packed(rows: list[Tokenized]) -> dict[str, Any]:
+    """Padding-free batch: all rows concatenated into one sequence of shape (1, total tokens).
+
+    ``position_ids`` restart at 0 for every row and ``attention_mask`` is None, so transformers
+    builds a block-diagonal causal mask (sdpa/eager; CPU and GPU) or runs variable-length kernels
+    (``flash_attention_2``, GPU): no row attends to another. The first label of every row is
+    ignored, so no row learns to predict the next row's first token.
+    """
+    ids: list[int] = []
+    labels: list[int] = []
+    positions: list[int] = []
+    for r in rows:
+        ids += r.input_ids
+        labels += [IGNORE_INDEX, *r.labels[1:]]
+        positions += range(len(r.input_ids))
+    return {
+        "input_ids": torch.tensor([ids], dtype=torch.long),
+        "labels": torch.tensor([labels], dtype=torch.long),
+        "position_ids": torch.tensor([positions], dtype=torch.long),
+        "attention_mask": None,
+        "num_tokens": len(ids),
+        "num_response_tokens": sum(x != IGNORE_INDEX for x in labels),
     }
 
 
@@ -166,6 +193,7 @@ class SSRDataModule(L.LightningDataModule):
         seed: int = 0,
         cache_dir: str | None = None,
         prepare_data_per_node: bool = False,
+        packing: bool = False,
     ) -> None:
         super().__init__()
         self.train_records = list(train_records)
@@ -179,6 +207,7 @@ class SSRDataModule(L.LightningDataModule):
         self.max_length, self.batch_size = max_length, batch_size
         self.val_batch_size = val_batch_size or batch_size
         self.num_workers, self.seed = num_workers, seed
+        self.packing = packing
         self.cache_dir = Path(cache_dir) if cache_dir else cache_root()
         self.prepare_data_per_node = prepare_data_per_node
         if self.method.needs_judge and judge is None:
@@ -249,7 +278,7 @@ class SSRDataModule(L.LightningDataModule):
             _ListDataset(rows),
             batch_sampler=sampler,
             num_workers=self.num_workers,
-            collate_fn=partial(collate, pad_id=pad),
+            collate_fn=partial(collate, pad_id=pad, packing=self.packing),
         )
 
     def train_dataloader(self) -> DataLoader:

@@ -203,5 +203,32 @@ def apply_peft(model: PreTrainedModel, peft_cfg: dict[str, Any] | None) -> PreTr
     return get_peft_model(model, LoraConfig(**kwargs))
 
 
+def cast_frozen_linear_weights(model: torch.nn.Module, dtype: torch.dtype = torch.bfloat16) -> int:
+    """Store the frozen fp32 ``nn.Linear`` weights (and biases) in ``dtype``; returns the number cast.
+
+    Under ``torch.autocast(dtype)`` every linear layer casts its fp32 weight to ``dtype`` on each
+    forward; frozen weights are not in autocast's cast cache, so that copy is redone every step.
+    Casting them once gives bit-identical matmuls, saves the copies and halves their memory.
+    Trainable weights (LoRA) stay fp32 for the optimizer; weights shared with an embedding (a tied
+    output head) stay fp32 because the embedding lookup runs outside autocast. Only correct while
+    the model runs under autocast to ``dtype``.
+    """
+    shared = {id(m.weight) for m in model.modules() if isinstance(m, torch.nn.Embedding)}
+    n = 0
+    for module in model.modules():
+        if not isinstance(module, torch.nn.Linear):
+            continue
+        for param in (module.weight, module.bias):
+            if (
+                param is not None
+                and not param.requires_grad
+                and param.dtype == torch.float32
+                and id(param) not in shared
+            ):
+                param.data = param.data.to(dtype)
+                n += param.numel()
+    return n
+
+
 def config_of(name_or_path: str) -> Any:
     return AutoConfig.from_pretrained(resolve_path(name_or_path))

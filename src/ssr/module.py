@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from transformers import PreTrainedModel
 
 from ssr.data.tokenize import IGNORE_INDEX
-from ssr.models import ModelSpec, apply_peft, load_model
+from ssr.models import ModelSpec, apply_peft, cast_frozen_linear_weights, load_model
 
 log = logging.getLogger(__name__)
 
@@ -65,6 +65,7 @@ class SSRModule(L.LightningModule):
         warmup_ratio: float = 0.1,
         min_lr_ratio: float = 0.1,
         gradient_checkpointing: bool = False,
+        precast_frozen_weights: bool = True,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
@@ -112,9 +113,20 @@ class SSRModule(L.LightningModule):
         else:
             self.model = apply_peft(model, self.peft_cfg)
         self.model.train()  # from_pretrained returns eval mode; Lightning expects train mode here
+        if self.hparams.precast_frozen_weights and self._autocast_dtype() is not None:
+            n = cast_frozen_linear_weights(self.model, self._autocast_dtype())
+            log.info("stored %d frozen linear weights in %s (bit-identical under autocast)", n,
+                     self._autocast_dtype())
         sizes = [(getattr(p, "ds_numel", p.numel()), p.requires_grad) for p in self.model.parameters()]
         n_train, n_all = sum(n for n, grad in sizes if grad), sum(n for n, _ in sizes)  # ZeRO-3: ds_numel
         log.info("trainable parameters: %d / %d (%.2f%%)", n_train, n_all, 100 * n_train / n_all)
+
+    def _autocast_dtype(self) -> torch.dtype | None:
+        """The autocast dtype of the attached Trainer's ``*-mixed`` precision (None otherwise)."""
+        trainer = self._trainer
+        if trainer is None or type(trainer.strategy).__name__.startswith("DeepSpeed"):
+            return None
+        return {"bf16-mixed": torch.bfloat16, "16-mixed": torch.float16}.get(str(trainer.precision))
 
     @property
     def _deepspeed(self) -> bool:

@@ -43,6 +43,7 @@ def build_datamodule(cfg: DictConfig, run_dir: Path) -> SSRDataModule:
         batch_size=cfg.data.batch_size,
         val_batch_size=cfg.data.get("val_batch_size"),
         num_workers=cfg.data.get("num_workers", 0),
+        packing=bool(cfg.data.get("packing", False)),
         seed=cfg.seed,
         cache_dir=cfg.paths.get("cache_dir"),
     )
