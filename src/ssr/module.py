@@ -115,8 +115,11 @@ class SSRModule(L.LightningModule):
         self.model.train()  # from_pretrained returns eval mode; Lightning expects train mode here
         if self.hparams.precast_frozen_weights and self._autocast_dtype() is not None:
             n = cast_frozen_linear_weights(self.model, self._autocast_dtype())
-            log.info("stored %d frozen linear weights in %s (bit-identical under autocast)", n,
-                     self._autocast_dtype())
+            log.info(
+                "stored %d frozen linear weights in %s (bit-identical under autocast)",
+                n,
+                self._autocast_dtype(),
+            )
         sizes = [(getattr(p, "ds_numel", p.numel()), p.requires_grad) for p in self.model.parameters()]
         n_train, n_all = sum(n for n, grad in sizes if grad), sum(n for n, _ in sizes)  # ZeRO-3: ds_numel
         log.info("trainable parameters: %d / %d (%.2f%%)", n_train, n_all, 100 * n_train / n_all)
@@ -146,7 +149,8 @@ class SSRModule(L.LightningModule):
     def on_train_batch_start(self, batch: dict[str, Any], batch_idx: int) -> None:
         self._t_batch = time.perf_counter()
 
-    def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
+    def _batch_loss(self, batch: dict[str, Any]) -> tuple[torch.Tensor, int]:
+        """Summed response-token CE of a batch and its response-token count."""
         loss_sum = response_token_loss(
             self.model,
             batch["input_ids"],
@@ -154,7 +158,10 @@ class SSRModule(L.LightningModule):
             batch["labels"],
             batch.get("position_ids"),
         )
-        n = int(batch["num_response_tokens"])
+        return loss_sum, int(batch["num_response_tokens"])
+
+    def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
+        loss_sum, n = self._batch_loss(batch)
         self._window_tokens += n
         self.log("train/loss", loss_sum.detach() / max(n, 1), prog_bar=True, batch_size=n)
         if self._deepspeed:
@@ -190,14 +197,7 @@ class SSRModule(L.LightningModule):
             )
 
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
-        loss_sum = response_token_loss(
-            self.model,
-            batch["input_ids"],
-            batch["attention_mask"],
-            batch["labels"],
-            batch.get("position_ids"),
-        )
-        n = int(batch["num_response_tokens"])
+        loss_sum, n = self._batch_loss(batch)
         self.log("val/loss", loss_sum / max(n, 1), prog_bar=True, batch_size=n, sync_dist=True)
 
     def on_train_start(self) -> None:
