@@ -13,14 +13,14 @@ import contextlib
 import json
 import os
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 
-from ssr.eval.suite import autocast_dtype, plain_config
+from ssr.eval.suite import autocast_dtype, checked_dataclass
 from ssr.paths import cache_root
 from ssr.records import content_hash
 
@@ -46,12 +46,7 @@ class SelfDriftConfig:
             return cls(enabled=False)
         if isinstance(cfg, SelfDriftConfig):
             return cfg
-        cfg = plain_config(cfg)
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(cfg) - known)
-        if unknown:
-            raise KeyError(f"unknown self_drift keys {unknown} (known: {sorted(known)})")
-        return cls(**cfg)
+        return checked_dataclass(cls, cfg, "self_drift")
 
 
 @dataclass

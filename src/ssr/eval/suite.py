@@ -50,12 +50,17 @@ class SuiteConfig:
             return cls()
         if isinstance(cfg, SuiteConfig):
             return cfg
-        cfg = plain_config(cfg)
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(cfg) - known)
-        if unknown:
-            raise KeyError(f"unknown eval suite keys {unknown} (known: {sorted(known)})")
-        return cls(**cfg)
+        return checked_dataclass(cls, cfg, "eval suite")
+
+
+def checked_dataclass(cls: Any, cfg: Any, what: str) -> Any:
+    """Build dataclass ``cls`` from a config mapping; an unknown key is an error naming it."""
+    cfg = plain_config(cfg)
+    known = {f.name for f in fields(cls)}
+    unknown = sorted(set(cfg) - known)
+    if unknown:
+        raise KeyError(f"unknown {what} keys {unknown} (known: {sorted(known)})")
+    return cls(**cfg)
 
 
 def plain_config(cfg: Any) -> Any:
