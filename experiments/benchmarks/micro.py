@@ -3,7 +3,6 @@ generation, judges and the drift-callback evaluation."""
 
 from __future__ import annotations
 
-import contextlib
 import random
 import statistics
 import time
@@ -228,53 +227,70 @@ def run_padding(args: dict[str, Any]) -> dict[str, Any]:
 
 
 def run_generation(args: dict[str, Any]) -> dict[str, Any]:
-    """hf_generate (batched, length-sorted, left padding, bf16 autocast) vs one prompt at a time."""
+    """hf_generate (batched, length-sorted, left padding, bf16 autocast) vs one prompt at a time.
+
+    ``naive``: the model as loaded (fp32 weights, autocast casts them at every decoding step);
+    ``prepared``: as BaseModelGenerator loads it (``cast_for_autocast_inference``: weights stored
+    in bf16 once, bit-identical under autocast).
+    """
     from ssr.data.prompts import PromptConfig
     from ssr.generation import DecodingConfig, hf_generate
-    from ssr.models import ModelSpec, load_model
-    from ssr.pipeline import answer_prompts
+    from ssr.models import ModelSpec, cast_for_autocast_inference, load_model
+    from ssr.pipeline import GeneratorConfig, answer_prompts
 
-    model, tok = load_model(ModelSpec(name_or_path=args["model"]))
+    spec = ModelSpec(name_or_path=args["model"])
+    naive, tok = load_model(spec)
+    prepared, _ = load_model(spec)
+    cast_for_autocast_inference(prepared)
     records = bench_records(args["prompts"], tok)
     prompts = answer_prompts(tok, records, PromptConfig())
     decoding = DecodingConfig(max_new_tokens=args["max_new_tokens"])
     prompt_tokens = sum(len(tok(p, add_special_tokens=False)["input_ids"]) for p in prompts)
+    default = GeneratorConfig()
 
     def n_tokens(texts: list[str]) -> int:
         return sum(len(tok(t, add_special_tokens=False)["input_ids"]) + 1 for t in texts)  # +1: end of turn
 
-    @contextlib.contextmanager
-    def static_cache() -> Any:
-        old = model.generation_config.cache_implementation
-        model.generation_config.cache_implementation = "static"
-        try:
-            yield
-        finally:
-            model.generation_config.cache_implementation = old
-
-    variants: dict[str, tuple[int, Any]] = {"one prompt at a time": (1, contextlib.nullcontext)}
-    for bs in args["batch_sizes"]:
-        variants[f"batched, batch {bs}"] = (bs, contextlib.nullcontext)
-    if args.get("static_cache_batch"):
-        variants[f"batched, batch {args['static_cache_batch']}, static cache"] = (
-            args["static_cache_batch"],
-            static_cache,
+    bs0 = args["batch_sizes"][0]
+    variants: dict[str, tuple[Any, int, str | None]] = {
+        "one prompt at a time": (naive, 1, None),
+        f"batched, batch {bs0}, fp32 weights (before)": (naive, bs0, None),
+        f"batched, batch {bs0}, bf16-stored weights": (prepared, bs0, None),
+        f"batched, batch {bs0}, bf16-stored weights, static cache": (prepared, bs0, "static"),
+    }
+    for bs in args["batch_sizes"][1:]:
+        variants[
+            f"batched, batch {bs}, bf16-stored weights, {default.cache_implementation or 'dynamic'} cache"
+        ] = (
+            prepared,
+            bs,
+            default.cache_implementation,
         )
+    default_name = next(
+        (
+            k
+            for k, (m, bs, cache) in variants.items()
+            if m is prepared and bs == default.batch_size and cache == default.cache_implementation
+        ),
+        None,
+    )
     results: dict[str, Any] = {}
     texts_by: dict[str, list[str]] = {}
-    for name, (bs, ctx) in variants.items():
-        with ctx():
-            try:
-                texts, w, c = _timed(
-                    lambda bs=bs: hf_generate(model, tok, prompts, decoding, batch_size=bs, progress=False)
+    for name, (model, bs, cache) in variants.items():
+        try:
+            texts, w, c = _timed(
+                lambda model=model, bs=bs, cache=cache: hf_generate(
+                    model, tok, prompts, decoding, batch_size=bs, progress=False, cache_implementation=cache
                 )
-            except Exception as err:  # a failing option is a result, not a crash of the benchmark
-                results[name] = {"error": f"{type(err).__name__}: {err}"[:300]}
-                continue
+            )
+        except Exception as err:  # a failing option is a result, not a crash of the benchmark
+            results[name] = {"error": f"{type(err).__name__}: {err}"[:300]}
+            continue
         texts_by[name] = texts
         gen = n_tokens(texts)
         results[name] = {
             "batch_size": bs,
+            "cache": cache or "dynamic",
             "wall_s": w,
             "cpu_s": c,
             "generated_tokens": gen,
@@ -289,6 +305,7 @@ def run_generation(args: dict[str, Any]) -> dict[str, Any]:
         "prompts": len(prompts),
         "prompt_tokens": prompt_tokens,
         "max_new_tokens": decoding.max_new_tokens,
+        "default_variant": default_name,
         "variants": results,
     }
 
