@@ -52,6 +52,20 @@ def compose(overrides: list[str] | None = None, config_name: str = "train"):
         return hydra_compose(config_name=config_name, overrides=overrides or [], return_hydra_config=True)
 
 
+# A fast end-to-end run: tiny random model, 16 embedded rows, 1 epoch (also used on the CLI).
+TINY_OVERRIDES = (
+    "model=tiny_random",
+    "trainer.max_epochs=1",
+    "data.max_train_rows=16",
+    "data.max_val_rows=8",
+    "data.batch_size=4",
+    "generator.decoding.max_new_tokens=8",
+    "callbacks.model_checkpoint.every_n_train_steps=2",
+    "trainer.enable_progress_bar=false",
+    "eval.callback.enabled=false",  # drift evaluation has its own tests (test_eval_*, test_train)
+)
+
+
 @pytest.fixture
 def tiny_cfg(tmp_path):
     """A fast end-to-end config: tiny random model, 16 embedded rows, private caches."""
@@ -59,19 +73,7 @@ def tiny_cfg(tmp_path):
     def make(*overrides: str):
         from omegaconf import open_dict
 
-        cfg = compose(
-            [
-                "model=tiny_random",
-                "trainer.max_epochs=1",
-                "data.max_train_rows=16",
-                "data.max_val_rows=8",
-                "data.batch_size=4",
-                "generator.decoding.max_new_tokens=8",
-                "callbacks.model_checkpoint.every_n_train_steps=2",
-                "trainer.enable_progress_bar=false",
-                *overrides,
-            ]
-        )
+        cfg = compose([*TINY_OVERRIDES, *overrides])
         with open_dict(cfg):
             cfg.paths.output_dir = str(tmp_path / "run")
             cfg.paths.cache_dir = str(tmp_path / "cache")

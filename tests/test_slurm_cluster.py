@@ -76,3 +76,38 @@ def test_hydra_multirun_through_slurm_launcher(slurm_cluster: SlurmCluster, tmp_
     assert len(list(submitit_dir.glob("*/*_submission.sh"))) == 1, "one array submission"
     assert len(list(submitit_dir.glob("*_*/*_0_log.out"))) == 2
     assert len(list(submitit_dir.glob("*_*/*_0_result.pkl"))) == 2
+
+
+def test_ssr_train_sweep_through_slurm_launcher(slurm_cluster: SlurmCluster, tmp_path: Path) -> None:
+    """The real tiny `ssr-train` config as a 2-job SLURM array: both jobs leave their results."""
+    from cli_runs import adapter_shapes, cli_env, summary, train_cmd
+
+    sweep = tmp_path / "sweep"
+    cmd = train_cmd(
+        "-m",
+        "hydra/launcher=slurm",
+        *slurm_cluster.cpu_launcher_overrides,
+        f"hydra.sweep.dir={sweep}",
+        f"paths.cache_dir={tmp_path / 'cache'}",
+        "method=sft,ssr",
+    )
+    env = cli_env(SLURM_CONF=str(slurm_cluster.conf))
+    try:
+        proc = subprocess.run(cmd, env=env, cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    except subprocess.TimeoutExpired:
+        slurm_cluster.cancel_all()
+        logs = "\n".join(f"== {p}\n{p.read_text()[-3000:]}" for p in sorted(sweep.rglob("*_log.*")))
+        pytest.fail(f"sweep did not finish in 600 s\n{logs}\n{slurm_cluster.daemon_logs()}")
+    assert proc.returncode == 0, f"{proc.stdout[-3000:]}\n{proc.stderr[-6000:]}"
+
+    results = {summary(sweep / str(k))["method"]: sweep / str(k) for k in (0, 1)}
+    assert set(results) == {"sft", "ssr"}
+    for method, run in results.items():
+        assert summary(run)["global_step"] == 4, method
+        assert (run / "adapter" / "adapter_config.json").is_file()
+        assert (run / "selection.jsonl").is_file() and (run / "checkpoints" / "last.ckpt").is_file()
+    assert adapter_shapes(results["sft"]) == adapter_shapes(results["ssr"])
+    assert summary(results["ssr"])["selection"]["extra"]["stages"]["generate_self"]["rows"] == 16
+    submitit_dir = sweep / ".submitit"
+    assert len(list(submitit_dir.glob("*/*_submission.sh"))) == 1, "one array submission"
+    assert len(list(submitit_dir.glob("*_*/*_0_result.pkl"))) == 2, "both array tasks returned"

@@ -118,3 +118,53 @@ def test_real_smollm2_loads_from_cache_and_trains_one_step(tokenizer):
     opt.step()
     per_token = loss.item() / b["num_response_tokens"]
     assert 0 < per_token < 6, "a real instruct model should already find these answers likely"
+
+
+def test_ssr_train_runs_drift_and_task_evaluation(tiny_cfg):
+    """The default eval wiring: base + final task metrics (eval.json) and self-drift (drift.json)."""
+    import json
+
+    from ssr.cli.train import train
+
+    cfg = tiny_cfg(
+        "method=sft",
+        "eval.callback.enabled=true",
+        "eval/suite=none",
+        "eval.self_drift.limit=4",
+        "eval.self_drift.max_new_tokens=8",
+        "eval.tasks.max_rows=4",
+        "eval.tasks.max_new_tokens=8",
+    )
+    train(cfg)
+    run = Path(cfg.paths.output_dir)
+    drift = json.loads((run / "drift.json").read_text())
+    assert drift["base"]["stage"] == "base" and len(drift["epochs"]) == 1
+    assert "nll_increase" in drift["epochs"][0]["scores"]["self_drift"]
+    ev = json.loads((run / "eval.json").read_text())
+    for stage in ("base", "final"):
+        scores = ev[stage]["tasks"]["in_domain"]
+        assert scores["n"] == 4 and 0.0 <= scores["unanswerable_accuracy"] <= 1.0
+
+
+def test_ssr_eval_scores_a_trained_adapter(tiny_cfg):
+    import json
+
+    from omegaconf import open_dict
+
+    from ssr.cli.eval import evaluate
+    from ssr.cli.train import train
+
+    cfg = tiny_cfg(
+        "method=sft",
+        "eval/suite=none",
+        "eval.self_drift.enabled=false",
+        "eval.tasks.max_rows=4",
+        "eval.tasks.max_new_tokens=4",
+    )
+    train(cfg)
+    adapter = Path(cfg.paths.output_dir) / "adapter"
+    with open_dict(cfg):
+        cfg.adapter = str(adapter)
+    result = evaluate(cfg)
+    saved = json.loads((adapter / "eval.json").read_text())
+    assert saved["final"]["tasks"]["in_domain"]["n"] == 4 == result["final"]["tasks"]["in_domain"]["n"]

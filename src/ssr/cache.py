@@ -17,6 +17,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from ssr.faults import fault_point
+
 log = logging.getLogger(__name__)
 
 
@@ -100,8 +102,16 @@ class JsonlCache:
             new.append(json.dumps(row, ensure_ascii=False) + "\n")
         if not new:
             return
+        payload = "".join(new).encode("utf-8")
         with open(self.path, "ab") as fh:
-            fh.write("".join(new).encode("utf-8"))
+
+            def torn_write() -> None:  # a kill in the middle of this write: half of its last line
+                last = payload.rfind(b"\n", 0, len(payload) - 1) + 1
+                fh.write(payload[: last + max(1, (len(payload) - last) // 2)])
+                fh.flush()
+
+            fault_point(f"cache.{self.path.parent.name}", before_kill=torn_write)
+            fh.write(payload)
             fh.flush()
             os.fsync(fh.fileno())
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 import random
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -60,6 +60,7 @@ class LengthGroupedBatchSampler(Sampler[list[int]]):
         self.lengths, self.batch_size, self.shuffle = lengths, batch_size, shuffle
         self.seed, self.rank, self.world_size, self.megabatch = seed, rank, world_size, megabatch
         self.epoch = 0
+        self.start = 0  # batches of this epoch to skip on the next iteration (a resumed epoch)
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
@@ -80,11 +81,49 @@ class LengthGroupedBatchSampler(Sampler[list[int]]):
         return batches[:usable][self.rank :: self.world_size]
 
     def __iter__(self) -> Iterator[list[int]]:
-        return iter(self._batches())
+        start, self.start = self.start, 0
+        return iter(self._batches()[start:])
 
     def __len__(self) -> int:
         n = -(-len(self.lengths) // self.batch_size)
         return (n - n % self.world_size) // self.world_size if n >= self.world_size else 0
+
+
+class ResumableDataLoader(DataLoader):
+    """The train loader: reshuffles every epoch and resumes inside an interrupted epoch.
+
+    Lightning stores ``state_dict()`` (epoch, batches trained) in every checkpoint and, resuming
+    inside an epoch, calls ``load_state_dict()`` before iterating; the epoch then goes on with the
+    batches the interrupted run had not trained on, in the same order (a plain DataLoader would start
+    the epoch over and never reach its last batches). ``epoch_fn`` gives the current epoch:
+    Lightning's ``set_epoch`` only reaches ``loader.sampler`` and ``batch_sampler.sampler``.
+    """
+
+    epoch_fn: Callable[[], int] | None = None
+    _resume: tuple[int, int] | None = None
+    _position: tuple[int, int] = (0, 0)
+
+    def __iter__(self) -> Iterator[Any]:
+        sampler = self.batch_sampler
+        if self.epoch_fn is not None:
+            sampler.set_epoch(self.epoch_fn())
+        done = 0
+        if self._resume is not None and self._resume[0] == sampler.epoch:
+            done = self._resume[1]
+        self._resume = None
+        sampler.start = done
+        self._position = (sampler.epoch, done)
+        for batch in super().__iter__():
+            done += 1
+            self._position = (sampler.epoch, done)  # counted when handed to the training step
+            yield batch
+
+    def state_dict(self) -> dict[str, int]:
+        epoch, done = self._position
+        return {"epoch": epoch, "batches_done": done}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        self._resume = (int(state["epoch"]), int(state["batches_done"]))
 
 
 def collate(rows: list[Tokenized], pad_id: int, packing: bool = False) -> dict[str, Any]:
@@ -178,6 +217,8 @@ class SSRDataModule(L.LightningDataModule):
         self.tokenize_report: TokenizeReport | None = None
         self.train_rows: list[Tokenized] = []
         self.val_rows: list[Tokenized] = []
+        self._train_loader: ResumableDataLoader | None = None
+        self._resume_position: dict[str, int] | None = None
 
     @property
     def selection_path(self) -> Path:
@@ -233,7 +274,7 @@ class SSRDataModule(L.LightningDataModule):
             [len(r.input_ids) for r in rows], batch_size, shuffle, epoch_seed, rank, world
         )
         pad = self.tokenizer.pad_token_id
-        return DataLoader(
+        return (ResumableDataLoader if shuffle else DataLoader)(
             _ListDataset(rows),
             batch_sampler=sampler,
             num_workers=self.num_workers,
@@ -241,7 +282,28 @@ class SSRDataModule(L.LightningDataModule):
         )
 
     def train_dataloader(self) -> DataLoader:
-        return self._loader(self.train_rows, self.batch_size, shuffle=True)
+        loader = self._loader(self.train_rows, self.batch_size, shuffle=True)
+        loader.epoch_fn = lambda: self.trainer.current_epoch if self.trainer else 0
+        if self._resume_position is not None:
+            loader.load_state_dict(self._resume_position)
+            self._resume_position = None
+        self._train_loader = loader
+        return loader
+
+    # Lightning builds the train loader (to count steps for the LR schedule) *before* it restores a
+    # checkpoint's loop state, and then never hands that state to the loader: the position inside
+    # the epoch travels as DataModule state instead, which is restored in time.
+    def state_dict(self) -> dict[str, Any]:
+        return {"train_loader": self._train_loader.state_dict()} if self._train_loader else {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        position = state.get("train_loader")
+        if position is None:
+            return
+        if self._train_loader is not None:
+            self._train_loader.load_state_dict(position)
+        else:
+            self._resume_position = position
 
     def val_dataloader(self) -> DataLoader | list:
         return self._loader(self.val_rows, self.val_batch_size, shuffle=False) if self.val_rows else []

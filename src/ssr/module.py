@@ -8,6 +8,7 @@ from __future__ import annotations
 import logging
 import math
 import time
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -80,11 +81,37 @@ class SSRModule(L.LightningModule):
         """Build the model here so DeepSpeed ZeRO-3 can shard it while it is created."""
         if self.model is not None:
             return
-        model, _ = load_model(self.spec)
+        if self._zero3:
+            # from_pretrained must see the ZeRO-3 config to load real weights into sharded params;
+            # the config is global (weakref), so it is set for this load only.
+            from transformers.integrations.deepspeed import HfDeepSpeedConfig, unset_hf_deepspeed_config
+
+            hf_ds_config = HfDeepSpeedConfig(self.trainer.strategy.config)
+            try:
+                model, _ = load_model(self.spec)
+            finally:
+                unset_hf_deepspeed_config()
+                del hf_ds_config
+        else:
+            model, _ = load_model(self.spec)
         if self.hparams.gradient_checkpointing:
             model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
             model.enable_input_require_grads()
-        self.model = apply_peft(model, self.peft_cfg)
+        if self._zero3 and self.peft_cfg:
+            # Create the adapter outside zero.Init: PEFT's init (lora_B = 0) cannot reach
+            # already-partitioned tensors; deepspeed.initialize shards the new weights later.
+            from deepspeed.runtime.zero.partition_parameters import (
+                restore_init_context,
+                shutdown_init_context,
+            )
+
+            shutdown_init_context()
+            try:
+                self.model = apply_peft(model, self.peft_cfg)
+            finally:
+                restore_init_context()
+        else:
+            self.model = apply_peft(model, self.peft_cfg)
         self.model.train()  # from_pretrained returns eval mode; Lightning expects train mode here
         if self.hparams.precast_frozen_weights and self._autocast_dtype() is not None:
             n = cast_frozen_linear_weights(self.model, self._autocast_dtype())
@@ -93,8 +120,8 @@ class SSRModule(L.LightningModule):
                 n,
                 self._autocast_dtype(),
             )
-        n_train = sum(p.numel() for p in self.model.parameters() if p.requires_grad)
-        n_all = sum(p.numel() for p in self.model.parameters())
+        sizes = [(getattr(p, "ds_numel", p.numel()), p.requires_grad) for p in self.model.parameters()]
+        n_train, n_all = sum(n for n, grad in sizes if grad), sum(n for n, _ in sizes)  # ZeRO-3: ds_numel
         log.info("trainable parameters: %d / %d (%.2f%%)", n_train, n_all, 100 * n_train / n_all)
 
     def _autocast_dtype(self) -> torch.dtype | None:
@@ -106,13 +133,24 @@ class SSRModule(L.LightningModule):
 
     @property
     def _deepspeed(self) -> bool:
-        return type(self.trainer.strategy).__name__.startswith("DeepSpeed")
+        from lightning.pytorch.strategies import DeepSpeedStrategy
+
+        return self._trainer is not None and isinstance(self.trainer.strategy, DeepSpeedStrategy)
+
+    @property
+    def _zero3(self) -> bool:
+        return self._deepspeed and self.trainer.strategy.zero_stage_3
+
+    @property
+    def _is_global_zero(self) -> bool:
+        return self._trainer is None or self.trainer.is_global_zero
 
     # -- steps ---------------------------------------------------------------------------
     def on_train_batch_start(self, batch: dict[str, Any], batch_idx: int) -> None:
         self._t_batch = time.perf_counter()
 
-    def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
+    def _batch_loss(self, batch: dict[str, Any]) -> tuple[torch.Tensor, int]:
+        """Summed response-token CE of a batch and its response-token count."""
         loss_sum = response_token_loss(
             self.model,
             batch["input_ids"],
@@ -120,7 +158,10 @@ class SSRModule(L.LightningModule):
             batch["labels"],
             batch.get("position_ids"),
         )
-        n = int(batch["num_response_tokens"])
+        return loss_sum, int(batch["num_response_tokens"])
+
+    def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
+        loss_sum, n = self._batch_loss(batch)
         self._window_tokens += n
         self.log("train/loss", loss_sum.detach() / max(n, 1), prog_bar=True, batch_size=n)
         if self._deepspeed:
@@ -156,14 +197,7 @@ class SSRModule(L.LightningModule):
             )
 
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
-        loss_sum = response_token_loss(
-            self.model,
-            batch["input_ids"],
-            batch["attention_mask"],
-            batch["labels"],
-            batch.get("position_ids"),
-        )
-        n = int(batch["num_response_tokens"])
+        loss_sum, n = self._batch_loss(batch)
         self.log("val/loss", loss_sum / max(n, 1), prog_bar=True, batch_size=n, sync_dist=True)
 
     def on_train_start(self) -> None:
@@ -199,14 +233,45 @@ class SSRModule(L.LightningModule):
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
 
     # -- checkpoints -------------------------------------------------------------------------
-    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        """Keep only trainable weights (the LoRA adapter) when the base model is frozen."""
+    def state_dict(
+        self, *args: Any, destination: Any = None, prefix: str = "", keep_vars: bool = False
+    ) -> Any:
+        """With LoRA, the module's state is its trainable weights: checkpoints hold the adapter only.
+
+        Filtering here (not in on_save_checkpoint) also covers DeepSpeed, which builds its checkpoints
+        from this state dict and whose exclude_frozen_parameters misses tied aliases of frozen weights
+        (lm_head.weight of tied-embedding models).
+        """
+        out = super().state_dict(*args, destination=destination, prefix=prefix, keep_vars=keep_vars)
         if self.peft_cfg:
-            trainable = {n for n, p in self.named_parameters() if p.requires_grad}
-            checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if k in trainable}
+            trainable = {prefix + n for n, p in self.named_parameters() if p.requires_grad}
+            for key in [k for k in out if k.startswith(prefix) and k not in trainable]:
+                del out[key]
+        return out
 
     def save_adapter(self, path: str | Path) -> Path:
-        """Write the PEFT adapter (or the full model without LoRA) in Hugging Face format."""
+        """Write the PEFT adapter (or the full model without LoRA) in Hugging Face format.
+
+        Call it on every rank: under ZeRO-3 the sharded weights are gathered first (a collective),
+        then global rank 0 writes.
+        """
         path = Path(path)
-        self.model.save_pretrained(path, safe_serialization=True)
+        state_dict = self._gathered_state_dict() if self._zero3 else None
+        if self._is_global_zero:
+            self.model.save_pretrained(path, safe_serialization=True, state_dict=state_dict)
         return path
+
+    def _gathered_state_dict(self) -> dict[str, torch.Tensor]:
+        """ZeRO-3: the full weights to save (LoRA: the trainable ones), gathered one parameter
+        at a time; rank 0 keeps a CPU copy, the other ranks return an empty dict."""
+        import deepspeed
+
+        out: dict[str, torch.Tensor] = {}
+        for name, param in self.model.named_parameters():
+            if self.peft_cfg and not param.requires_grad:
+                continue
+            gathered = deepspeed.zero.GatheredParameters([param], modifier_rank=None)
+            with gathered if hasattr(param, "ds_id") else nullcontext():
+                if self._is_global_zero:
+                    out[name] = param.detach().to("cpu", copy=True)
+        return out

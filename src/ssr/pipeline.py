@@ -28,6 +28,7 @@ from ssr.models import (
 from ssr.records import Record
 
 log = logging.getLogger(__name__)
+BACKENDS = ("hf", "vllm")
 
 
 @dataclass
@@ -40,6 +41,12 @@ class GeneratorConfig:
     cache_implementation: str | None = "static"
     decoding: DecodingConfig = field(default_factory=DecodingConfig)
     vllm_kwargs: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.backend not in BACKENDS:
+            raise ValueError(
+                f"unknown generator backend {self.backend!r}; valid choices: {', '.join(BACKENDS)}"
+            )
 
 
 @dataclass
@@ -83,8 +90,6 @@ class BaseModelGenerator:
             )
             on_batch(list(range(len(prompts))), texts)
             return texts
-        if self.cfg.backend != "hf":
-            raise ValueError(f"unknown generator backend {self.cfg.backend!r}; valid choices: hf, vllm")
         if self._model is None:
             self._model, _ = load_model(self.spec)
             if _cuda_available():
@@ -168,7 +173,7 @@ def judge_candidates(
     with stage_lock(path.with_suffix(".lock")):
         cache = JsonlCache(path)
         before = len(cache)
-        verdicts = run_judge(judge, items, cache)
+        verdicts = run_judge(judge, items, cache, batch_size=getattr(judge, "batch_size", 16))
         computed = len(cache) - before
     counters.add(stage, len(items), len(items) - computed, computed, time.perf_counter() - t0)
     return [

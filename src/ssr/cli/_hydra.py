@@ -28,7 +28,10 @@ CONF_DIR = conf_dir()
 
 
 def to_dict(node: Any) -> Any:
-    return OmegaConf.to_container(node, resolve=True) if isinstance(node, DictConfig) else node
+    """A resolved plain container; a required value left at ``???`` is an error naming its key."""
+    if not isinstance(node, DictConfig):
+        return node
+    return OmegaConf.to_container(node, resolve=True, throw_on_missing=True)
 
 
 def load_records(data_cfg: DictConfig, split: str, seed: int) -> list[Record]:

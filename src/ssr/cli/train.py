@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import logging
+import os
 import time
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -14,9 +17,12 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig
 
 from ssr.cli._hydra import CONF_DIR, load_records, to_dict
+from ssr.data.adapters import subsample
 from ssr.datamodule import SSRDataModule
+from ssr.logging_utils import TrackerLogging
 from ssr.methods import MethodConfig
 from ssr.module import SSRModule
+from ssr.records import Record
 
 log = logging.getLogger("ssr.train")
 
@@ -43,24 +49,148 @@ def build_datamodule(cfg: DictConfig, run_dir: Path) -> SSRDataModule:
     )
 
 
+def task_sets(cfg: DictConfig, val_records: list[Record]) -> dict[str, list[Record]]:
+    """Held-out grounded-QA sets scored before and after training: in-domain val + ``data.ood``."""
+    tasks = cfg.eval.get("tasks") or {}
+    cap = tasks.get("max_rows")
+    sets = (
+        {"in_domain": subsample(val_records, max_rows=cap, seed=cfg.seed)}
+        if tasks.get("in_domain", True) and val_records
+        else {}
+    )
+    for name, node in (cfg.data.get("ood") or {}).items():
+        records = instantiate(node)
+        balance = any(not r.answerable for r in records)
+        sets[f"ood_{name}"] = subsample(records, max_rows=cap, balance=balance, seed=cfg.seed)
+    return sets
+
+
+def build_drift_callback(cfg: DictConfig, datamodule: SSRDataModule, run_dir: Path) -> Any:
+    """The generalization-drift callback (lm-eval suite + self-drift + task metrics), if enabled."""
+    from ssr.eval.drift_callback import GeneralizationDriftCallback
+
+    ev = cfg.get("eval")
+    if not ev or not ev.callback.get("enabled", True):
+        return None
+    data_root = str(Path(cfg.paths.data_root).resolve())
+    os.environ["SSR_DATA_ROOT"] = data_root  # the local lm-eval task YAMLs read it
+    tasks = ev.get("tasks") or {}
+    return GeneralizationDriftCallback.from_config(
+        to_dict(ev),
+        tokenizer=datamodule.tokenizer,
+        run_dir=str(run_dir),
+        data_root=data_root,
+        task_sets=task_sets(cfg, datamodule.val_records),
+        prompt=datamodule.prompt,
+        task_every_epoch=bool(tasks.get("every_epoch", False)),
+        task_max_new_tokens=int(tasks.get("max_new_tokens", 64)),
+    )
+
+
 def build_trainer(cfg: DictConfig, extra_callbacks: list[Any] | None = None) -> L.Trainer:
     loggers = [instantiate(c) for c in (cfg.get("logger") or {}).values() if c is not None]
     callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c is not None]
     return instantiate(cfg.trainer, logger=loggers or False, callbacks=callbacks + (extra_callbacks or []))
 
 
+def _cuda_available() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
+def check_trainer_config(trainer_cfg: DictConfig, export_merged: bool = False) -> None:
+    """Fail before any generation on trainer settings that cannot run on this machine."""
+    strategy = trainer_cfg.get("strategy")
+    target = str(strategy.get("_target_", "")) if isinstance(strategy, DictConfig) else str(strategy or "")
+    if "deepspeed" not in target.lower():
+        return
+    if importlib.util.find_spec("deepspeed") is None:
+        raise RuntimeError(
+            "trainer.strategy is DeepSpeed (trainer=deepspeed_*) but the deepspeed package is missing: "
+            "pip install 'ssr[deepspeed]'"
+        )
+    if not _cuda_available():
+        raise RuntimeError(
+            "trainer.strategy is DeepSpeed (trainer=deepspeed_*), which Lightning runs on CUDA GPUs only, "
+            "and no CUDA device is visible here: use trainer=cpu or trainer=ddp on this machine"
+        )
+    ds_config = (strategy.get("config") or {}) if isinstance(strategy, DictConfig) else {}
+    if "gradient_accumulation_steps" in ds_config:
+        raise ValueError(
+            "trainer.strategy.config.gradient_accumulation_steps must not be set: "
+            "use trainer.accumulate_grad_batches (Lightning passes it to DeepSpeed)"
+        )
+    bf16 = bool((ds_config.get("bf16") or {}).get("enabled", False))
+    if bf16 != str(trainer_cfg.get("precision")).startswith("bf16"):
+        raise ValueError(
+            f"trainer.strategy.config.bf16.enabled={bf16} disagrees with "
+            f"trainer.precision={trainer_cfg.get('precision')}: set both to bf16 or neither"
+        )
+    if export_merged and (ds_config.get("zero_optimization") or {}).get("stage") == 3:
+        raise ValueError(
+            "export_merged=true cannot merge ZeRO-3 shards in place: train with export_merged=false, "
+            "then merge the saved adapter (PeftModel.from_pretrained(base, adapter).merge_and_unload())"
+        )
+
+
+def check_launch(trainer: L.Trainer) -> None:
+    """Lightning starts extra local ranks by re-running the command line, which inside a Hydra
+    multirun would start the whole sweep again."""
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+    from lightning.pytorch.strategies.launchers.subprocess_script import _SubprocessScriptLauncher
+
+    launcher = getattr(trainer.strategy, "launcher", None)
+    spawns = isinstance(launcher, _SubprocessScriptLauncher) and not (
+        trainer.strategy.cluster_environment.creates_processes_externally
+    )
+    if spawns and HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN:
+        raise RuntimeError(
+            f"trainer.devices={trainer.num_devices} starts extra local processes, which does not work "
+            "inside a Hydra multirun (-m): run each point on its own, or use hydra/launcher=slurm "
+            "(srun starts one task per device; see docs/slurm.md)"
+        )
+
+
+def resume_checkpoint(cfg: DictConfig, run_dir: Path) -> str | None:
+    """``ckpt_path``, with ``last`` meaning the newest complete checkpoint of this run.
+
+    Lightning's own ``last`` looks only at ``last.ckpt``, which a kill between writing
+    ``step<N>.ckpt`` and ``last.ckpt`` leaves missing or one save behind. A file that is not a
+    complete zip archive (a copy cut short) is skipped; no checkpoint yet means a fresh start.
+    """
+    ckpt_path = cfg.get("ckpt_path")
+    if ckpt_path != "last":
+        return ckpt_path
+    node = (cfg.get("callbacks") or {}).get("model_checkpoint") or {}
+    folder = Path(node.get("dirpath") or run_dir / "checkpoints")
+    candidates = sorted(folder.glob("*.ckpt"), key=lambda p: p.stat().st_mtime_ns, reverse=True)
+    for path in candidates:
+        if path.is_dir() or zipfile.is_zipfile(path):  # DeepSpeed writes a directory
+            log.info("ckpt_path=last: resuming from %s", path)
+            return str(path)
+        log.warning("ckpt_path=last: skipping %s (incomplete; interrupted while written)", path)
+    log.info("ckpt_path=last: no checkpoint in %s yet; starting from scratch", folder)
+    return None
+
+
 def train(cfg: DictConfig) -> dict[str, Any]:
     """Run one training job; returns (and writes) its summary."""
     t0 = time.perf_counter()
+    check_trainer_config(cfg.trainer, export_merged=bool(cfg.get("export_merged")))
     run_dir = Path(cfg.paths.output_dir)
     L.seed_everything(cfg.seed, workers=True)
     datamodule = build_datamodule(cfg, run_dir)
     module = SSRModule(model=to_dict(cfg.model), peft=to_dict(cfg.get("peft")), **to_dict(cfg.optim))
-    trainer = build_trainer(cfg)
-    trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
+    drift = build_drift_callback(cfg, datamodule, run_dir)
+    trackers = TrackerLogging(to_dict(cfg), run_dir / "selection_stats.json")
+    trainer = build_trainer(cfg, extra_callbacks=[trackers] + ([drift] if drift else []))
+    check_launch(trainer)
+    trainer.fit(module, datamodule=datamodule, ckpt_path=resume_checkpoint(cfg, run_dir))
+    adapter = module.save_adapter(run_dir / "adapter")  # every rank: ZeRO-3 gathers the shards
     summary: dict[str, Any] = {}
     if trainer.is_global_zero:
-        adapter = module.save_adapter(run_dir / "adapter")
         if cfg.get("export_merged") and cfg.get("peft"):
             module.model.merge_and_unload().save_pretrained(run_dir / "merged", safe_serialization=True)
             datamodule.tokenizer.save_pretrained(run_dir / "merged")
@@ -84,6 +214,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
             "selection by source: %s | stages: %s", sel.get("by_source"), sel.get("extra", {}).get("stages")
         )
         log.info("done in %.1fs; adapter: %s", summary["wall_s"], adapter)
+    trackers.finish(trainer, summary)
     return summary
 
 

@@ -39,7 +39,51 @@ def _require_str(row: dict[str, Any], key: str, where: str, allow_empty: bool = 
         raise DataError(f"{where}: field {key!r} must be a string, got {type(value).__name__}")
     if not allow_empty and not value.strip():
         raise DataError(f"{where}: field {key!r} is empty")
+    return _check_unicode(value, key, where)
+
+
+def _check_unicode(value: str, key: str, where: str) -> str:
+    """JSON escapes can smuggle in lone surrogates, which no UTF-8 file (cache, tokenizer) accepts."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as err:
+        raise DataError(
+            f"{where}: field {key!r} is not valid Unicode (lone surrogate at character {err.start})"
+        ) from err
     return value
+
+
+def _optional_id(row: dict[str, Any], key: str, where: str) -> str | None:
+    """A row id: a non-empty string or an integer; None when absent."""
+    value = row.get(key)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (str, int)):
+        raise DataError(f"{where}: field {key!r} must be a string or an integer, got {type(value).__name__}")
+    if isinstance(value, str) and not value.strip():
+        raise DataError(f"{where}: field {key!r} is empty")
+    return _check_unicode(str(value), key, where)
+
+
+def _optional_bool(row: dict[str, Any], key: str, where: str, default: bool) -> bool:
+    """A JSON boolean (``"false"`` or ``0`` would silently read as the wrong value); default when absent."""
+    value = row.get(key)
+    if value is None:
+        return default
+    if not isinstance(value, bool):
+        raise DataError(
+            f"{where}: field {key!r} must be a boolean (true/false), got {type(value).__name__} {value!r:.40}"
+        )
+    return value
+
+
+def _bad(message: str) -> Callable[[], Record]:
+    """A row thunk that fails (a malformed container, reported like a malformed row)."""
+
+    def fail() -> Record:
+        raise DataError(message)
+
+    return fail
 
 
 def _collect(rows: Iterable[tuple[str, Callable[[], Record]]], source: str, on_error: str) -> list[Record]:
@@ -126,12 +170,23 @@ def squad_v2(
 
     def rows() -> Iterator[tuple[str, Callable[[], Record]]]:
         for a, article in enumerate(data["data"]):
+            where_a = f"{file}: data[{a}]"
+            if not isinstance(article, dict) or not isinstance(article.get("paragraphs", []), list):
+                yield where_a, _bad(f"{where_a}: expected an object with a 'paragraphs' list")
+                continue
             title = str(article.get("title", a))
             if split != "all" and not article_split(title, split, test_fraction, seed):
                 continue
             for p, para in enumerate(article.get("paragraphs", [])):
+                where_p = f"{where_a}.paragraphs[{p}]"
+                if not isinstance(para, dict) or not isinstance(para.get("qas", []), list):
+                    yield where_p, _bad(f"{where_p}: expected an object with a 'qas' list")
+                    continue
                 for q, qa in enumerate(para.get("qas", [])):
-                    where = f"{file}: data[{a}].paragraphs[{p}].qas[{q}]"
+                    where = f"{where_p}.qas[{q}]"
+                    if not isinstance(qa, dict):
+                        yield where, _bad(f"{where}: expected an object, got {type(qa).__name__}")
+                        continue
                     yield (
                         where,
                         (
@@ -148,9 +203,11 @@ def _squad_record(qa: dict, para: dict, where: str, title: str, unanswerable: st
     context = _require_str(para, "context", where.rsplit(".qas", 1)[0])
     question = _require_str(qa, "question", where)
     qid = _require_str(qa, "id", where)
-    impossible = bool(qa.get("is_impossible", False))
+    impossible = _optional_bool(qa, "is_impossible", where, default=False)
+    if not isinstance(qa.get("answers", []), list):
+        raise DataError(f"{where}: field 'answers' must be a list")
     answers = [a.get("text", "") for a in qa.get("answers", []) if isinstance(a, dict)]
-    answers = [a for a in answers if isinstance(a, str) and a.strip()]
+    answers = [_check_unicode(a, "answers", where) for a in answers if isinstance(a, str) and a.strip()]
     if not impossible and not answers:
         raise DataError(f"{where}: answerable question without answers")
     gold = unanswerable if impossible else answers[0]
@@ -169,11 +226,13 @@ def quac(
     unanswerable_sentence: str = DEFAULT_UNANSWERABLE,
     on_error: str = "raise",
     marker: str = "CANNOTANSWER",
+    source: str = "quac",
 ) -> list[Record]:
     """QuAC JSONL (llm-foundry layout: ``context`` ending in the current ``Question:``, ``answer``).
 
     The CANNOTANSWER marker is stripped from the context; the dialogue history stays in the
-    document; ``answer == CANNOTANSWER`` marks an unanswerable question.
+    document; ``answer == CANNOTANSWER`` marks an unanswerable question. The same layout serves
+    NQ open-book (``nq_open_book``), whose contexts start with ``Context:`` and end in ``Answer:``.
     """
     file = Path(path)
 
@@ -182,21 +241,27 @@ def quac(
         context = _require_str(row, "context", where)
         answer = _require_str(row, "answer", where)
         head, sep, question = context.rpartition("Question:")
-        if not sep or not question.strip():
+        question = question.strip().removesuffix("Answer:").strip()
+        if not sep or not question:
             raise DataError(f"{where}: field 'context' has no trailing 'Question:' turn")
-        document = head.replace(marker, "").strip()
+        document = head.replace(marker, "").strip().removeprefix("Context:").strip()
         impossible = answer.strip() == marker
         gold = unanswerable_sentence if impossible else answer.strip()
         return Record(
-            id=str(row.get("id") or content_hash(context)),
-            question=question.strip(),
+            id=_optional_id(row, "id", where) or content_hash(context),
+            question=question,
             gold=gold,
             document=document,
             answerable=not impossible,
-            meta={"source": "quac", "answers": [] if impossible else [answer.strip()]},
+            meta={"source": source, "answers": [] if impossible else [answer.strip()]},
         )
 
     return _collect(((w, lambda r=r, w=w: make(r, w)) for w, r in _read_jsonl(file)), str(file), on_error)
+
+
+def nq_open_book(path: str, on_error: str = "raise", **_: Any) -> list[Record]:
+    """NQ open-book JSONL (answerable only): an out-of-domain over-refusal check."""
+    return quac(path, on_error=on_error, source="natural_questions")
 
 
 def jsonl(
@@ -216,10 +281,8 @@ def jsonl(
 
     def make(raw: bytes, where: str) -> Record:
         row = _parse_json_line(raw, where)
-        rid = (
-            str(row[id_field]) if row.get(id_field) is not None else f"{file.name}:{where.rsplit(':', 1)[1]}"
-        )
-        answerable = bool(row.get(answerable_field, True)) if answerable_field else True
+        rid = _optional_id(row, id_field, where) or f"{file.name}:{where.rsplit(':', 1)[1]}"
+        answerable = _optional_bool(row, answerable_field, where, True) if answerable_field else True
         if "messages" in row:
             msgs = row["messages"]
             if (
@@ -237,6 +300,8 @@ def jsonl(
                 )
             if msgs[-1]["role"] != "assistant" or not msgs[-1]["content"].strip():
                 raise DataError(f"{where}: field 'messages' must end with a non-empty assistant turn")
+            for m in msgs:
+                _check_unicode(m["role"] + m["content"], "messages", where)
             prefix = tuple({"role": m["role"], "content": m["content"]} for m in msgs[:-1])
             question = next((m["content"] for m in reversed(prefix) if m["role"] == "user"), "")
             return Record(
@@ -289,11 +354,11 @@ def hub(
         row = {**row, response_field: response}
         document = _require_str(row, document_field, where, allow_empty=True) if document_field else ""
         return Record(
-            id=str(row.get(id_field, i)),
+            id=_optional_id(row, id_field, where) or str(i),
             question=_require_str(row, question_field, where),
             gold=_require_str(row, response_field, where),
             document=document,
-            answerable=bool(row.get(answerable_field, True)) if answerable_field else True,
+            answerable=_optional_bool(row, answerable_field, where, True) if answerable_field else True,
             meta={"source": name},
         )
 

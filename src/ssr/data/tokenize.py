@@ -42,21 +42,25 @@ def tokenize_pair(
 ) -> tuple[list[int], list[int]]:
     """Token ids of prompt+response and labels that mask the prompt with -100.
 
-    The prompt (with the generation header) must tokenize to a prefix of the full conversation;
-    everything after it (the response and the template's end-of-turn) is kept in the loss.
+    The rendered prompt (with the generation header) must be a text prefix of the rendered
+    conversation; the rest (the response and the template's end-of-turn) is tokenized on its own
+    and kept in the loss. The prompt tokens are thus exactly those the model sees at generation
+    time, even when the response starts with characters that would merge with the header's last
+    token (a response starting with a newline).
     """
-    prompt_ids = tokenizer(render_prompt(tokenizer, messages), add_special_tokens=False)["input_ids"]
-    full_ids = tokenizer(render_conversation(tokenizer, messages, response), add_special_tokens=False)[
-        "input_ids"
-    ]
-    if full_ids[: len(prompt_ids)] != prompt_ids:
+    prompt = render_prompt(tokenizer, messages)
+    full = render_conversation(tokenizer, messages, response)
+    if not full.startswith(prompt):
         raise PromptPrefixError(
-            "prompt tokens are not a prefix of prompt+response tokens; "
+            "the rendered prompt is not a prefix of the rendered prompt+response; "
             "the chat template rewrites earlier turns"
         )
-    if len(full_ids) == len(prompt_ids):
+    prompt_ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
+    response_ids = tokenizer(full[len(prompt) :], add_special_tokens=False)["input_ids"]
+    if not response_ids:
         raise ValueError("empty response after tokenization")
-    labels = [IGNORE_INDEX] * len(prompt_ids) + full_ids[len(prompt_ids) :]
+    full_ids = prompt_ids + response_ids
+    labels = [IGNORE_INDEX] * len(prompt_ids) + response_ids
     return full_ids, labels
 
 
@@ -78,14 +82,15 @@ def tokenize_record(
     if not record.document or record.messages is not None:
         return None
     doc_ids = tokenizer(record.document, add_special_tokens=False)["input_ids"]
-    keep = len(doc_ids) - (len(ids) - max_length)
-    while keep > 0:
+    keep = max(0, len(doc_ids) - (len(ids) - max_length))
+    while True:  # the " ..." mark and re-tokenization can cost a few tokens: shorten until it fits
         doc = tokenizer.decode(doc_ids[:keep]).rstrip() + " ..."
         ids, labels = tokenize_pair(tokenizer, build_messages(record, prompt_cfg, document=doc), response)
         if len(ids) <= max_length:
             return Tokenized(record.id, ids, labels, truncated_document=True)
-        keep -= max(1, len(ids) - max_length)  # re-tokenization can merge/split a few tokens
-    return None
+        if keep == 0:
+            return None
+        keep = max(0, keep - max(1, len(ids) - max_length))
 
 
 def tokenize_all(

@@ -22,7 +22,11 @@ class RuleQAJudge(Judge):
     name = "rule_qa"
 
     def __init__(
-        self, unanswerable_sentence: str, metric: Literal["recall", "f1"] = "recall", threshold: float = 0.5
+        self,
+        unanswerable_sentence: str,
+        metric: Literal["recall", "f1"] = "recall",
+        threshold: float = 0.5,
+        batch_size: int = 16,
     ) -> None:
         if metric not in _METRICS:
             raise ValueError(f"judge.metric must be one of {sorted(_METRICS)}, got {metric!r}")
@@ -30,6 +34,9 @@ class RuleQAJudge(Judge):
             raise ValueError(f"judge.threshold must be in [0, 1], got {threshold}")
         if not unanswerable_sentence.strip():
             raise ValueError("judge.unanswerable_sentence must not be empty")
+        if batch_size < 1:
+            raise ValueError(f"judge.batch_size must be >= 1, got {batch_size}")
+        self.batch_size = batch_size  # verdicts per cache write
         self.unanswerable_sentence = unanswerable_sentence
         self.metric = metric
         self.threshold = float(threshold)

@@ -1,0 +1,52 @@
+"""ssr-generate and ssr-judge: the cached stages on their own, with the training config.
+
+    ssr-generate method=ssr            # the base model's own answers (and rewrites for sdft/s3ft)
+    ssr-judge method=ssr judge=rule_qa # generation (cached) + judging + selection.jsonl
+A later ``ssr-train`` with the same config finds every row in the caches.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import hydra
+from omegaconf import DictConfig
+
+from ssr.cli._hydra import CONF_DIR
+from ssr.cli.train import build_datamodule
+from ssr.pipeline import BaseModelGenerator, StageCounters, generate_candidates
+
+log = logging.getLogger("ssr.stages")
+
+
+def generate(cfg: DictConfig) -> StageCounters:
+    dm = build_datamodule(cfg, Path(cfg.paths.output_dir))
+    if not dm.method.needs_judge:
+        log.info("method=%s needs no generated targets; nothing to do", dm.method.name)
+        return StageCounters()
+    counters = StageCounters()
+    generator = BaseModelGenerator(dm.spec, dm.generator_cfg, dm.cache_dir)
+    generate_candidates(generator, dm.train_records, dm.prompt, dm.method, counters)
+    log.info("generation: %s", counters.summary())
+    return counters
+
+
+def judge(cfg: DictConfig) -> dict:
+    dm = build_datamodule(cfg, Path(cfg.paths.output_dir))
+    dm.prepare_data()
+    stats = dm.stats.to_dict()
+    log.info("selection by source: %s", json.dumps(stats["by_source"]))
+    log.info("stages: %s", json.dumps(stats["extra"].get("stages", {})))
+    return stats
+
+
+@hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="train")
+def generate_main(cfg: DictConfig) -> None:
+    generate(cfg)
+
+
+@hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="train")
+def judge_main(cfg: DictConfig) -> None:
+    judge(cfg)

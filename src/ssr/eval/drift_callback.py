@@ -1,0 +1,351 @@
+"""Lightning callback: evaluate the base model at fit start and the model after every epoch.
+
+Scores come from :func:`ssr.eval.evaluate.evaluate_model` (the lm-eval suite + self-drift). Each
+evaluation is logged to every logger as ``drift/<task>/<metric>`` (absolute) and
+``drift_delta/<task>/<metric>`` (minus the base score), as a W&B table for W&B loggers, and
+appended to ``drift.json`` in the run directory::
+
+    {"suite": {...}, "self_drift": {...},
+     "base": {"stage": "base", "epoch": -1, "step": 0, "scores": {task: {metric: value}}},
+     "epochs": [{"stage": "epoch", "epoch": 0, "step": 40, "scores": {...}, "delta": {...}}, ...]}
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import math
+import os
+import random
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+import lightning.pytorch as pl
+import numpy as np
+import torch
+from lightning.pytorch.loggers import WandbLogger
+
+from ssr.eval.evaluate import SELF_DRIFT_KEY, evaluate_model
+from ssr.eval.self_drift import SelfDriftConfig, SelfDriftReference, build_reference
+from ssr.eval.suite import Scores, SuiteConfig
+
+log = logging.getLogger(__name__)
+
+DRIFT_FILE = "drift.json"
+EVAL_FILE = "eval.json"
+REFERENCE_FILE = "self_drift_reference.json"
+TABLE_COLUMNS = ["stage", "epoch", "step", "task", "metric", "value", "base", "delta"]
+
+
+# --- state that evaluation must not disturb -------------------------------------------------------
+
+
+def rng_states() -> dict[str, Any]:
+    states: dict[str, Any] = {
+        "python": random.getstate(),
+        "numpy": np.random.get_state(),
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available():
+        states["cuda"] = torch.cuda.get_rng_state_all()
+    return states
+
+
+def set_rng_states(states: Mapping[str, Any]) -> None:
+    random.setstate(states["python"])
+    np.random.set_state(states["numpy"])
+    torch.set_rng_state(states["torch"])
+    if "cuda" in states:
+        torch.cuda.set_rng_state_all(states["cuda"])
+
+
+@contextlib.contextmanager
+def preserved_state(module: torch.nn.Module) -> Iterator[None]:
+    """Restore global RNG states (python, numpy, torch, cuda) and every submodule's train/eval flag."""
+    states = rng_states()
+    modes = {m: m.training for m in module.modules()}
+    try:
+        yield
+    finally:
+        set_rng_states(states)
+        for m, training in modes.items():
+            m.training = training
+
+
+# --- helpers ---------------------------------------------------------------------------------------
+
+
+def autocast_for(trainer: pl.Trainer) -> str | None:
+    """The autocast dtype training uses: ``bf16``/``fp16`` for ``*-mixed`` precision, else none."""
+    precision = str(getattr(trainer, "precision", ""))
+    if precision.startswith("bf16-mixed"):
+        return "bf16"
+    if precision.startswith("16-mixed"):
+        return "fp16"
+    return None
+
+
+def flat_metrics(scores: Scores, prefix: str) -> dict[str, float]:
+    return {
+        f"{prefix}/{task}/{metric}": value
+        for task, metrics in scores.items()
+        for metric, value in metrics.items()
+    }
+
+
+def score_deltas(scores: Scores, base: Scores) -> Scores:
+    """``scores - base`` for every (task, metric) present in both."""
+    return {
+        task: {m: v - base[task][m] for m, v in metrics.items() if m in base.get(task, {})}
+        for task, metrics in scores.items()
+        if task in base
+    }
+
+
+def table_rows(records: list[dict[str, Any]]) -> list[list[Any]]:
+    """One row per (record, task, metric) with its base value and delta (for a W&B table)."""
+    base = next((r["scores"] for r in records if r["stage"] == "base"), {})
+    rows = []
+    for record in records:
+        for task, metrics in record["scores"].items():
+            for metric, value in metrics.items():
+                ref = base.get(task, {}).get(metric, math.nan)
+                rows.append(
+                    [record["stage"], record["epoch"], record["step"], task, metric, value, ref, value - ref]
+                )
+    return rows
+
+
+def _is_zero3(strategy: Any) -> bool:
+    config = getattr(strategy, "config", None)
+    return isinstance(config, dict) and config.get("zero_optimization", {}).get("stage") == 3
+
+
+class GeneralizationDriftCallback(pl.Callback):
+    """Track generalisation drift during fine-tuning (base at fit start, then every n epochs).
+
+    Args:
+        suite: lm-eval suite settings (``SuiteConfig`` or a mapping like ``conf/eval/suite/*.yaml``).
+        self_drift: self-drift settings (``SelfDriftConfig`` or a mapping); ``None`` disables it.
+        tokenizer: the model's tokenizer; default ``trainer.datamodule.tokenizer``.
+        every_n_epochs: evaluate after every n-th training epoch.
+        run_dir: where ``drift.json`` goes; default ``trainer.default_root_dir``.
+        mixed_precision: ``auto`` follows the trainer (``bf16-mixed`` -> bf16 autocast), or
+            ``bf16``/``fp16``/``none``.
+        enabled: ``False`` turns the callback into a no-op (``eval.callback.enabled``).
+        task_sets: grounded-QA record sets (e.g. ``in_domain``, ``ood_quac``) scored with the task
+            metrics at fit start and after the last epoch (every epoch with ``task_every_epoch``);
+            base and final scores also go to ``eval.json``.
+        prompt: the ``PromptConfig`` used to ask the task questions.
+    """
+
+    def __init__(
+        self,
+        suite: SuiteConfig | Mapping[str, Any] | None = None,
+        self_drift: SelfDriftConfig | Mapping[str, Any] | None = None,
+        tokenizer: Any = None,
+        every_n_epochs: int = 1,
+        run_dir: str | os.PathLike | None = None,
+        mixed_precision: str | None = "auto",
+        data_root: str | None = None,
+        enabled: bool = True,
+        task_sets: Mapping[str, list[Any]] | None = None,
+        prompt: Any = None,
+        task_every_epoch: bool = False,
+        task_max_new_tokens: int = 64,
+    ) -> None:
+        if every_n_epochs < 1:
+            raise ValueError(f"every_n_epochs must be >= 1, got {every_n_epochs}")
+        self.suite = SuiteConfig.from_mapping(suite)
+        self.self_drift = SelfDriftConfig.from_mapping(self_drift)
+        self.tokenizer = tokenizer
+        self.every_n_epochs = every_n_epochs
+        self.run_dir = Path(run_dir) if run_dir else None
+        self.mixed_precision = mixed_precision
+        self.data_root = data_root
+        self.active = enabled
+        self.records: list[dict[str, Any]] = []
+        self.reference: SelfDriftReference | None = None
+        self.task_sets = dict(task_sets or {})
+        self.prompt = prompt
+        self.task_every_epoch = task_every_epoch
+        self.task_max_new_tokens = task_max_new_tokens
+
+    @classmethod
+    def from_config(
+        cls, eval_cfg: Mapping[str, Any], tokenizer: Any = None, **overrides: Any
+    ) -> GeneralizationDriftCallback:
+        """Build from the ``eval`` config group (``suite``, ``self_drift``, ``callback`` keys)."""
+        callback_cfg = dict(eval_cfg.get("callback") or {})
+        return cls(
+            suite=eval_cfg.get("suite"),
+            self_drift=eval_cfg.get("self_drift"),
+            tokenizer=tokenizer,
+            **{**callback_cfg, **overrides},
+        )
+
+    @property
+    def enabled(self) -> bool:
+        return self.active and (bool(self.suite.tasks) or self.self_drift.enabled or bool(self.task_sets))
+
+    @property
+    def base_scores(self) -> Scores | None:
+        return next((r["scores"] for r in self.records if r["stage"] == "base"), None)
+
+    # --- Lightning hooks --------------------------------------------------------------------------
+
+    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self.base_scores is not None:  # resumed with the base already measured
+            return
+        if trainer.ckpt_path:
+            log.warning(
+                "drift: resuming from %s without a stored base evaluation; deltas are skipped",
+                trainer.ckpt_path,
+            )
+            return
+        self._evaluate(trainer, pl_module, "base")
+
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if (trainer.current_epoch + 1) % self.every_n_epochs == 0:
+            self._evaluate(trainer, pl_module, "epoch")
+
+    def state_dict(self) -> dict[str, Any]:
+        ref = self.reference.__dict__ if self.reference is not None else None
+        return {"records": self.records, "reference": ref}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.records = list(state_dict.get("records", []))
+        ref = state_dict.get("reference")
+        self.reference = SelfDriftReference(**ref) if ref else None
+
+    # --- evaluation -------------------------------------------------------------------------------
+
+    def _tokenizer(self, trainer: pl.Trainer) -> Any:
+        tokenizer = self.tokenizer or getattr(getattr(trainer, "datamodule", None), "tokenizer", None)
+        if tokenizer is None:
+            raise ValueError(
+                "GeneralizationDriftCallback needs a tokenizer: pass tokenizer= or give the "
+                "datamodule a .tokenizer attribute"
+            )
+        return tokenizer
+
+    def _run_dir(self, trainer: pl.Trainer) -> Path:
+        return self.run_dir or Path(trainer.default_root_dir)
+
+    def _evaluate(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        if not self.enabled or trainer.sanity_checking:
+            return
+        if _is_zero3(trainer.strategy):
+            log.warning("drift: skipped under DeepSpeed ZeRO-3 (parameters are sharded across ranks)")
+            return
+        trainer.strategy.barrier("ssr_drift_start")
+        if trainer.is_global_zero:
+            record = self._measure(trainer, pl_module, stage)
+            self.records.append(record)
+            self._log(trainer, record)
+            self._write(trainer)
+        trainer.strategy.barrier("ssr_drift_end")
+
+    def _measure(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> dict[str, Any]:
+        model = getattr(pl_module, "model", None)
+        if not isinstance(model, torch.nn.Module):
+            raise TypeError(
+                "GeneralizationDriftCallback expects the Hugging Face model (or its PEFT wrapper) "
+                f"at pl_module.model; {type(pl_module).__name__} has none"
+            )
+        tokenizer = self._tokenizer(trainer)
+        precision = autocast_for(trainer) if self.mixed_precision == "auto" else self.mixed_precision
+        with preserved_state(pl_module), torch.no_grad():
+            if self.self_drift.enabled and self.reference is None:
+                self.reference = build_reference(model, tokenizer, self.self_drift, precision)
+                self.reference.save(self._run_dir(trainer) / REFERENCE_FILE)
+            scores = evaluate_model(
+                model,
+                tokenizer,
+                self.suite,
+                self.self_drift,
+                reference=self.reference,
+                mixed_precision=precision,
+                data_root=self.data_root,
+            )
+            last_epoch = trainer.max_epochs is not None and trainer.current_epoch + 1 >= trainer.max_epochs
+            tasks = (
+                self._task_scores(model, tokenizer)
+                if (stage == "base" or last_epoch or self.task_every_epoch)
+                else None
+            )
+        record = {
+            "stage": stage,
+            "epoch": trainer.current_epoch if stage != "base" else -1,
+            "step": trainer.global_step,
+            "scores": scores,
+        }
+        if tasks is not None:
+            record["tasks"] = tasks
+        return record
+
+    def _task_scores(self, model: torch.nn.Module, tokenizer: Any) -> dict[str, Any]:
+        from ssr.eval.grounded import evaluate_grounded
+        from ssr.generation import DecodingConfig
+
+        decoding = DecodingConfig(max_new_tokens=self.task_max_new_tokens)
+        return {
+            name: evaluate_grounded(model, tokenizer, records, self.prompt, decoding)[0]
+            for name, records in self.task_sets.items()
+            if records
+        }
+
+    def _log(self, trainer: pl.Trainer, record: dict[str, Any]) -> None:
+        metrics = flat_metrics(record["scores"], "drift")
+        if record.get("tasks"):
+            metrics.update(flat_metrics(record["tasks"], "task"))
+        base = self.base_scores
+        if base is not None and record["stage"] != "base":
+            metrics.update(flat_metrics(score_deltas(record["scores"], base), "drift_delta"))
+        for logger in trainer.loggers:
+            logger.log_metrics(metrics, step=trainer.global_step)
+            if isinstance(logger, WandbLogger):
+                logger.log_table(
+                    key="drift/table",
+                    columns=TABLE_COLUMNS,
+                    data=table_rows(self.records),
+                    step=trainer.global_step,
+                )
+        if SELF_DRIFT_KEY in record["scores"]:
+            log.info("drift %s: self_drift %s", record["stage"], record["scores"][SELF_DRIFT_KEY])
+
+    def _write(self, trainer: pl.Trainer) -> Path:
+        path = self._run_dir(trainer) / DRIFT_FILE
+        path.parent.mkdir(parents=True, exist_ok=True)
+        base = self.base_scores
+        payload = {
+            "suite": self.suite.__dict__,
+            "self_drift": self.self_drift.__dict__,
+            "base": next((r for r in self.records if r["stage"] == "base"), None),
+            "epochs": [
+                {**r, "delta": score_deltas(r["scores"], base) if base is not None else None}
+                for r in self.records
+                if r["stage"] != "base"
+            ],
+        }
+        _write_json(path, payload)
+        with_tasks = [r for r in self.records if r.get("tasks")]
+        if with_tasks:
+            base_tasks = next((r["tasks"] for r in with_tasks if r["stage"] == "base"), None)
+            final = next((r for r in reversed(with_tasks) if r["stage"] != "base"), None)
+            _write_json(
+                path.with_name(EVAL_FILE),
+                {
+                    "base": {"tasks": base_tasks} if base_tasks else {},
+                    "final": {"tasks": final["tasks"], "epoch": final["epoch"]} if final else {},
+                },
+            )
+        return path
+
+
+def _write_json(path: Path, payload: Any) -> None:
+    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
+    tmp.write_text(json.dumps(payload, indent=1, default=str), encoding="utf-8")
+    tmp.replace(path)

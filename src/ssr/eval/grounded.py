@@ -1,0 +1,36 @@
+"""Grounded-QA task evaluation: generate answers for held-out records and score them."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+from ssr.data.prompts import PromptConfig
+from ssr.eval.task_metrics import grounded_qa_scores
+from ssr.generation import DecodingConfig, hf_generate
+from ssr.pipeline import answer_prompts
+from ssr.records import Record
+
+
+def evaluate_grounded(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    records: list[Record],
+    prompt_cfg: PromptConfig,
+    decoding: DecodingConfig | None = None,
+    batch_size: int = 16,
+    progress: bool = False,
+) -> tuple[dict[str, Any], list[str]]:
+    """Scores (unanswerable accuracy/P/R/F1, answer token recall/F1) and the predictions."""
+    prompts = answer_prompts(tokenizer, records, prompt_cfg)
+    predictions = hf_generate(
+        model,
+        tokenizer,
+        prompts,
+        decoding or DecodingConfig(max_new_tokens=64),
+        batch_size=batch_size,
+        progress=progress,
+    )
+    rows = [(p, r.meta.get("answers") or r.gold, r.answerable) for p, r in zip(predictions, records)]
+    return grounded_qa_scores(rows, prompt_cfg.unanswerable_sentence).to_dict(), predictions

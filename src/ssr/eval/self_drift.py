@@ -1,0 +1,338 @@
+"""Self-drift: a data-free drift signal.
+
+The base model answers a fixed set of general instructions once (greedy, chat template); any
+later model is scored by its mean per-token NLL on those answers (response tokens only). A model
+that drifts away from its own general behaviour assigns its former answers a higher NLL. The
+answers are the *reference*; it is cached under ``SSR_CACHE/self_drift`` keyed by the weights'
+fingerprint and the settings, and can be saved next to a run.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from ssr.eval.suite import autocast_dtype, plain_config
+from ssr.paths import cache_root
+from ssr.records import content_hash
+
+PROMPTS_FILE = Path(__file__).parent / "data" / "self_drift_prompts.jsonl"
+REFERENCE_VERSION = 1
+
+
+@dataclass
+class SelfDriftConfig:
+    """Settings (mirrors ``eval.self_drift`` in ``conf/eval/default.yaml``)."""
+
+    enabled: bool = True
+    prompts_file: str | None = None  # JSONL with a "prompt" field; None = the packaged set
+    limit: int | None = None  # use only the first n prompts
+    max_new_tokens: int = 64
+    batch_size: int = 16
+    reference_path: str | None = None  # a saved reference (e.g. a run's self_drift_reference.json)
+    cache: bool = True  # cache the base answers under SSR_CACHE/self_drift
+
+    @classmethod
+    def from_mapping(cls, cfg: Mapping[str, Any] | SelfDriftConfig | None) -> SelfDriftConfig:
+        if cfg is None:
+            return cls(enabled=False)
+        if isinstance(cfg, SelfDriftConfig):
+            return cfg
+        cfg = plain_config(cfg)
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(cfg) - known)
+        if unknown:
+            raise KeyError(f"unknown self_drift keys {unknown} (known: {sorted(known)})")
+        return cls(**cfg)
+
+
+@dataclass
+class SelfDriftReference:
+    """The base model's answers and its own NLL on them."""
+
+    prompts: list[str]
+    answers: list[str]
+    stop_ids: list[int | None]  # token that ended each answer (None: cut at max_new_tokens)
+    base_nll: float
+    n_tokens: int
+    fingerprint: str
+    settings: dict[str, Any]
+    version: int = REFERENCE_VERSION
+
+    def save(self, path: str | Path) -> Path:
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(path.name + f".tmp{os.getpid()}")
+        tmp.write_text(json.dumps(asdict(self), indent=1, ensure_ascii=False), encoding="utf-8")
+        tmp.replace(path)
+        return path
+
+    @classmethod
+    def load(cls, path: str | Path) -> SelfDriftReference:
+        try:
+            data = json.loads(Path(path).read_text(encoding="utf-8"))
+            ref = cls(**data)
+        except (OSError, json.JSONDecodeError, TypeError) as err:
+            raise ValueError(f"{path}: not a self-drift reference ({err})") from err
+        if ref.version != REFERENCE_VERSION or not len(ref.prompts) == len(ref.answers) == len(ref.stop_ids):
+            raise ValueError(f"{path}: reference version {ref.version} or lengths do not match")
+        return ref
+
+
+def load_prompts(path: str | Path | None = None, limit: int | None = None) -> list[str]:
+    path = Path(path) if path else PROMPTS_FILE
+    prompts = []
+    with path.open(encoding="utf-8") as fh:
+        for lineno, line in enumerate(fh, 1):
+            if not line.strip():
+                continue
+            try:
+                prompt = json.loads(line)["prompt"]
+            except (json.JSONDecodeError, KeyError, TypeError) as err:
+                raise ValueError(f"{path}:{lineno}: expected a JSON object with a 'prompt' ({err})") from err
+            prompts.append(str(prompt))
+    if not prompts:
+        raise ValueError(f"{path}: no prompts")
+    return prompts[:limit] if limit else prompts
+
+
+# --- tokenization ---------------------------------------------------------------------------------
+
+
+def prompt_ids(tokenizer: Any, prompt: str) -> list[int]:
+    """Chat-template tokens of a single user turn plus the assistant header."""
+    text = tokenizer.apply_chat_template(
+        [{"role": "user", "content": prompt}], tokenize=False, add_generation_prompt=True
+    )
+    return tokenizer(text, add_special_tokens=False)["input_ids"]
+
+
+def response_ids(tokenizer: Any, answer: str, stop_id: int | None) -> list[int]:
+    ids = tokenizer(answer, add_special_tokens=False)["input_ids"]
+    return [*ids, stop_id] if stop_id is not None else ids
+
+
+def _stop_token_ids(model: Any, tokenizer: Any) -> set[int]:
+    eos = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
+    ids = set(eos if isinstance(eos, list) else [eos] if eos is not None else [])
+    if tokenizer.eos_token_id is not None:
+        ids.add(tokenizer.eos_token_id)
+    return ids
+
+
+def _device(model: Any) -> torch.device:
+    return next(model.parameters()).device
+
+
+def _pad_token_id(tokenizer: Any) -> int:
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    if pad is None:
+        raise ValueError("tokenizer has neither a pad nor an eos token")
+    return pad
+
+
+def _batches(items: Sequence[int], size: int) -> Iterator[list[int]]:
+    for start in range(0, len(items), size):
+        yield list(items[start : start + size])
+
+
+def _autocast(model: Any, dtype: torch.dtype | None) -> contextlib.AbstractContextManager:
+    return torch.autocast(_device(model).type, dtype=dtype, enabled=dtype is not None)
+
+
+# --- generation and scoring -----------------------------------------------------------------------
+
+
+@torch.no_grad()
+def generate_answers(
+    model: Any,
+    tokenizer: Any,
+    prompts: Sequence[str],
+    max_new_tokens: int = 64,
+    batch_size: int = 16,
+    mixed_precision: str | torch.dtype | None = None,
+) -> tuple[list[str], list[int | None]]:
+    """Greedy answers (left-padded batches, longest prompts first) and the token that ended each."""
+    dtype = autocast_dtype(mixed_precision)
+    device, pad = _device(model), _pad_token_id(tokenizer)
+    stops = _stop_token_ids(model, tokenizer)
+    encoded = [prompt_ids(tokenizer, p) for p in prompts]
+    order = sorted(range(len(prompts)), key=lambda i: -len(encoded[i]))
+    answers: list[str] = [""] * len(prompts)
+    stop_ids: list[int | None] = [None] * len(prompts)
+    for batch in _batches(order, batch_size):
+        width = max(len(encoded[i]) for i in batch)
+        input_ids = torch.tensor(
+            [[pad] * (width - len(encoded[i])) + encoded[i] for i in batch], device=device
+        )
+        mask = torch.tensor(
+            [[0] * (width - len(encoded[i])) + [1] * len(encoded[i]) for i in batch], device=device
+        )
+        with _autocast(model, dtype):
+            out = model.generate(
+                input_ids=input_ids,
+                attention_mask=mask,
+                max_new_tokens=max_new_tokens,
+                do_sample=False,
+                pad_token_id=pad,
+                eos_token_id=sorted(stops) or None,
+            )
+        for row, i in enumerate(batch):
+            new = out[row, width:].tolist()
+            cut = next((k for k, tok in enumerate(new) if tok in stops), None)
+            stop_ids[i] = new[cut] if cut is not None else None
+            answers[i] = tokenizer.decode(new[:cut] if cut is not None else new, skip_special_tokens=True)
+    return answers, stop_ids
+
+
+@torch.no_grad()
+def response_nll(
+    model: Any,
+    tokenizer: Any,
+    prompts: Sequence[str],
+    answers: Sequence[str],
+    stop_ids: Sequence[int | None],
+    batch_size: int = 16,
+    mixed_precision: str | torch.dtype | None = None,
+) -> tuple[float, int]:
+    """Summed NLL and count of the response tokens (chat template, prompt tokens masked)."""
+    dtype = autocast_dtype(mixed_precision)
+    device, pad = _device(model), _pad_token_id(tokenizer)
+    rows = []
+    for prompt, answer, stop in zip(prompts, answers, stop_ids, strict=True):
+        p, r = prompt_ids(tokenizer, prompt), response_ids(tokenizer, answer, stop)
+        rows.append((p + r, [-100] * len(p) + r))
+    order = sorted(range(len(rows)), key=lambda i: -len(rows[i][0]))
+    total, count = 0.0, 0
+    for batch in _batches(order, batch_size):
+        width = max(len(rows[i][0]) for i in batch)
+        ids = torch.tensor([rows[i][0] + [pad] * (width - len(rows[i][0])) for i in batch], device=device)
+        labels = torch.tensor([rows[i][1] + [-100] * (width - len(rows[i][1])) for i in batch], device=device)
+        mask = (
+            torch.arange(width, device=device)[None, :]
+            < torch.tensor([len(rows[i][0]) for i in batch], device=device)[:, None]
+        ).long()
+        with _autocast(model, dtype):
+            logits = model(input_ids=ids, attention_mask=mask).logits
+        shifted = labels[:, 1:]
+        keep = shifted != -100
+        picked = logits[:, :-1][keep].float()
+        total += F.cross_entropy(picked, shifted[keep], reduction="sum").item()
+        count += int(keep.sum())
+    return total, count
+
+
+# --- reference (base answers) ---------------------------------------------------------------------
+
+
+def _is_peft(model: Any) -> bool:
+    return hasattr(model, "disable_adapter") and hasattr(model, "get_base_model")
+
+
+def weights_fingerprint(model: Any) -> str:
+    """Identity of the base weights (PEFT adapter weights excluded, ``base_layer`` names unwrapped)."""
+    base = model.get_base_model() if _is_peft(model) else model
+    parts = []
+    with torch.no_grad():
+        for name, param in base.named_parameters():
+            if "lora_" in name:
+                continue
+            t = param.detach().double()
+            parts.append(
+                (
+                    name.replace(".base_layer", ""),
+                    list(param.shape),
+                    str(param.dtype),
+                    f"{t.sum().item():.10e}",
+                    f"{t.square().sum().item():.10e}",
+                )
+            )
+    return content_hash(type(base).__name__, parts)
+
+
+@contextlib.contextmanager
+def base_weights(model: Any) -> Iterator[None]:
+    """Run a PEFT model with its adapters disabled (the base model); no-op for plain models."""
+    with model.disable_adapter() if _is_peft(model) else contextlib.nullcontext():
+        yield
+
+
+def build_reference(
+    model: Any,
+    tokenizer: Any,
+    cfg: SelfDriftConfig | Mapping[str, Any] | None = None,
+    mixed_precision: str | torch.dtype | None = None,
+) -> SelfDriftReference:
+    """The base model's answers (from ``reference_path``, the cache, or generated now).
+
+    For a PEFT model the adapters are disabled, so the reference is always the base model's.
+    """
+    cfg = SelfDriftConfig.from_mapping(cfg or {})
+    if cfg.reference_path:
+        return SelfDriftReference.load(cfg.reference_path)
+    prompts = load_prompts(cfg.prompts_file, cfg.limit)
+    settings = {
+        "max_new_tokens": cfg.max_new_tokens,
+        "mixed_precision": str(autocast_dtype(mixed_precision)),
+        "chat_template": getattr(tokenizer, "chat_template", None),
+        "prompts_hash": content_hash(prompts),
+    }
+    fingerprint = weights_fingerprint(model)
+    cache_file = cache_root() / "self_drift" / f"{content_hash(fingerprint, settings)}.json"
+    if cfg.cache and cache_file.is_file():
+        with contextlib.suppress(ValueError):
+            return SelfDriftReference.load(cache_file)
+    with base_weights(model):
+        answers, stop_ids = generate_answers(
+            model, tokenizer, prompts, cfg.max_new_tokens, cfg.batch_size, mixed_precision
+        )
+        total, count = response_nll(
+            model, tokenizer, prompts, answers, stop_ids, cfg.batch_size, mixed_precision
+        )
+    ref = SelfDriftReference(
+        prompts=prompts,
+        answers=answers,
+        stop_ids=stop_ids,
+        base_nll=total / max(count, 1),
+        n_tokens=count,
+        fingerprint=fingerprint,
+        settings={k: v for k, v in settings.items() if k != "chat_template"},
+    )
+    if cfg.cache:
+        ref.save(cache_file)
+    return ref
+
+
+def self_drift_scores(
+    model: Any,
+    tokenizer: Any,
+    reference: SelfDriftReference,
+    batch_size: int = 16,
+    mixed_precision: str | torch.dtype | None = None,
+) -> dict[str, float]:
+    """``nll`` of ``model`` on the reference answers and its increase over the base model's."""
+    total, count = response_nll(
+        model,
+        tokenizer,
+        reference.prompts,
+        reference.answers,
+        reference.stop_ids,
+        batch_size,
+        mixed_precision,
+    )
+    nll = total / max(count, 1)
+    return {
+        "nll": nll,
+        "nll_increase": nll - reference.base_nll,
+        "nll_increase_rel": (nll - reference.base_nll) / reference.base_nll
+        if reference.base_nll
+        else float("nan"),
+    }

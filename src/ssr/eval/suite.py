@@ -1,0 +1,230 @@
+"""Run an lm-eval task suite on an in-memory model (plain or PEFT-wrapped) and return flat scores."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field, fields
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+import torch
+
+LOCAL_TASKS_DIR = Path(__file__).parent / "tasks"
+LOCAL_PREFIX = "ssr_"
+DEFAULT_LIMIT_KEY = "default"
+
+Limits = int | float | Mapping[str, int | float | None] | None
+Scores = dict[str, dict[str, float]]
+
+_DTYPES = {
+    "bf16": torch.bfloat16,
+    "bfloat16": torch.bfloat16,
+    "fp16": torch.float16,
+    "float16": torch.float16,
+}
+
+
+@dataclass
+class SuiteConfig:
+    """What to evaluate (mirrors ``conf/eval/suite/*.yaml``).
+
+    ``limits``: one number for every task, or a mapping from task/group name (or ``default``) to a
+    number of docs per leaf task; ``None`` means all docs. Fractions below 1 mean a share of docs.
+    """
+
+    name: str = "none"
+    tasks: list[str] = field(default_factory=list)
+    limits: Limits = None
+    num_fewshot: int | None = None
+    batch_size: int = 16
+    apply_chat_template: bool = False
+    max_length: int | None = None
+
+    @classmethod
+    def from_mapping(cls, cfg: Mapping[str, Any] | SuiteConfig | None) -> SuiteConfig:
+        if cfg is None:
+            return cls()
+        if isinstance(cfg, SuiteConfig):
+            return cfg
+        cfg = plain_config(cfg)
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(cfg) - known)
+        if unknown:
+            raise KeyError(f"unknown eval suite keys {unknown} (known: {sorted(known)})")
+        return cls(**cfg)
+
+
+def plain_config(cfg: Any) -> Any:
+    """OmegaConf containers -> plain dicts/lists (no hard dependency on omegaconf here)."""
+    try:
+        from omegaconf import DictConfig, ListConfig, OmegaConf
+
+        if isinstance(cfg, DictConfig | ListConfig):
+            return OmegaConf.to_container(cfg, resolve=True)
+    except ImportError:  # pragma: no cover
+        pass
+    return dict(cfg) if isinstance(cfg, Mapping) else cfg
+
+
+def autocast_dtype(name: str | torch.dtype | None) -> torch.dtype | None:
+    """``bf16``/``fp16`` (or a dtype) -> torch dtype; ``None``/``none``/``fp32`` -> no autocast."""
+    if name is None or isinstance(name, torch.dtype):
+        return name
+    if name.lower() in {"none", "fp32", "float32", "32"}:
+        return None
+    if name.lower() not in _DTYPES:
+        raise ValueError(f"unknown autocast dtype {name!r}; use bf16, fp16 or none")
+    return _DTYPES[name.lower()]
+
+
+@lru_cache(maxsize=2)
+def task_manager(include_defaults: bool, data_root: str | None = None) -> Any:
+    """lm-eval TaskManager over the packaged ``ssr_*`` tasks (+ lm-eval's own when asked).
+
+    Indexing lm-eval's ~15k hub YAMLs takes seconds, so the hub index is only built when a suite
+    names a non-``ssr_`` task, and each manager is built once per process.
+    """
+    from lm_eval.tasks import TaskManager
+
+    metadata = {"data_root": data_root} if data_root else None
+    return TaskManager(
+        include_path=str(LOCAL_TASKS_DIR), include_defaults=include_defaults, metadata=metadata
+    )
+
+
+def needs_hub_tasks(tasks: list[str | dict[str, Any]]) -> bool:
+    """Whether a task name is not one of ours (inline dict configs need no index)."""
+    return any(isinstance(t, str) and not t.startswith(LOCAL_PREFIX) for t in tasks)
+
+
+def limit_for(leaf: str, parents: dict[str, list[str]], limits: Limits) -> int | float | None:
+    if limits is None or isinstance(limits, int | float):
+        return limits
+    seen = [leaf]
+    while seen:
+        name = seen.pop(0)
+        if name in limits:
+            return limits[name]
+        seen.extend(parents.get(name, []))
+    return limits.get(DEFAULT_LIMIT_KEY)
+
+
+def sample_indices(loaded: Mapping[str, Any], limits: Limits) -> dict[str, list[int]]:
+    """Per-leaf-task doc indices (the first n docs) for lm-eval's ``samples`` argument."""
+    parents: dict[str, list[str]] = {}
+    for group, children in loaded.get("group_map", {}).items():
+        for child in children:
+            parents.setdefault(child, []).append(group)
+    out: dict[str, list[int]] = {}
+    for name, task in loaded["tasks"].items():
+        n_docs = len(task.eval_docs)
+        limit = limit_for(name, parents, limits)
+        if limit is not None and limit <= 0:
+            raise ValueError(f"limit for task {name!r} must be positive, got {limit}")
+        if limit is None:
+            n = n_docs
+        elif limit < 1:
+            n = math.ceil(n_docs * limit)
+        else:
+            n = min(int(limit), n_docs)
+        out[name] = list(range(n))
+    return out
+
+
+def sample_counts(
+    tasks: list[str | dict[str, Any]], limits: Limits = None, data_root: str | None = None
+) -> dict[str, int]:
+    """How many docs each leaf task of ``tasks`` evaluates under ``limits`` (for reports)."""
+    with quiet_lm_eval():
+        loaded = task_manager(needs_hub_tasks(tasks), data_root).load(list(tasks))
+    return {name: len(idx) for name, idx in sample_indices(loaded, limits).items()}
+
+
+def flatten_results(results: Mapping[str, Any]) -> Scores:
+    """lm-eval's ``{"task": {"acc,none": x, "acc_stderr,none": ...}}`` -> ``{"task": {"acc": x}}``.
+
+    Filters other than ``none`` become suffixes (``exact_match_strict-match``); stderr entries and
+    non-numeric values are dropped.
+    """
+    scores: Scores = {}
+    for task, metrics in results["results"].items():
+        row: dict[str, float] = {}
+        for key, value in metrics.items():
+            if "," not in key or "_stderr" in key or isinstance(value, str | bool) or value is None:
+                continue
+            metric, filter_name = key.split(",", 1)
+            name = metric if filter_name == "none" else f"{metric}_{filter_name}"
+            row[name] = float(value)
+        if row:
+            scores[task] = row
+    return scores
+
+
+@contextlib.contextmanager
+def quiet_lm_eval(level: int = logging.ERROR) -> Iterator[None]:
+    """Silence lm-eval's per-task chatter (its warnings about custom datasets, seeds, ...)."""
+    logger = logging.getLogger("lm_eval")
+    old = logger.level
+    logger.setLevel(level)
+    try:
+        yield
+    finally:
+        logger.setLevel(old)
+
+
+def run_suite(
+    model: Any,
+    tokenizer: Any,
+    tasks: list[str | dict[str, Any]],
+    limits: Limits = None,
+    num_fewshot: int | None = None,
+    batch_size: int = 16,
+    bootstrap_iters: int = 0,
+    mixed_precision: str | torch.dtype | None = None,
+    apply_chat_template: bool = False,
+    max_length: int | None = None,
+    data_root: str | Path | None = None,
+    quiet: bool = True,
+) -> Scores:
+    """Evaluate ``model`` on lm-eval ``tasks`` and return ``{task_or_group: {metric: value}}``.
+
+    ``tasks`` are task/group names (``ssr_*`` are found in the packaged YAMLs, others in lm-eval's
+    index) or inline task config dicts (see :mod:`ssr.eval.hub_mirror`).
+
+    ``model`` is a Hugging Face causal LM or a PEFT wrapper around one; ``tokenizer`` is passed
+    explicitly. ``mixed_precision`` sets HFLM's autocast dtype (``bf16``); note that HFLM's own
+    ``torch.autocast(enabled=False)`` would override an outer autocast, so it must be set here.
+    HFLM switches the model to eval mode; callers that train restore it themselves.
+    """
+    if not tasks:
+        return {}
+    from lm_eval import simple_evaluate
+    from lm_eval.models.huggingface import HFLM
+
+    manager = task_manager(needs_hub_tasks(tasks), str(data_root) if data_root else None)
+    with quiet_lm_eval() if quiet else contextlib.nullcontext():
+        samples = sample_indices(manager.load(list(tasks)), limits)
+        lm = HFLM(
+            pretrained=model,
+            tokenizer=tokenizer,
+            batch_size=batch_size,
+            mixed_precision_dtype=autocast_dtype(mixed_precision),
+            max_length=max_length,
+        )
+        results = simple_evaluate(
+            model=lm,
+            tasks=list(tasks),
+            num_fewshot=num_fewshot,
+            samples=samples,
+            bootstrap_iters=bootstrap_iters,
+            log_samples=False,
+            apply_chat_template=apply_chat_template,
+            task_manager=manager,
+        )
+    if results is None:  # not rank 0 of an lm-eval-managed distributed run
+        return {}
+    return flatten_results(results)

@@ -1,0 +1,95 @@
+"""Grounded-QA task metrics: unanswerable detection and answer overlap.
+
+A prediction counts as "unanswerable" when :func:`ssr.textmatch.says_unanswerable` says so (the
+configured unanswerable sentence or a common refusal). Answer quality is measured on answerable
+rows only: token recall against the gold answer (the SSR paper's metric) and SQuAD token F1.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import asdict, dataclass
+
+from ssr.textmatch import says_unanswerable, token_f1, token_recall
+
+Gold = str | Sequence[str]
+
+
+@dataclass(frozen=True)
+class GroundedQAScores:
+    """Counts and scores over one set of predictions (``nan`` where a score has no rows)."""
+
+    n: int
+    n_answerable: int
+    n_unanswerable: int
+    unanswerable_accuracy: float  # predicted-unanswerable == gold-unanswerable, over all rows
+    unanswerable_precision: float
+    unanswerable_recall: float
+    unanswerable_f1: float
+    answer_recall: float  # mean token recall on answerable rows
+    answer_f1: float  # mean token F1 on answerable rows
+
+    def to_dict(self) -> dict[str, float | int]:
+        return asdict(self)
+
+
+def _references(gold: Gold) -> list[str]:
+    refs = [gold] if isinstance(gold, str) else list(gold)
+    if not refs:
+        raise ValueError("an answerable row needs at least one gold answer")
+    return refs
+
+
+def _ratio(num: float, den: float) -> float:
+    return num / den if den else float("nan")
+
+
+def precision_recall_f1(tp: int, fp: int, fn: int) -> tuple[float, float, float]:
+    """Precision, recall and F1 of a positive class (``nan`` for an empty denominator)."""
+    precision = _ratio(tp, tp + fp)
+    recall = _ratio(tp, tp + fn)
+    if tp == 0:
+        f1 = 0.0 if (fp or fn) else float("nan")
+    else:
+        f1 = 2 * precision * recall / (precision + recall)
+    return precision, recall, f1
+
+
+def grounded_qa_scores(
+    rows: Iterable[tuple[str, Gold, bool]], unanswerable_sentence: str
+) -> GroundedQAScores:
+    """Score ``(prediction, gold, answerable)`` rows.
+
+    ``gold`` may be one reference or several (the best-matching one counts). It is ignored on
+    unanswerable rows.
+    """
+    tp = fp = fn = correct = n = 0
+    recalls: list[float] = []
+    f1s: list[float] = []
+    for prediction, gold, answerable in rows:
+        n += 1
+        predicted_unanswerable = says_unanswerable(prediction, unanswerable_sentence)
+        correct += predicted_unanswerable == (not answerable)
+        if predicted_unanswerable and not answerable:
+            tp += 1
+        elif predicted_unanswerable:
+            fp += 1
+        elif not answerable:
+            fn += 1
+        if answerable:
+            refs = _references(gold)
+            recalls.append(max(token_recall(prediction, ref) for ref in refs))
+            f1s.append(max(token_f1(prediction, ref) for ref in refs))
+    precision, recall, f1 = precision_recall_f1(tp, fp, fn)
+    n_answerable = len(recalls)
+    return GroundedQAScores(
+        n=n,
+        n_answerable=n_answerable,
+        n_unanswerable=n - n_answerable,
+        unanswerable_accuracy=_ratio(correct, n),
+        unanswerable_precision=precision,
+        unanswerable_recall=recall,
+        unanswerable_f1=f1,
+        answer_recall=_ratio(sum(recalls), n_answerable),
+        answer_f1=_ratio(sum(f1s), n_answerable),
+    )

@@ -1,0 +1,73 @@
+"""DDP on CPU (gloo, 2 processes) through the real `ssr-train` CLI equals a one-process run.
+
+Lightning starts rank 1 by re-running the command with `hydra.run.dir=<rank 0's dir>`; generation and
+judging run once, on rank 0, in `prepare_data`; every rank reads `selection.jsonl`; the drift
+callback evaluates on rank 0 while the other rank waits.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from cli_runs import adapter_shapes, jsonl_rows, run_train, summary
+
+
+@pytest.mark.slow
+def test_ddp_on_cpu_matches_one_process(tmp_path: Path) -> None:
+    common = ("method=ssr", "judge.threshold=0.0")  # threshold 0: own answers win where answerable
+    single, ddp = tmp_path / "single", tmp_path / "ddp"
+    run_train(*common, f"hydra.run.dir={single}", f"paths.cache_dir={tmp_path / 'cache1'}", cwd=tmp_path)
+    run_train(
+        *common,
+        "trainer=ddp",
+        "+callbacks.drift._target_=ssr.eval.drift_callback.GeneralizationDriftCallback",
+        "+callbacks.drift.self_drift={enabled: true, limit: 4, max_new_tokens: 8, batch_size: 4, cache: false}",
+        f"hydra.run.dir={ddp}",
+        f"paths.cache_dir={tmp_path / 'cache2'}",
+        cwd=tmp_path,
+    )
+
+    # both ranks ran in one Hydra run dir: rank 1's job log sits next to rank 0's, nothing elsewhere
+    assert (ddp / "train.log").is_file() and (ddp / "train_ddp_process_1.log").is_file()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["cache1", "cache2", "ddp", "single"]
+
+    # the same targets, chosen once
+    assert (ddp / "selection.jsonl").read_bytes() == (single / "selection.jsonl").read_bytes()
+    sources = summary(ddp)["selection"]["counts"]
+    assert sources.get("self", 0) > 0 and sources.get("gold", 0) > 0, sources
+    generations = list((tmp_path / "cache2" / "generations").glob("*.jsonl"))
+    assert len(generations) == 1 and len(jsonl_rows(generations[0])) == 16, "rank 1 generated nothing"
+    assert "generated" not in (ddp / "train_ddp_process_1.log").read_text()
+    assert summary(ddp)["selection"]["extra"]["stages"]["generate_self"]["computed"] == 16
+
+    # drift: measured once (rank 0) on the base model and after the epoch, while rank 1 waited
+    drift = json.loads((ddp / "drift.json").read_text())
+    assert drift["base"]["stage"] == "base" and [r["epoch"] for r in drift["epochs"]] == [0]
+    assert "drift" not in (ddp / "train_ddp_process_1.log").read_text()
+
+    # the same adapter; each rank took half of the 4 batches per step
+    assert adapter_shapes(ddp) == adapter_shapes(single)
+    assert (summary(single)["global_step"], summary(ddp)["global_step"]) == (4, 2)
+    assert summary(ddp)["train_rows"] == 16
+
+
+def test_local_ddp_inside_a_multirun_stops_with_a_clear_message(tmp_path: Path) -> None:
+    """Lightning would re-run `ssr-train -m ...` for rank 1, starting the sweep again."""
+    import subprocess
+
+    from cli_runs import cli_env, train_cmd
+
+    cmd = train_cmd(
+        "-m",
+        "trainer=ddp",
+        "method=ssr",
+        f"hydra.sweep.dir={tmp_path / 'sweep'}",
+        f"paths.cache_dir={tmp_path}",
+    )
+    proc = subprocess.run(cmd, cwd=tmp_path, env=cli_env(), capture_output=True, text=True, timeout=300)
+    assert proc.returncode != 0
+    assert "does not work inside a Hydra multirun" in proc.stderr + proc.stdout
+    assert not (tmp_path / "generations").exists(), "stopped before generating"

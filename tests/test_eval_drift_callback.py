@@ -1,0 +1,198 @@
+"""GeneralizationDriftCallback on a 2-epoch tiny Lightning run."""
+
+import contextlib
+import csv
+import json
+from pathlib import Path
+
+import lightning.pytorch as pl
+import pytest
+import torch
+from lightning.pytorch.loggers import CSVLogger
+from torch.utils.data import DataLoader
+
+from ssr.eval import drift_callback
+from ssr.eval.drift_callback import GeneralizationDriftCallback, score_deltas, table_rows
+from ssr.models import tiny_random_model
+
+SUITE = {"tasks": ["ssr_arc_easy"], "limits": 3, "batch_size": 4}
+SELF_DRIFT = {"limit": 3, "max_new_tokens": 4, "batch_size": 3}
+
+
+@pytest.fixture(autouse=True)
+def _private_cache(monkeypatch, tmp_path, data_root):
+    monkeypatch.setenv("SSR_CACHE", str(tmp_path / "cache"))  # self-drift references
+
+
+class TinyLM(pl.LightningModule):
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+
+    def training_step(self, batch, _):
+        return self.model(input_ids=batch, labels=batch).loss
+
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.parameters(), lr=0.5)
+
+
+class TinyData(pl.LightningDataModule):
+    def __init__(self, tokenizer):
+        super().__init__()
+        self.tokenizer = tokenizer
+        g = torch.Generator().manual_seed(0)
+        self.rows = torch.randint(0, 1000, (8, 12), generator=g)
+
+    def train_dataloader(self):
+        return DataLoader(self.rows, batch_size=2, shuffle=True)  # order drawn from torch's global RNG
+
+
+class Probe(pl.Callback):
+    """Runs after the drift callback: records train flags and the RNG stream it sees."""
+
+    def __init__(self):
+        self.seen = []
+
+    def on_train_epoch_end(self, trainer, pl_module):
+        self.seen.append((pl_module.training, pl_module.model.training, torch.rand(1).item()))
+
+
+def _fit(tokenizer, tmp_path, with_drift=True, suite=SUITE):
+    pl.seed_everything(7)
+    module = TinyLM(tiny_random_model(tokenizer, seed=0))
+    probe = Probe()
+    callbacks = [probe]
+    drift = None
+    if with_drift:
+        drift = GeneralizationDriftCallback(suite=suite, self_drift=SELF_DRIFT, run_dir=tmp_path / "run")
+        callbacks.insert(0, drift)
+    trainer = pl.Trainer(
+        max_epochs=2,
+        accelerator="cpu",
+        precision="bf16-mixed",
+        logger=CSVLogger(tmp_path / "logs"),
+        callbacks=callbacks,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        default_root_dir=tmp_path,
+    )
+    trainer.fit(module, datamodule=TinyData(tokenizer))
+    weights = torch.cat([p.detach().flatten() for p in module.parameters()])
+    return drift, probe, weights, trainer
+
+
+def test_two_epochs_write_base_and_epoch_records_and_restore_state(tokenizer, tmp_path):
+    _, probe, weights, trainer = _fit(tokenizer, tmp_path / "a")
+    _, probe_plain, weights_plain, _ = _fit(tokenizer, tmp_path / "b", with_drift=False)
+
+    payload = json.loads((tmp_path / "a" / "run" / "drift.json").read_text())
+    assert payload["base"]["stage"] == "base" and payload["base"]["step"] == 0
+    assert set(payload["base"]["scores"]) == {"ssr_arc_easy", "self_drift"}
+    assert [e["epoch"] for e in payload["epochs"]] == [0, 1]
+    assert [e["step"] for e in payload["epochs"]] == [4, 8]
+    assert payload["base"]["scores"]["self_drift"]["nll_increase"] == pytest.approx(0.0, abs=1e-6)
+    last = payload["epochs"][-1]
+    assert last["delta"]["self_drift"]["nll"] == pytest.approx(
+        last["scores"]["self_drift"]["nll"] - payload["base"]["scores"]["self_drift"]["nll"]
+    )
+    assert last["scores"]["self_drift"]["nll_increase"] != 0.0  # lr 0.5 SGD moved the weights
+    assert (tmp_path / "a" / "run" / "self_drift_reference.json").is_file()
+
+    # ssr-report reads this drift.json
+    from ssr.report import load_run
+
+    (tmp_path / "a" / "run" / "summary.json").write_text(json.dumps({"method": "sft"}))
+    run = load_run(tmp_path / "a" / "run")
+    assert run.base["suite/ssr_arc_easy/acc"] == payload["base"]["scores"]["ssr_arc_easy"]["acc"]
+    assert len(run.epochs) == 2 and run.final["suite/self_drift/nll"] == last["scores"]["self_drift"]["nll"]
+
+    # evaluation leaves training exactly as it would have been: same RNG stream, same weights, train mode
+    assert probe.seen == probe_plain.seen
+    assert all(training and inner for training, inner, _ in probe.seen)
+    assert torch.equal(weights, weights_plain)
+
+    # every logger got absolute scores and deltas
+    with open(Path(trainer.logger.log_dir) / "metrics.csv") as fh:
+        rows = list(csv.DictReader(fh))
+    keys = set(rows[0])
+    assert {"drift/ssr_arc_easy/acc", "drift/self_drift/nll", "drift_delta/self_drift/nll"} <= keys
+    assert sum(1 for r in rows if r["drift/self_drift/nll"]) == 3
+
+
+def test_without_restoring_state_training_would_change(tokenizer, tmp_path, monkeypatch):
+    """The control for the test above: skip the restore and the run diverges."""
+    monkeypatch.setattr(drift_callback, "preserved_state", lambda module: contextlib.nullcontext())
+    _, probe, weights, _ = _fit(tokenizer, tmp_path / "a")
+    _, probe_plain, weights_plain, _ = _fit(tokenizer, tmp_path / "b", with_drift=False)
+    assert not torch.equal(weights, weights_plain)
+    assert [s[2] for s in probe.seen] != [s[2] for s in probe_plain.seen]
+    assert not any(inner for _, inner, _ in probe.seen)  # HFLM left the model in eval mode
+
+
+def test_checkpoint_state_round_trip_keeps_base_and_reference(tokenizer, tmp_path):
+    drift, *_ = _fit(tokenizer, tmp_path, suite=None)
+    restored = GeneralizationDriftCallback(self_drift=SELF_DRIFT)
+    restored.load_state_dict(drift.state_dict())
+    assert restored.base_scores == drift.base_scores
+    assert restored.reference == drift.reference
+
+
+def test_table_rows_and_deltas():
+    records = [
+        {"stage": "base", "epoch": -1, "step": 0, "scores": {"t": {"acc": 0.5}}},
+        {"stage": "epoch", "epoch": 0, "step": 4, "scores": {"t": {"acc": 0.75}, "new": {"acc": 1.0}}},
+    ]
+    assert score_deltas(records[1]["scores"], records[0]["scores"]) == {"t": {"acc": 0.25}}
+    rows = table_rows(records)
+    assert rows[0] == ["base", -1, 0, "t", "acc", 0.5, 0.5, 0.0]
+    assert rows[1] == ["epoch", 0, 4, "t", "acc", 0.75, 0.5, 0.25]
+    assert rows[2][3] == "new" and rows[2][6] != rows[2][6]  # nan base
+
+
+def test_from_eval_config(tokenizer):
+    from hydra import compose, initialize_config_dir
+
+    conf = Path(__file__).resolve().parents[1] / "conf"
+    with initialize_config_dir(config_dir=str(conf), version_base=None):
+        cfg = compose(config_name=None, overrides=["+eval=default", "eval.callback.every_n_epochs=2"])
+    cb = GeneralizationDriftCallback.from_config(cfg.eval, tokenizer=tokenizer)
+    assert cb.every_n_epochs == 2 and cb.suite.name == "local" and cb.self_drift.max_new_tokens == 64
+    assert cb.tokenizer is tokenizer and cb.mixed_precision == "auto" and cb.enabled
+    with initialize_config_dir(config_dir=str(conf), version_base=None):
+        off = compose(config_name=None, overrides=["+eval=default", "eval.callback.enabled=false"])
+    assert not GeneralizationDriftCallback.from_config(off.eval).enabled
+
+
+def test_needs_a_tokenizer(tmp_path):
+    trainer = pl.Trainer(logger=False, default_root_dir=tmp_path)
+    with pytest.raises(ValueError, match="tokenizer"):
+        GeneralizationDriftCallback(self_drift=SELF_DRIFT)._tokenizer(trainer)
+
+
+def test_wandb_logger_gets_metrics_and_a_table(tokenizer, tmp_path, monkeypatch):
+    from lightning.pytorch.loggers import WandbLogger
+
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    logged = []
+    monkeypatch.setattr(
+        WandbLogger, "log_metrics", lambda self, metrics, step=None: logged.append((metrics, step))
+    )
+    logger = WandbLogger(save_dir=str(tmp_path), offline=True)
+    drift = GeneralizationDriftCallback(self_drift=SELF_DRIFT, tokenizer=tokenizer, run_dir=tmp_path / "run")
+    trainer = pl.Trainer(
+        max_epochs=1,
+        accelerator="cpu",
+        logger=logger,
+        callbacks=[drift],
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        default_root_dir=tmp_path,
+    )
+    trainer.fit(TinyLM(tiny_random_model(tokenizer, seed=0)), datamodule=TinyData(tokenizer))
+    tables = [m["drift/table"] for m, _ in logged if "drift/table" in m]
+    assert len(tables) == 2  # base + epoch 0
+    assert tables[-1].columns == drift_callback.TABLE_COLUMNS and len(tables[-1].data) == 2 * 3
+    assert any("drift_delta/self_drift/nll" in m for m, _ in logged)

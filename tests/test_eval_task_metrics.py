@@ -1,0 +1,55 @@
+import math
+
+import pytest
+
+from ssr.eval.task_metrics import grounded_qa_scores, precision_recall_f1
+
+UNANS = "The document does not contain the answer."
+
+
+def test_hand_case_counts_and_scores():
+    rows = [
+        ("Paris is the capital.", "Paris", True),  # answered, recall 1
+        ("The document does not contain the answer.", "", False),  # tp
+        ("I think it is Lyon.", "", False),  # fn
+        ("Cannot answer that from the text.", "Berlin", True),  # fp, recall 0
+        ("the big red dog", "big brown dog", True),  # recall 2/3
+    ]
+    s = grounded_qa_scores(rows, UNANS)
+    assert (s.n, s.n_answerable, s.n_unanswerable) == (5, 3, 2)
+    assert s.unanswerable_accuracy == pytest.approx(3 / 5)  # rows 1, 2, 5 correct
+    assert s.unanswerable_precision == pytest.approx(1 / 2)
+    assert s.unanswerable_recall == pytest.approx(1 / 2)
+    assert s.unanswerable_f1 == pytest.approx(1 / 2)
+    assert s.answer_recall == pytest.approx((1 + 0 + 2 / 3) / 3)
+    # F1: row1 "paris is capital" vs "paris": p=1/3 r=1 -> 0.5; row4 0; row5 p=2/3 r=2/3 -> 2/3
+    assert s.answer_f1 == pytest.approx((0.5 + 0 + 2 / 3) / 3)
+
+
+def test_multiple_references_take_the_best():
+    s = grounded_qa_scores([("Canberra", ["Sydney", "Canberra"], True)], UNANS)
+    assert s.answer_recall == 1.0 and s.answer_f1 == 1.0
+
+
+def test_no_unanswerable_rows_gives_nan_precision_and_recall():
+    s = grounded_qa_scores([("Paris", "Paris", True)], UNANS)
+    assert math.isnan(s.unanswerable_precision) and math.isnan(s.unanswerable_recall)
+    assert math.isnan(s.unanswerable_f1)
+    assert s.unanswerable_accuracy == 1.0
+
+
+def test_only_unanswerable_rows_gives_nan_answer_scores():
+    s = grounded_qa_scores([(UNANS, "", False)], UNANS)
+    assert s.unanswerable_f1 == 1.0 and math.isnan(s.answer_recall)
+    assert s.to_dict()["n_unanswerable"] == 1
+
+
+def test_precision_recall_f1_edges():
+    assert precision_recall_f1(0, 2, 0) == (0.0, pytest.approx(float("nan"), nan_ok=True), 0.0)
+    p, r, f = precision_recall_f1(2, 2, 0)
+    assert (p, r, f) == (0.5, 1.0, pytest.approx(2 / 3))
+
+
+def test_answerable_row_without_gold_is_an_error():
+    with pytest.raises(ValueError, match="gold"):
+        grounded_qa_scores([("x", [], True)], UNANS)

@@ -1,0 +1,85 @@
+"""ssr-report: numbers in the table and plots come from the run files."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from ssr.cli.report import main as report_main
+from ssr.report import find_runs, relative_change, table
+
+
+def _run(root: Path, method: str, seed: int, arc: list[float], una_f1: float, drift: float) -> None:
+    d = root / f"{method}-{seed}"
+    d.mkdir(parents=True)
+    sel = {
+        "by_source": {"self": 0.4 if method == "ssr" else 0.0, "gold": 0.6 if method == "ssr" else 1.0},
+        "by_source_answerable": {},
+        "by_source_unanswerable": {},
+    }
+    (d / "summary.json").write_text(json.dumps({"method": method, "seed": seed, "selection": sel}))
+    (d / "eval.json").write_text(
+        json.dumps(
+            {
+                "base": {"tasks": {"in_domain": {"unanswerable_f1": 0.5, "answer_recall": 0.3}}},
+                "final": {"tasks": {"in_domain": {"unanswerable_f1": una_f1, "answer_recall": 0.4}}},
+            }
+        )
+    )
+    epochs = [
+        {
+            "epoch": i,
+            "scores": {
+                "ssr_arc_easy": {"acc": a, "acc_norm": a / 2},
+                "self_drift": {"nll_increase_rel": drift * (i + 1)},
+            },
+        }
+        for i, a in enumerate(arc)
+    ]
+    (d / "drift.json").write_text(
+        json.dumps(
+            {
+                "base": {
+                    "scores": {
+                        "ssr_arc_easy": {"acc": 0.60, "acc_norm": 0.30},
+                        "self_drift": {"nll_increase_rel": 0.0},
+                    }
+                },
+                "epochs": epochs,
+            }
+        )
+    )
+
+
+def test_table_aggregates_seeds_and_relative_change(tmp_path):
+    _run(tmp_path, "sft", 1, [0.58, 0.54], 0.70, 0.05)
+    _run(tmp_path, "sft", 2, [0.56, 0.50], 0.72, 0.06)
+    _run(tmp_path, "ssr", 1, [0.60, 0.59], 0.68, -0.02)
+    runs = find_runs([tmp_path])
+    assert {(r.method, r.seed) for r in runs} == {("sft", 1), ("sft", 2), ("ssr", 1)}
+    md = table(runs)
+    lines = md.splitlines()
+    assert "ssr_arc_easy/acc" in lines[0] and "in_domain/unanswerable_f1" in lines[0]
+    sft = next(line for line in lines if line.startswith("| sft"))
+    assert "52.0 ± 2.8" in sft  # final-epoch arc acc 0.54, 0.50
+    assert "71.0 ± 1.4" in sft  # unanswerable F1 0.70, 0.72
+    ssr_run = next(r for r in runs if r.method == "ssr")
+    assert relative_change(ssr_run, ["suite/ssr_arc_easy/acc"]) == pytest.approx((0.59 - 0.60) / 0.60)
+
+
+def test_cli_writes_markdown_and_plots(tmp_path):
+    _run(tmp_path / "runs", "sft", 1, [0.58, 0.54], 0.7, 0.05)
+    _run(tmp_path / "runs", "ssr", 1, [0.60, 0.59], 0.7, 0.01)
+    report_main([str(tmp_path / "runs"), "--out", str(tmp_path / "out")])
+    md = (tmp_path / "out" / "results.md").read_text()
+    assert "| ssr | 1 |" in md and "## Selection statistics" in md
+    pngs = sorted(p.name for p in (tmp_path / "out").glob("*.png"))
+    assert "drift_ssr_arc_easy_acc.png" in pngs
+    assert (tmp_path / "out" / pngs[0]).stat().st_size > 1000
+
+
+def test_no_runs_is_a_clear_error(tmp_path):
+    with pytest.raises(FileNotFoundError, match="no run directories"):
+        report_main([str(tmp_path)])

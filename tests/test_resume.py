@@ -1,0 +1,98 @@
+"""Resume: `ckpt_path=last` continues a killed run at its last checkpoint with the same weights,
+optimizer and scheduler state, and ends where an uninterrupted run ends."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import lightning as L
+import pytest
+import torch
+
+from ssr.cli.train import train
+
+
+class KillAtStep(L.Callback):
+    """Simulates a crash during the optimizer step after `step` (its checkpoints are on disk)."""
+
+    def __init__(self, step: int) -> None:
+        self.step = step
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        if trainer.global_step >= self.step:
+            raise RuntimeError(f"killed at step {trainer.global_step}")
+
+
+def _losses(run: Path) -> dict[int, float]:
+    with open(run / "metrics.csv") as fh:
+        return {int(r["step"]): float(r["train/loss"]) for r in csv.DictReader(fh) if r.get("train/loss")}
+
+
+def _ckpt(run: Path, name: str = "last.ckpt") -> dict:
+    return torch.load(run / "checkpoints" / name, weights_only=False, map_location="cpu")
+
+
+RESUME = (
+    "method=sft",
+    "trainer.max_epochs=2",
+    "trainer.log_every_n_steps=1",
+    "peft.lora_dropout=0",  # Lightning does not checkpoint RNG streams; dropout-free runs resume exactly
+)
+
+
+@pytest.fixture(scope="module")
+def whole_run(tmp_path_factory) -> Path:
+    """The uninterrupted 2-epoch run both resume cases are compared with."""
+    from omegaconf import open_dict
+
+    from conftest import TINY_OVERRIDES, compose
+
+    out = tmp_path_factory.mktemp("whole")
+    cfg = compose([*TINY_OVERRIDES, *RESUME])
+    with open_dict(cfg):
+        cfg.paths.output_dir, cfg.paths.cache_dir = str(out / "run"), str(out / "cache")
+        del cfg["hydra"]
+    train(cfg)
+    return out / "run"
+
+
+@pytest.mark.parametrize("kill_at", [3, 4], ids=["mid-epoch", "epoch-boundary"])
+def test_killed_run_resumes_from_last_checkpoint_like_an_uninterrupted_run(tiny_cfg, whole_run, kill_at):
+    killed = tiny_cfg(
+        *RESUME, f"+callbacks.kill._target_={__name__}.KillAtStep", f"+callbacks.kill.step={kill_at}"
+    )
+    run = Path(killed.paths.output_dir)
+    with pytest.raises(RuntimeError, match=f"killed at step {kill_at}"):
+        train(killed)
+    saved = _ckpt(run)
+    # checkpoints every 2 steps (tiny config): a kill loses at most the steps since the last one
+    assert saved["global_step"] == kill_at - kill_at % 2
+    assert all("lora_" in k for k in saved["state_dict"]), "adapter-only checkpoint"
+
+    resumed = tiny_cfg(*RESUME, "ckpt_path=last")  # same run dir: finds checkpoints/last.ckpt
+    assert Path(resumed.paths.output_dir) == run
+    summary = train(resumed)
+
+    assert summary["global_step"] == 8
+    a, b = _ckpt(whole_run), _ckpt(run)
+    assert b["global_step"] == a["global_step"] == 8
+    # LoRA weights (restored non-strictly from the adapter-only checkpoint, then trained on)
+    assert a["state_dict"].keys() == b["state_dict"].keys()
+    for key in a["state_dict"]:
+        torch.testing.assert_close(b["state_dict"][key], a["state_dict"][key], rtol=0, atol=1e-6)
+    # optimizer moments and step counts, scheduler position and learning rate
+    opt_a, opt_b = a["optimizer_states"][0], b["optimizer_states"][0]
+    assert opt_a["state"].keys() == opt_b["state"].keys()
+    for i, state in opt_a["state"].items():
+        assert int(opt_b["state"][i]["step"]) == int(state["step"]) == 8
+        torch.testing.assert_close(opt_b["state"][i]["exp_avg"], state["exp_avg"], rtol=0, atol=1e-6)
+        torch.testing.assert_close(opt_b["state"][i]["exp_avg_sq"], state["exp_avg_sq"], rtol=0, atol=1e-8)
+    sched_a, sched_b = a["lr_schedulers"][0], b["lr_schedulers"][0]
+    assert sched_b["last_epoch"] == sched_a["last_epoch"] == 8
+    assert sched_b["_last_lr"] == pytest.approx(sched_a["_last_lr"])
+    # the same loss at every step after the resume point
+    whole_losses, resumed_losses = _losses(whole_run), _losses(run)
+    assert resumed_losses[7] == pytest.approx(whole_losses[7], rel=1e-5)
+    assert resumed_losses.keys() == set(range(8)), "metrics of the interrupted part are kept"
+    assert resumed_losses[kill_at - kill_at % 2 - 1] == pytest.approx(whole_losses[kill_at - kill_at % 2 - 1])
