@@ -3,6 +3,7 @@ generation, judges and the drift-callback evaluation."""
 
 from __future__ import annotations
 
+import math
 import random
 import statistics
 import time
@@ -372,41 +373,63 @@ def run_judges(args: dict[str, Any]) -> dict[str, Any]:
 # -- drift callback evaluation -------------------------------------------------------------------
 
 
+def _scaled_limits(limits: Any, fraction: float) -> Any:
+    """Docs-per-task limits times ``fraction`` (at least 1 doc); shares (<1) scale too."""
+    if fraction >= 1 or limits is None:
+        return limits
+    if isinstance(limits, dict):
+        return {k: _scaled_limits(v, fraction) for k, v in limits.items()}
+    if isinstance(limits, float) and limits < 1:
+        return limits * fraction
+    return max(1, math.ceil(limits * fraction))
+
+
 def run_drift(args: dict[str, Any]) -> dict[str, Any]:
-    """One per-epoch drift evaluation (``local`` suite at its default limits + self-drift) of the
-    LoRA-wrapped model, timed as GeneralizationDriftCallback runs it after every epoch."""
+    """The per-epoch work of GeneralizationDriftCallback: the ``local`` lm-eval suite at its default
+    limits plus self-drift, on the LoRA-wrapped model stored as in bf16-mixed training.
+
+    With ``fraction < 1`` the suite runs on that share of each task's docs and its time is scaled
+    by ``1 / fraction`` (an estimate: lm-eval's time is close to linear in the number of docs)."""
     import importlib.util
 
     if importlib.util.find_spec("ssr.eval.drift_callback") is None:
         return {"pending": "ssr.eval.drift_callback is not in this checkout (branch evalsuite not merged)"}
     import torch
     import yaml
+
     from ssr.eval.evaluate import evaluate_model
     from ssr.eval.self_drift import SelfDriftConfig, build_reference
     from ssr.eval.suite import SuiteConfig
-
     from ssr.models import ModelSpec, apply_peft, cast_frozen_linear_weights, load_model
 
+    fraction = float(args.get("fraction", 1.0))
     conf = REPO / "conf" / "eval"
-    suite = SuiteConfig.from_mapping(yaml.safe_load((conf / "suite" / "local.yaml").read_text()))
+    suite_cfg = yaml.safe_load((conf / "suite" / "local.yaml").read_text())
+    suite = SuiteConfig.from_mapping(suite_cfg)
+    scaled = SuiteConfig.from_mapping({**suite_cfg, "limits": _scaled_limits(suite.limits, fraction)})
     drift_cfg = yaml.safe_load((conf / "default.yaml").read_text()).get("self_drift") or {}
     drift = SelfDriftConfig.from_mapping(drift_cfg)
     model, tok = load_model(ModelSpec(name_or_path=args["model"]))
     model = apply_peft(model, dict(LORA))
-    cast_frozen_linear_weights(model, torch.bfloat16)  # as in training (SSRModule, bf16-mixed)
+    cast_frozen_linear_weights(model, torch.bfloat16)  # as SSRModule stores it under bf16-mixed
     ref, ref_s, _ = _timed(lambda: build_reference(model, tok, drift, "bf16"))
-    scores, w, c = _timed(
-        lambda: evaluate_model(model, tok, suite, drift, reference=ref, mixed_precision="bf16")
+    _, drift_s, _ = _timed(
+        lambda: evaluate_model(model, tok, SuiteConfig(), drift, reference=ref, mixed_precision="bf16")
     )
+    off = SelfDriftConfig.from_mapping({**drift_cfg, "enabled": False})
+    _, suite_s, suite_cpu = _timed(lambda: evaluate_model(model, tok, scaled, off, mixed_precision="bf16"))
     return {
         "suite": suite.name,
         "tasks": suite.tasks,
         "limits": suite.limits,
+        "fraction": fraction,
+        "measured_limits": scaled.limits,
         "self_drift": drift.__dict__,
         "reference_s": ref_s,
-        "eval_wall_s": w,
-        "eval_cpu_s": c,
-        "n_scores": sum(len(v) for v in scores.values()),
+        "self_drift_s": drift_s,
+        "suite_measured_s": suite_s,
+        "suite_cpu_s": suite_cpu,
+        "eval_wall_s": suite_s / fraction + drift_s,
         "loadavg": loadavg(),
     }
 
