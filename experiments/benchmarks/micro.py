@@ -298,6 +298,7 @@ def run_generation(args: dict[str, Any]) -> dict[str, Any]:
             "tokens_per_s": gen / w,
             "loadavg": loadavg(),
         }
+    prefill_s = _prefill_seconds(prepared, tok, prompts, default.batch_size)
     single = texts_by.get("one prompt at a time")
     for name, texts in texts_by.items():
         if single is not None:
@@ -307,8 +308,32 @@ def run_generation(args: dict[str, Any]) -> dict[str, Any]:
         "prompt_tokens": prompt_tokens,
         "max_new_tokens": decoding.max_new_tokens,
         "default_variant": default_name,
+        "prefill_s": prefill_s,
+        "prefill_batch_size": default.batch_size,
         "variants": results,
     }
+
+
+def _prefill_seconds(model: Any, tok: Any, prompts: list[str], batch_size: int) -> float:
+    """Time of the prompt forward passes alone (what any decoding strategy must pay once)."""
+    import torch
+
+    order = sorted(prompts, key=lambda p: -len(tok(p, add_special_tokens=False)["input_ids"]))
+    side, tok.padding_side = tok.padding_side, "left"
+    try:
+        t = time.perf_counter()
+        with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16):
+            for start in range(0, len(order), batch_size):
+                enc = tok(
+                    order[start : start + batch_size],
+                    return_tensors="pt",
+                    padding=True,
+                    add_special_tokens=False,
+                )
+                model(**enc, logits_to_keep=1)
+        return time.perf_counter() - t
+    finally:
+        tok.padding_side = side
 
 
 # -- judges ------------------------------------------------------------------------------------------

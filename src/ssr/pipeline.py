@@ -36,7 +36,7 @@ class GeneratorConfig:
     """How the base model writes its own answers and rewrites."""
 
     backend: str = "hf"  # hf | vllm
-    batch_size: int = 16
+    batch_size: int = 32
     # hf: KV cache passed to generate; "static" preallocates it (no per-step concatenation), null: dynamic
     cache_implementation: str | None = "static"
     decoding: DecodingConfig = field(default_factory=DecodingConfig)
