@@ -42,8 +42,12 @@ NOTES = [
     "Library changes measured here: (1) `SSRModule` stores the frozen base weights of every linear layer "
     "in bf16 when the Trainer runs `bf16-mixed` (`ssr.models.cast_frozen_linear_weights`): autocast "
     "would cast them on every forward anyway, so matmuls are bit-identical (tested), the per-step "
-    "weight copies disappear and the frozen linears take half the memory; LoRA weights stay fp32. "
-    "(2) `data.packing: true` (padding-free batches, position_ids restarting per row; loss and "
+    "weight copies disappear and the frozen linears take half the memory (~0.2 GB here); LoRA weights "
+    "stay fp32. In training the speed gain is within noise (levers table: the copies are a few percent "
+    "of a step). (2) The generator does the same for inference (`ssr.models.cast_for_autocast_inference`, "
+    "tied output head included), where autocast otherwise re-casts every weight at every decoding step, "
+    "uses a static KV cache and batches 32 rows (`conf/generator/hf.yaml`); see the generation table. "
+    "(3) `data.packing: true` (padding-free batches, position_ids restarting per row; loss and "
     "gradients equal to padded batches, tested with sdpa and eager attention).",
     "Levers that were already in place and are measured above: bf16 autocast (vs fp32), logits only at "
     "response positions (vs full-vocabulary logits everywhere), length-grouped batches (vs random "
@@ -57,6 +61,15 @@ NOTES = [
     "per step with the CPU's mt19937 generator; the profile line in the levers section shows its share. "
     "All three contenders pay it equally; `peft.lora_dropout: 0.0` (PEFT's own default) would remove it "
     "and its fp32 mask tensors, but it changes the regularisation, so the default stays 0.05.",
+    "Gradient checkpointing is off for all three contenders (TRL's SFTConfig turns it on by default; ssr "
+    "has it as `optim.gradient_checkpointing`). Most of the ~8 GB peak is activations (batch 8 x ~300 "
+    "tokens x 30 layers, including LoRA dropout masks); checkpointing would cut it for any contender at "
+    "the cost of recomputing the forward pass (not measured here).",
+    "Generation: the prompt forward passes (~330 tokens per grounded prompt) are the same work one at a "
+    "time or batched, and in a static batch every row keeps its slot until the longest row stops "
+    "(rambling answers run to max_new_tokens=96 while most stop after 10-40 tokens). Both bound the "
+    "batching speed-up below 5x here; continuous batching (the vllm generator on GPU) or a smaller "
+    "max_new_tokens would move it, the latter at the cost of truncated own answers.",
     "On GPU: bf16 applies (GPU model configs load bf16 weights, then there is nothing to precast); "
     "SDPA dispatches to flash / memory-efficient kernels; padding-free packing becomes exact "
     "variable-length attention with `model.attn_implementation=flash_attention_2` (transformers "
