@@ -106,7 +106,9 @@ def test_precast_frozen_weights_is_bit_identical_under_autocast(tokenizer):
     assert all(torch.equal(grads[k], ref_grads[k]) for k in ref_grads)
 
 
-@pytest.mark.parametrize(("precision", "expect"), [("bf16-mixed", torch.bfloat16), ("32-true", torch.float32)])
+@pytest.mark.parametrize(
+    ("precision", "expect"), [("bf16-mixed", torch.bfloat16), ("32-true", torch.float32)]
+)
 def test_module_precasts_frozen_weights_only_under_bf16_mixed(precision, expect):
     import lightning as L
 
@@ -120,3 +122,44 @@ def test_module_precasts_frozen_weights_only_under_bf16_mixed(precision, expect)
     base_q = module.model.get_base_model().model.layers[0].self_attn.q_proj
     assert base_q.base_layer.weight.dtype == expect
     assert base_q.lora_A["default"].weight.dtype == torch.float32
+
+
+def test_generation_model_prepared_for_autocast_gives_identical_outputs(tokenizer):
+    from ssr.generation import DecodingConfig, hf_generate
+    from ssr.models import cast_for_autocast_inference
+
+    model = tiny_random_model(tokenizer, seed=1).eval()
+    tokenizer.padding_side = "left"
+    enc = tokenizer(["What colour is box 1?", "Box 2 is blue. " * 5], return_tensors="pt", padding=True)
+    tokenizer.padding_side = "right"
+
+    @torch.inference_mode()
+    def run():
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            logits = model(**enc).logits
+            ids = model.generate(
+                **enc,
+                max_new_tokens=6,
+                min_new_tokens=6,
+                do_sample=False,
+                pad_token_id=tokenizer.pad_token_id,
+            )
+        return logits, ids
+
+    logits, ids = run()
+    n = cast_for_autocast_inference(model)
+    head, embed = model.get_output_embeddings(), model.get_input_embeddings()
+    assert n > 0 and head.weight.dtype == torch.bfloat16 and embed.weight.dtype == torch.float32
+    assert not any(p.requires_grad for p in model.parameters())
+    logits_after, ids_after = run()
+    assert torch.equal(logits_after, logits) and torch.equal(ids_after, ids)
+    prompts = ["Question: what colour is box 3?", "Question: where is box 4? " * 3]
+    texts = hf_generate(
+        model,
+        tokenizer,
+        prompts,
+        DecodingConfig(max_new_tokens=4),
+        progress=False,
+        cache_implementation="static",
+    )
+    assert len(texts) == 2

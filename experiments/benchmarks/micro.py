@@ -3,7 +3,7 @@ generation, judges and the drift-callback evaluation."""
 
 from __future__ import annotations
 
-import contextlib
+import math
 import random
 import statistics
 import time
@@ -228,59 +228,77 @@ def run_padding(args: dict[str, Any]) -> dict[str, Any]:
 
 
 def run_generation(args: dict[str, Any]) -> dict[str, Any]:
-    """hf_generate (batched, length-sorted, left padding, bf16 autocast) vs one prompt at a time."""
+    """hf_generate (batched, length-sorted, left padding, bf16 autocast) vs one prompt at a time.
+
+    ``naive``: the model as loaded (fp32 weights, autocast casts them at every decoding step);
+    ``prepared``: as BaseModelGenerator loads it (``cast_for_autocast_inference``: weights stored
+    in bf16 once, bit-identical under autocast).
+    """
     from ssr.data.prompts import PromptConfig
     from ssr.generation import DecodingConfig, hf_generate
-    from ssr.models import ModelSpec, load_model
-    from ssr.pipeline import answer_prompts
+    from ssr.models import ModelSpec, cast_for_autocast_inference, load_model
+    from ssr.pipeline import GeneratorConfig, answer_prompts
 
-    model, tok = load_model(ModelSpec(name_or_path=args["model"]))
+    spec = ModelSpec(name_or_path=args["model"])
+    naive, tok = load_model(spec)
+    prepared, _ = load_model(spec)
+    cast_for_autocast_inference(prepared)
     records = bench_records(args["prompts"], tok)
     prompts = answer_prompts(tok, records, PromptConfig())
     decoding = DecodingConfig(max_new_tokens=args["max_new_tokens"])
     prompt_tokens = sum(len(tok(p, add_special_tokens=False)["input_ids"]) for p in prompts)
+    default = GeneratorConfig()
 
     def n_tokens(texts: list[str]) -> int:
         return sum(len(tok(t, add_special_tokens=False)["input_ids"]) + 1 for t in texts)  # +1: end of turn
 
-    @contextlib.contextmanager
-    def static_cache() -> Any:
-        old = model.generation_config.cache_implementation
-        model.generation_config.cache_implementation = "static"
-        try:
-            yield
-        finally:
-            model.generation_config.cache_implementation = old
-
-    variants: dict[str, tuple[int, Any]] = {"one prompt at a time": (1, contextlib.nullcontext)}
-    for bs in args["batch_sizes"]:
-        variants[f"batched, batch {bs}"] = (bs, contextlib.nullcontext)
-    if args.get("static_cache_batch"):
-        variants[f"batched, batch {args['static_cache_batch']}, static cache"] = (
-            args["static_cache_batch"],
-            static_cache,
+    bs0 = args["batch_sizes"][0]
+    variants: dict[str, tuple[Any, int, str | None]] = {
+        "one prompt at a time": (naive, 1, None),
+        f"batched, batch {bs0}, fp32 weights (before)": (naive, bs0, None),
+        f"batched, batch {bs0}, bf16-stored weights": (prepared, bs0, None),
+        f"batched, batch {bs0}, bf16-stored weights, static cache": (prepared, bs0, "static"),
+    }
+    for bs in args["batch_sizes"][1:]:
+        variants[
+            f"batched, batch {bs}, bf16-stored weights, {default.cache_implementation or 'dynamic'} cache"
+        ] = (
+            prepared,
+            bs,
+            default.cache_implementation,
         )
+    default_name = next(
+        (
+            k
+            for k, (m, bs, cache) in variants.items()
+            if m is prepared and bs == default.batch_size and cache == default.cache_implementation
+        ),
+        None,
+    )
     results: dict[str, Any] = {}
     texts_by: dict[str, list[str]] = {}
-    for name, (bs, ctx) in variants.items():
-        with ctx():
-            try:
-                texts, w, c = _timed(
-                    lambda bs=bs: hf_generate(model, tok, prompts, decoding, batch_size=bs, progress=False)
+    for name, (model, bs, cache) in variants.items():
+        try:
+            texts, w, c = _timed(
+                lambda model=model, bs=bs, cache=cache: hf_generate(
+                    model, tok, prompts, decoding, batch_size=bs, progress=False, cache_implementation=cache
                 )
-            except Exception as err:  # a failing option is a result, not a crash of the benchmark
-                results[name] = {"error": f"{type(err).__name__}: {err}"[:300]}
-                continue
+            )
+        except Exception as err:  # a failing option is a result, not a crash of the benchmark
+            results[name] = {"error": f"{type(err).__name__}: {err}"[:300]}
+            continue
         texts_by[name] = texts
         gen = n_tokens(texts)
         results[name] = {
             "batch_size": bs,
+            "cache": cache or "dynamic",
             "wall_s": w,
             "cpu_s": c,
             "generated_tokens": gen,
             "tokens_per_s": gen / w,
             "loadavg": loadavg(),
         }
+    prefill_s = _prefill_seconds(prepared, tok, prompts, default.batch_size)
     single = texts_by.get("one prompt at a time")
     for name, texts in texts_by.items():
         if single is not None:
@@ -289,8 +307,33 @@ def run_generation(args: dict[str, Any]) -> dict[str, Any]:
         "prompts": len(prompts),
         "prompt_tokens": prompt_tokens,
         "max_new_tokens": decoding.max_new_tokens,
+        "default_variant": default_name,
+        "prefill_s": prefill_s,
+        "prefill_batch_size": default.batch_size,
         "variants": results,
     }
+
+
+def _prefill_seconds(model: Any, tok: Any, prompts: list[str], batch_size: int) -> float:
+    """Time of the prompt forward passes alone (what any decoding strategy must pay once)."""
+    import torch
+
+    order = sorted(prompts, key=lambda p: -len(tok(p, add_special_tokens=False)["input_ids"]))
+    side, tok.padding_side = tok.padding_side, "left"
+    try:
+        t = time.perf_counter()
+        with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16):
+            for start in range(0, len(order), batch_size):
+                enc = tok(
+                    order[start : start + batch_size],
+                    return_tensors="pt",
+                    padding=True,
+                    add_special_tokens=False,
+                )
+                model(**enc, logits_to_keep=1)
+        return time.perf_counter() - t
+    finally:
+        tok.padding_side = side
 
 
 # -- judges ------------------------------------------------------------------------------------------
@@ -355,41 +398,63 @@ def run_judges(args: dict[str, Any]) -> dict[str, Any]:
 # -- drift callback evaluation -------------------------------------------------------------------
 
 
+def _scaled_limits(limits: Any, fraction: float) -> Any:
+    """Docs-per-task limits times ``fraction`` (at least 1 doc); shares (<1) scale too."""
+    if fraction >= 1 or limits is None:
+        return limits
+    if isinstance(limits, dict):
+        return {k: _scaled_limits(v, fraction) for k, v in limits.items()}
+    if isinstance(limits, float) and limits < 1:
+        return limits * fraction
+    return max(1, math.ceil(limits * fraction))
+
+
 def run_drift(args: dict[str, Any]) -> dict[str, Any]:
-    """One per-epoch drift evaluation (``local`` suite at its default limits + self-drift) of the
-    LoRA-wrapped model, timed as GeneralizationDriftCallback runs it after every epoch."""
+    """The per-epoch work of GeneralizationDriftCallback: the ``local`` lm-eval suite at its default
+    limits plus self-drift, on the LoRA-wrapped model stored as in bf16-mixed training.
+
+    With ``fraction < 1`` the suite runs on that share of each task's docs and its time is scaled
+    by ``1 / fraction`` (an estimate: lm-eval's time is close to linear in the number of docs)."""
     import importlib.util
 
     if importlib.util.find_spec("ssr.eval.drift_callback") is None:
         return {"pending": "ssr.eval.drift_callback is not in this checkout (branch evalsuite not merged)"}
     import torch
     import yaml
+
     from ssr.eval.evaluate import evaluate_model
     from ssr.eval.self_drift import SelfDriftConfig, build_reference
     from ssr.eval.suite import SuiteConfig
-
     from ssr.models import ModelSpec, apply_peft, cast_frozen_linear_weights, load_model
 
+    fraction = float(args.get("fraction", 1.0))
     conf = REPO / "conf" / "eval"
-    suite = SuiteConfig.from_mapping(yaml.safe_load((conf / "suite" / "local.yaml").read_text()))
+    suite_cfg = yaml.safe_load((conf / "suite" / "local.yaml").read_text())
+    suite = SuiteConfig.from_mapping(suite_cfg)
+    scaled = SuiteConfig.from_mapping({**suite_cfg, "limits": _scaled_limits(suite.limits, fraction)})
     drift_cfg = yaml.safe_load((conf / "default.yaml").read_text()).get("self_drift") or {}
     drift = SelfDriftConfig.from_mapping(drift_cfg)
     model, tok = load_model(ModelSpec(name_or_path=args["model"]))
     model = apply_peft(model, dict(LORA))
-    cast_frozen_linear_weights(model, torch.bfloat16)  # as in training (SSRModule, bf16-mixed)
+    cast_frozen_linear_weights(model, torch.bfloat16)  # as SSRModule stores it under bf16-mixed
     ref, ref_s, _ = _timed(lambda: build_reference(model, tok, drift, "bf16"))
-    scores, w, c = _timed(
-        lambda: evaluate_model(model, tok, suite, drift, reference=ref, mixed_precision="bf16")
+    _, drift_s, _ = _timed(
+        lambda: evaluate_model(model, tok, SuiteConfig(), drift, reference=ref, mixed_precision="bf16")
     )
+    off = SelfDriftConfig.from_mapping({**drift_cfg, "enabled": False})
+    _, suite_s, suite_cpu = _timed(lambda: evaluate_model(model, tok, scaled, off, mixed_precision="bf16"))
     return {
         "suite": suite.name,
         "tasks": suite.tasks,
         "limits": suite.limits,
+        "fraction": fraction,
+        "measured_limits": scaled.limits,
         "self_drift": drift.__dict__,
         "reference_s": ref_s,
-        "eval_wall_s": w,
-        "eval_cpu_s": c,
-        "n_scores": sum(len(v) for v in scores.values()),
+        "self_drift_s": drift_s,
+        "suite_measured_s": suite_s,
+        "suite_cpu_s": suite_cpu,
+        "eval_wall_s": suite_s / fraction + drift_s,
         "loadavg": loadavg(),
     }
 

@@ -51,11 +51,13 @@ def hf_generate(
     autocast: bool = True,
     on_batch: Callable[[list[int], list[str]], None] | None = None,
     progress: bool = True,
+    cache_implementation: str | None = None,
 ) -> list[str]:
     """Greedy/sampled generation in length-sorted, left-padded batches; returns texts in input order.
 
     ``on_batch(indices, texts)`` is called after each batch (the cache writes there), so an
-    interruption loses at most one batch.
+    interruption loses at most one batch. ``cache_implementation`` is passed to ``generate``
+    (``"static"`` preallocates the KV cache instead of concatenating it at every step).
     """
     was_training = model.training
     model.eval()
@@ -65,7 +67,10 @@ def hf_generate(
     order = sorted(range(len(prompts)), key=lambda i: -lengths[i])
     results: list[str | None] = [None] * len(prompts)
     device = next(model.parameters()).device
-    use_autocast = autocast and (device.type == "cuda" or next(model.parameters()).dtype == torch.float32)
+    # fp32 weights (or a mix, see ssr.models.cast_for_autocast_inference) run under bf16 autocast
+    use_autocast = autocast and (
+        device.type == "cuda" or any(p.dtype == torch.float32 for p in model.parameters())
+    )
     bar = tqdm(total=len(prompts), desc="generate", unit="row", disable=not progress)
     eos = [tokenizer.eos_token_id]
     try:
@@ -77,8 +82,13 @@ def hf_generate(
             if decoding.do_sample:
                 torch.manual_seed(decoding.seed + start)
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_autocast):
+                extra = {"cache_implementation": cache_implementation} if cache_implementation else {}
                 out = model.generate(
-                    **enc, **decoding.hf_kwargs(), pad_token_id=tokenizer.pad_token_id, eos_token_id=eos
+                    **enc,
+                    **decoding.hf_kwargs(),
+                    **extra,
+                    pad_token_id=tokenizer.pad_token_id,
+                    eos_token_id=eos,
                 )
             texts = tokenizer.batch_decode(out[:, enc["input_ids"].shape[1] :], skip_special_tokens=True)
             texts = [t.strip() for t in texts]

@@ -230,5 +230,27 @@ def cast_frozen_linear_weights(model: torch.nn.Module, dtype: torch.dtype = torc
     return n
 
 
+def cast_for_autocast_inference(model: PreTrainedModel, dtype: torch.dtype = torch.bfloat16) -> int:
+    """Prepare a model that only runs inference under ``torch.autocast(dtype)`` (e.g. generation).
+
+    Freezes it, stores every linear weight in ``dtype`` and gives a tied output head its own
+    ``dtype`` copy (the input embedding stays fp32). Autocast would cast these weights on every
+    forward, i.e. on every decoding step: outputs are bit-identical, the casts are gone. Do not
+    train the model or run it without autocast afterwards. Returns the number of values cast.
+    """
+    model.requires_grad_(False)
+    head, embed = model.get_output_embeddings(), model.get_input_embeddings()
+    n = 0
+    if (
+        head is not None
+        and embed is not None
+        and head.weight is embed.weight
+        and head.weight.dtype == torch.float32
+    ):
+        head.weight = torch.nn.Parameter(head.weight.detach().to(dtype), requires_grad=False)
+        n += head.weight.numel()
+    return n + cast_frozen_linear_weights(model, dtype)
+
+
 def config_of(name_or_path: str) -> Any:
     return AutoConfig.from_pretrained(resolve_path(name_or_path))

@@ -17,7 +17,14 @@ from ssr.cache import JsonlCache, stage_lock
 from ssr.data.prompts import PromptConfig, build_messages, render_prompt
 from ssr.generation import DecodingConfig, GenerationStats, cached_generate, hf_generate, vllm_generate
 from ssr.methods import Candidate, MethodConfig, Selection, SelectionStats, select_targets, selection_stats
-from ssr.models import ModelSpec, load_model, load_tokenizer, model_fingerprint, resolve_path
+from ssr.models import (
+    ModelSpec,
+    cast_for_autocast_inference,
+    load_model,
+    load_tokenizer,
+    model_fingerprint,
+    resolve_path,
+)
 from ssr.records import Record
 
 log = logging.getLogger(__name__)
@@ -29,7 +36,9 @@ class GeneratorConfig:
     """How the base model writes its own answers and rewrites."""
 
     backend: str = "hf"  # hf | vllm
-    batch_size: int = 16
+    batch_size: int = 32
+    # hf: KV cache passed to generate; "static" preallocates it (no per-step concatenation), null: dynamic
+    cache_implementation: str | None = "static"
     decoding: DecodingConfig = field(default_factory=DecodingConfig)
     vllm_kwargs: dict[str, Any] = field(default_factory=dict)
 
@@ -85,8 +94,16 @@ class BaseModelGenerator:
             self._model, _ = load_model(self.spec)
             if _cuda_available():
                 self._model.to("cuda")
+            # hf_generate runs fp32 weights under bf16 autocast: store them in bf16 once (same outputs)
+            cast_for_autocast_inference(self._model)
         return hf_generate(
-            self._model, self.tokenizer, prompts, self.cfg.decoding, self.cfg.batch_size, on_batch=on_batch
+            self._model,
+            self.tokenizer,
+            prompts,
+            self.cfg.decoding,
+            self.cfg.batch_size,
+            on_batch=on_batch,
+            cache_implementation=self.cfg.cache_implementation,
         )
 
     def generate(self, prompts: list[str]) -> tuple[list[str], GenerationStats]:
