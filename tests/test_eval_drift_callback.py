@@ -120,6 +120,24 @@ def test_two_epochs_write_base_and_epoch_records_and_restore_state(tokenizer, tm
     assert sum(1 for r in rows if r["drift/self_drift/nll"]) == 3
 
 
+def test_base_evaluation_is_reused_across_runs_and_timed(tokenizer, tmp_path, monkeypatch):
+    """A sweep evaluates the base model once: the second run reads SSR_CACHE/drift_base."""
+    calls = []
+    real = drift_callback.evaluate_model
+    monkeypatch.setattr(drift_callback, "evaluate_model", lambda *a, **k: calls.append(1) or real(*a, **k))
+    _fit(tokenizer, tmp_path / "a")
+    assert len(calls) == 3  # base + 2 epochs
+    _fit(tokenizer, tmp_path / "b")
+    assert len(calls) == 5  # base reused
+    first, second = (json.loads((tmp_path / r / "run" / "drift.json").read_text()) for r in "ab")
+    assert second["base"]["cached"] and "cached" not in first["base"]
+    assert second["base"]["scores"] == first["base"]["scores"]
+    assert all(e["seconds"]["eval"] > 0 and e["seconds"]["epoch"] > 0 for e in second["epochs"])
+    # a different suite is a different base evaluation
+    _fit(tokenizer, tmp_path / "c", suite={**SUITE, "limits": 2})
+    assert len(calls) == 8
+
+
 def test_without_restoring_state_training_would_change(tokenizer, tmp_path, monkeypatch):
     """The control for the test above: skip the restore and the run diverges."""
     monkeypatch.setattr(drift_callback, "preserved_state", lambda module: contextlib.nullcontext())

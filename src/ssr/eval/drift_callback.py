@@ -18,6 +18,7 @@ import logging
 import math
 import os
 import random
+import time
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -28,8 +29,16 @@ import torch
 from lightning.pytorch.loggers import WandbLogger
 
 from ssr.eval.evaluate import SELF_DRIFT_KEY, evaluate_model
-from ssr.eval.self_drift import SelfDriftConfig, SelfDriftReference, build_reference
+from ssr.eval.self_drift import (
+    SelfDriftConfig,
+    SelfDriftReference,
+    base_weights,
+    build_reference,
+    weights_fingerprint,
+)
 from ssr.eval.suite import Scores, SuiteConfig
+from ssr.paths import cache_root
+from ssr.records import content_hash
 
 log = logging.getLogger(__name__)
 
@@ -135,6 +144,8 @@ class GeneralizationDriftCallback(pl.Callback):
         mixed_precision: ``auto`` follows the trainer (``bf16-mixed`` -> bf16 autocast), or
             ``bf16``/``fp16``/``none``.
         enabled: ``False`` turns the callback into a no-op (``eval.callback.enabled``).
+        cache_base: reuse the base evaluation from ``SSR_CACHE/drift_base`` (keyed by the base
+            weights and every setting that decides the scores), so a sweep evaluates the base once.
         task_sets: grounded-QA record sets (e.g. ``in_domain``, ``ood_quac``) scored with the task
             metrics at fit start and after the last epoch (every epoch with ``task_every_epoch``);
             base and final scores also go to ``eval.json``.
@@ -155,6 +166,7 @@ class GeneralizationDriftCallback(pl.Callback):
         prompt: Any = None,
         task_every_epoch: bool = False,
         task_max_new_tokens: int = 64,
+        cache_base: bool = True,
     ) -> None:
         if every_n_epochs < 1:
             raise ValueError(f"every_n_epochs must be >= 1, got {every_n_epochs}")
@@ -172,6 +184,8 @@ class GeneralizationDriftCallback(pl.Callback):
         self.prompt = prompt
         self.task_every_epoch = task_every_epoch
         self.task_max_new_tokens = task_max_new_tokens
+        self.cache_base = cache_base
+        self._epoch_started: float | None = None
 
     @classmethod
     def from_config(
@@ -206,6 +220,9 @@ class GeneralizationDriftCallback(pl.Callback):
             )
             return
         self._evaluate(trainer, pl_module, "base")
+
+    def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._epoch_started = time.perf_counter()
 
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if (trainer.current_epoch + 1) % self.every_n_epochs == 0:
@@ -242,7 +259,17 @@ class GeneralizationDriftCallback(pl.Callback):
             return
         trainer.strategy.barrier("ssr_drift_start")
         if trainer.is_global_zero:
+            # the epoch's wall time so far (training + validation), before this evaluation
+            epoch_seconds = (
+                time.perf_counter() - self._epoch_started
+                if stage != "base" and self._epoch_started is not None
+                else None
+            )
+            started = time.perf_counter()
             record = self._measure(trainer, pl_module, stage)
+            record["seconds"] = {"eval": round(time.perf_counter() - started, 2)}
+            if epoch_seconds is not None:
+                record["seconds"]["epoch"] = round(epoch_seconds, 2)
             self.records.append(record)
             self._log(trainer, record)
             self._write(trainer)
@@ -261,6 +288,8 @@ class GeneralizationDriftCallback(pl.Callback):
             if self.self_drift.enabled and self.reference is None:
                 self.reference = build_reference(model, tokenizer, self.self_drift, precision)
                 self.reference.save(self._run_dir(trainer) / REFERENCE_FILE)
+            if stage == "base":
+                return self._measure_base(trainer, model, tokenizer, precision)
             scores = evaluate_model(
                 model,
                 tokenizer,
@@ -271,19 +300,60 @@ class GeneralizationDriftCallback(pl.Callback):
                 data_root=self.data_root,
             )
             last_epoch = trainer.max_epochs is not None and trainer.current_epoch + 1 >= trainer.max_epochs
-            tasks = (
-                self._task_scores(model, tokenizer)
-                if (stage == "base" or last_epoch or self.task_every_epoch)
-                else None
-            )
+            tasks = self._task_scores(model, tokenizer) if (last_epoch or self.task_every_epoch) else None
         record = {
             "stage": stage,
-            "epoch": trainer.current_epoch if stage != "base" else -1,
+            "epoch": trainer.current_epoch,
             "step": trainer.global_step,
             "scores": scores,
         }
         if tasks is not None:
             record["tasks"] = tasks
+        return record
+
+    def _measure_base(
+        self, trainer: pl.Trainer, model: torch.nn.Module, tokenizer: Any, precision: str | None
+    ) -> dict[str, Any]:
+        """Scores of the base weights (PEFT adapters disabled), reused from ``SSR_CACHE/drift_base``.
+
+        Every run of a sweep starts from the same base model, so its evaluation is computed once;
+        the key covers the base weights and everything that decides the scores.
+        """
+        key = content_hash(
+            weights_fingerprint(model),
+            self.suite.__dict__,
+            {k: v for k, v in self.self_drift.__dict__.items() if k not in ("cache", "batch_size")},
+            self.reference.base_nll if self.reference is not None else None,
+            str(precision),
+            getattr(tokenizer, "chat_template", None),
+            {name: [r.to_dict() for r in records] for name, records in self.task_sets.items()},
+            self.prompt.__dict__ if hasattr(self.prompt, "__dict__") else self.prompt,
+            self.task_max_new_tokens,
+            self.data_root,
+        )
+        cache_file = cache_root() / "drift_base" / f"{key}.json"
+        if self.cache_base and cache_file.is_file():
+            with contextlib.suppress(ValueError, KeyError):
+                cached = json.loads(cache_file.read_text(encoding="utf-8"))
+                log.info("drift: base evaluation reused from %s", cache_file)
+                return {**cached, "step": trainer.global_step, "cached": True}
+        with base_weights(model):
+            scores = evaluate_model(
+                model,
+                tokenizer,
+                self.suite,
+                self.self_drift,
+                reference=self.reference,
+                mixed_precision=precision,
+                data_root=self.data_root,
+            )
+            tasks = self._task_scores(model, tokenizer)
+        record: dict[str, Any] = {"stage": "base", "epoch": -1, "step": trainer.global_step, "scores": scores}
+        if self.task_sets:
+            record["tasks"] = tasks
+        if self.cache_base:
+            cache_file.parent.mkdir(parents=True, exist_ok=True)
+            _write_json(cache_file, record)
         return record
 
     def _task_scores(self, model: torch.nn.Module, tokenizer: Any) -> dict[str, Any]:
