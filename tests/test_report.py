@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from ssr.cli.report import main as report_main
-from ssr.report import find_runs, relative_change, table
+from ssr.report import cost_table, find_runs, relative_change, table
 
 
 def _run(root: Path, method: str, seed: int, arc: list[float], una_f1: float, drift: float) -> None:
@@ -76,8 +76,24 @@ def test_cli_writes_markdown_and_plots(tmp_path):
     md = (tmp_path / "out" / "results.md").read_text()
     assert "| ssr | 1 |" in md and "## Selection statistics" in md
     pngs = sorted(p.name for p in (tmp_path / "out").glob("*.png"))
-    assert "drift_ssr_arc_easy_acc.png" in pngs
-    assert (tmp_path / "out" / pngs[0]).stat().st_size > 1000
+    assert {"drift_ssr_arc_easy_acc.png", "drift_summary.png"} <= set(pngs)
+    assert all((tmp_path / "out" / p).stat().st_size > 1000 for p in pngs)
+    # change vs base in points: sft final arc acc 0.54 vs base 0.60
+    deltas = md.split("## Change vs base")[1].split("##")[0]
+    assert "| sft | 1 | 20.0 | 10.0 | 10.0 | -6.0 |" in deltas  # una F1, recall, self-drift, arc
+    # runs.json holds the same numbers and reads back into the same table
+    again = find_runs([tmp_path / "out" / "runs.json"])
+    assert table(again) == table(find_runs([tmp_path / "runs"]))
+
+
+def test_cost_table_reads_drift_seconds(tmp_path):
+    _run(tmp_path, "sft", 1, [0.58, 0.54], 0.7, 0.05)
+    drift = json.loads((tmp_path / "sft-1" / "drift.json").read_text())
+    for e in drift["epochs"]:
+        e["seconds"] = {"eval": 30.0, "epoch": 200.0}
+    (tmp_path / "sft-1" / "drift.json").write_text(json.dumps(drift))
+    (tmp_path / "sft-1" / "summary.json").write_text(json.dumps({"method": "sft", "seed": 1, "wall_s": 900}))
+    assert "| sft | 1 | 900 | 200 | 30 | 15% |" in cost_table(find_runs([tmp_path]))
 
 
 def test_no_runs_is_a_clear_error(tmp_path):

@@ -2,7 +2,8 @@
 
 Numbers come only from the runs' result files: ``summary.json`` (method, seed, selection),
 ``eval.json`` (base and final task metrics) and ``drift.json`` (base + per-epoch suite and
-self-drift scores written by the drift callback).
+self-drift scores written by the drift callback). ``write_report`` also writes ``runs.json``, the
+same numbers in one file, which ``find_runs`` reads back (the notebook draws from it).
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ import json
 import math
 import statistics
 from collections import defaultdict
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +30,8 @@ class Run:
     base: dict[str, float] = field(default_factory=dict)
     final: dict[str, float] = field(default_factory=dict)
     epochs: list[dict[str, float]] = field(default_factory=list)
+    seconds: list[dict[str, float]] = field(default_factory=list)  # per epoch: eval, epoch
+    wall_s: float | None = None
 
 
 def _flatten(scores: dict[str, Any], prefix: str = "") -> dict[str, float]:
@@ -50,6 +53,7 @@ def load_run(path: Path) -> Run:
         method=summary["method"],
         seed=int(summary.get("seed", 0)),
         selection=summary.get("selection"),
+        wall_s=summary.get("wall_s"),
     )
     if (path / "eval.json").is_file():
         ev = json.loads((path / "eval.json").read_text())
@@ -62,15 +66,30 @@ def load_run(path: Path) -> Run:
         )
         for rec in drift.get("epochs", []):
             run.epochs.append({f"suite/{k}": v for k, v in _flatten(rec.get("scores", {})).items()})
+            run.seconds.append(dict(rec.get("seconds") or {}))
         if run.epochs:
             run.final.update(run.epochs[-1])
     return run
 
 
 def find_runs(paths: list[Path]) -> list[Run]:
-    """Every directory at or below ``paths`` that holds a summary.json."""
-    dirs = sorted({p.parent for root in paths for p in Path(root).rglob("summary.json")})
-    return [load_run(d) for d in dirs]
+    """Every directory at or below ``paths`` that holds a summary.json; a ``runs.json`` file
+    (written by :func:`write_report`) given as a path is read back instead."""
+    runs: list[Run] = []
+    for root in map(Path, paths):
+        if root.is_file():
+            runs += [Run(**{**d, "path": Path(d["path"])}) for d in json.loads(root.read_text())["runs"]]
+    dirs = sorted(
+        {p.parent for root in paths if Path(root).is_dir() for p in Path(root).rglob("summary.json")}
+    )
+    return runs + [load_run(d) for d in dirs]
+
+
+def export_runs(runs: list[Run], path: Path) -> Path:
+    """All numbers the report uses, in one JSON file (``find_runs([path])`` reads it back)."""
+    payload = {"runs": [{**asdict(r), "path": str(r.path)} for r in runs]}
+    path.write_text(json.dumps(payload, indent=1))
+    return path
 
 
 def benchmark_keys(runs: list[Run]) -> list[str]:
@@ -103,14 +122,26 @@ def _fmt(values: list[float], pct: bool = True) -> str:
     return f"{mean:.1f} ± {statistics.stdev(vals) * scale:.1f}"
 
 
-def relative_change(run: Run, keys: list[str]) -> float | None:
-    """Mean relative change vs base over the benchmarks (self-drift excluded: lower is better)."""
+def relative_change(run: Run, keys: list[str], scores: dict[str, float] | None = None) -> float | None:
+    """Mean relative change vs base over the benchmarks (self-drift excluded: lower is better).
+
+    ``scores`` defaults to the run's final scores (pass ``run.epochs[i]`` for an epoch)."""
+    scores = run.final if scores is None else scores
     changes = [
-        (run.final[k] - run.base[k]) / abs(run.base[k])
+        (scores[k] - run.base[k]) / abs(run.base[k])
         for k in keys
-        if k in run.final and k in run.base and run.base[k] and "self_drift" not in k
+        if k in scores and k in run.base and run.base[k] and "self_drift" not in k
     ]
     return statistics.fmean(changes) if changes else None
+
+
+def _by_method(runs: list[Run]) -> dict[str, list[Run]]:
+    """Runs grouped by method, the paper's methods first."""
+    groups: dict[str, list[Run]] = defaultdict(list)
+    for r in runs:
+        groups[r.method].append(r)
+    known = [m for m in ("sft", "ssr", "sdft", "s3ft") if m in groups]
+    return {m: groups[m] for m in known + sorted(set(groups) - set(known))}
 
 
 def table(runs: list[Run]) -> str:
@@ -120,21 +151,46 @@ def table(runs: list[Run]) -> str:
     cols = tasks + bench
     header = ["method", "seeds", *[k.split("/", 1)[1] for k in cols], "avg rel. change vs base (%)"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    by_method: dict[str, list[Run]] = defaultdict(list)
-    for r in runs:
-        by_method[r.method].append(r)
     base_row = ["base", str(len({r.seed for r in runs}))]
     base_row += [_fmt([r.base.get(k) for r in runs], pct="self_drift" not in k) for k in cols] + ["0.0"]
     lines.append("| " + " | ".join(base_row) + " |")
-    order = [m for m in ("sft", "ssr", "sdft", "s3ft") if m in by_method] + sorted(
-        m for m in by_method if m not in ("sft", "ssr", "sdft", "s3ft")
-    )
-    for method in order:
-        group = by_method[method]
+    for method, group in _by_method(runs).items():
         row = [method, str(len(group))]
         row += [_fmt([r.final.get(k) for r in group], pct="self_drift" not in k) for k in cols]
         row.append(_fmt([relative_change(r, bench) for r in group]))
         lines.append("| " + " | ".join(row) + " |")
+    return "\n".join(lines)
+
+
+def delta_table(runs: list[Run]) -> str:
+    """Markdown: change vs base of every column (points; self-drift NLL increase in %), mean ± std."""
+    cols = task_keys(runs) + benchmark_keys(runs)
+    header = ["method", "seeds", *[k.split("/", 1)[1] for k in cols]]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for method, group in _by_method(runs).items():
+        cells = [_fmt([r.final[k] - r.base[k] for r in group if k in r.final and k in r.base]) for k in cols]
+        lines.append("| " + " | ".join([method, str(len(group)), *cells]) + " |")
+    return "\n".join(lines)
+
+
+def cost_table(runs: list[Run]) -> str:
+    """Markdown: wall time per run and the drift evaluation's share of each epoch."""
+    lines = [
+        "| method | seed | run wall s | epoch s (train + val, mean) | drift eval s per epoch (mean) | share |",
+        "|---|---|---|---|---|---|",
+    ]
+    for method, group in _by_method(runs).items():
+        for r in sorted(group, key=lambda r: r.seed):
+            epoch = [s["epoch"] for s in r.seconds if "epoch" in s]
+            ev = [s["eval"] for s in r.seconds if "eval" in s]
+            share = f"{100 * sum(ev) / sum(epoch):.0f}%" if epoch and ev else "–"
+            cells = [
+                f"{r.wall_s:.0f}" if r.wall_s else "–",
+                f"{statistics.fmean(epoch):.0f}" if epoch else "–",
+                f"{statistics.fmean(ev):.0f}" if ev else "–",
+                share,
+            ]
+            lines.append(f"| {method} | {r.seed} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
@@ -192,25 +248,73 @@ def plot_drift(runs: list[Run], out_dir: Path) -> list[Path]:
     return paths
 
 
+def plot_summary(runs: list[Run], out_dir: Path) -> Path:
+    """``drift_summary.png``: average relative benchmark change and self-drift per epoch, a line per
+    method (mean over seeds, band = min..max over seeds)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    bench = benchmark_keys(runs)
+    drift_key = next((k for k in bench if "self_drift" in k), None)
+    panels = [("avg relative change vs base (%)", lambda r, sc: relative_change(r, bench, sc))]
+    if drift_key:
+        panels.append(("self-drift: NLL increase on own answers (%)", lambda r, sc: sc.get(drift_key)))
+    fig, axes = plt.subplots(1, len(panels), figsize=(5.2 * len(panels), 3.4), squeeze=False)
+    for ax, (title, value) in zip(axes[0], panels):
+        for method, group in _by_method(runs).items():
+            # epoch 0 is the base model: both quantities are 0 there by definition
+            series = [[0.0] + [100 * v for e in r.epochs if (v := value(r, e)) is not None] for r in group]
+            n = min(len(s) for s in series)
+            xs = range(n)
+            mean = [statistics.fmean(s[i] for s in series) for i in xs]
+            (line,) = ax.plot(xs, mean, marker="o", label=f"{method} (n={len(series)})")
+            lo = [min(s[i] for s in series) for i in xs]
+            hi = [max(s[i] for s in series) for i in xs]
+            ax.fill_between(xs, lo, hi, color=line.get_color(), alpha=0.15)
+        ax.axhline(0, color="grey", lw=0.8)
+        ax.set(title=title, xlabel="epoch (0 = base)")
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    path = out_dir / "drift_summary.png"
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
 def write_report(paths: list[Path], out_dir: Path) -> Path:
     runs = find_runs(paths)
     if not runs:
         raise FileNotFoundError(f"no run directories (with summary.json) under {[str(p) for p in paths]}")
     out_dir.mkdir(parents=True, exist_ok=True)
-    plots = plot_drift(runs, out_dir)
+    plots = [plot_summary(runs, out_dir), *plot_drift(runs, out_dir)]
+    export_runs(runs, out_dir / "runs.json")
     md = [
         "# SSR results",
         "",
-        f"Runs: {len(runs)} from {', '.join(str(p) for p in paths)}",
+        f"Runs: {len(runs)} from {', '.join(str(p) for p in paths)} (all numbers: `runs.json`)",
         "",
-        "Scores in % (mean ± std over seeds); `self_drift/nll_increase_rel` is the relative increase of "
-        "the NLL on the base model's own answers (lower = less drift).",
+        "Scores in % (mean ± std over seeds) after the last epoch; the base row is the model before "
+        "training. `self_drift/nll_increase_rel` is the relative increase of the NLL on the base "
+        "model's own answers (lower = less drift).",
         "",
         table(runs),
+        "",
+        "## Change vs base",
+        "",
+        "Points (final − base), mean ± std over seeds.",
+        "",
+        delta_table(runs),
         "",
         "## Selection statistics",
         "",
         selection_table(runs),
+        "",
+        "## Cost",
+        "",
+        cost_table(runs),
         "",
         "## Drift per epoch",
         "",
