@@ -30,7 +30,8 @@ class Run:
     base: dict[str, float] = field(default_factory=dict)
     final: dict[str, float] = field(default_factory=dict)
     epochs: list[dict[str, float]] = field(default_factory=list)
-    seconds: list[dict[str, float]] = field(default_factory=list)  # per epoch: eval, epoch
+    # per epoch: epoch (train + val), drift (suite + self-drift), tasks (task metrics), eval (all)
+    seconds: list[dict[str, float]] = field(default_factory=list)
     wall_s: float | None = None
 
 
@@ -66,7 +67,10 @@ def load_run(path: Path) -> Run:
         )
         for rec in drift.get("epochs", []):
             run.epochs.append({f"suite/{k}": v for k, v in _flatten(rec.get("scores", {})).items()})
-            run.seconds.append(dict(rec.get("seconds") or {}))
+            sec = dict(rec.get("seconds") or {})
+            if "drift" not in sec and "eval" in sec and "tasks" not in rec:  # older files: eval = drift
+                sec["drift"] = sec["eval"]
+            run.seconds.append(sec)
         if run.epochs:
             run.final.update(run.epochs[-1])
     return run
@@ -176,19 +180,24 @@ def delta_table(runs: list[Run]) -> str:
 def cost_table(runs: list[Run]) -> str:
     """Markdown: wall time per run and the drift evaluation's share of each epoch."""
     lines = [
-        "| method | seed | run wall s | epoch s (train + val, mean) | drift eval s per epoch (mean) | share |",
-        "|---|---|---|---|---|---|",
+        "| method | seed | run wall s | epoch s (train + val, mean) | suite + self-drift s per epoch (mean) "
+        "| share of epoch | task metrics s (last epoch) |",
+        "|---|---|---|---|---|---|---|",
     ]
     for method, group in _by_method(runs).items():
         for r in sorted(group, key=lambda r: r.seed):
             epoch = [s["epoch"] for s in r.seconds if "epoch" in s]
-            ev = [s["eval"] for s in r.seconds if "eval" in s]
-            share = f"{100 * sum(ev) / sum(epoch):.0f}%" if epoch and ev else "–"
+            drift = [s["drift"] for s in r.seconds if "drift" in s]
+            tasks = [s["tasks"] for s in r.seconds if "tasks" in s]
+            share = (
+                f"{100 * statistics.fmean(drift) / statistics.fmean(epoch):.0f}%" if epoch and drift else "–"
+            )
             cells = [
                 f"{r.wall_s:.0f}" if r.wall_s else "–",
                 f"{statistics.fmean(epoch):.0f}" if epoch else "–",
-                f"{statistics.fmean(ev):.0f}" if ev else "–",
+                f"{statistics.fmean(drift):.0f}" if drift else "–",
                 share,
+                f"{tasks[-1]:.0f}" if tasks else "–",
             ]
             lines.append(f"| {method} | {r.seed} | " + " | ".join(cells) + " |")
     return "\n".join(lines)

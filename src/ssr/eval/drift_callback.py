@@ -267,7 +267,8 @@ class GeneralizationDriftCallback(pl.Callback):
             )
             started = time.perf_counter()
             record = self._measure(trainer, pl_module, stage)
-            record["seconds"] = {"eval": round(time.perf_counter() - started, 2)}
+            # eval = everything this evaluation took; drift = suite + self-drift; tasks = task metrics
+            record.setdefault("seconds", {})["eval"] = round(time.perf_counter() - started, 2)
             if epoch_seconds is not None:
                 record["seconds"]["epoch"] = round(epoch_seconds, 2)
             self.records.append(record)
@@ -290,25 +291,42 @@ class GeneralizationDriftCallback(pl.Callback):
                 self.reference.save(self._run_dir(trainer) / REFERENCE_FILE)
             if stage == "base":
                 return self._measure_base(trainer, model, tokenizer, precision)
-            scores = evaluate_model(
-                model,
-                tokenizer,
-                self.suite,
-                self.self_drift,
-                reference=self.reference,
-                mixed_precision=precision,
-                data_root=self.data_root,
-            )
             last_epoch = trainer.max_epochs is not None and trainer.current_epoch + 1 >= trainer.max_epochs
-            tasks = self._task_scores(model, tokenizer) if (last_epoch or self.task_every_epoch) else None
-        record = {
+            return self._scores_record(
+                trainer, model, tokenizer, precision, "epoch", with_tasks=last_epoch or self.task_every_epoch
+            )
+
+    def _scores_record(
+        self,
+        trainer: pl.Trainer,
+        model: torch.nn.Module,
+        tokenizer: Any,
+        precision: str | None,
+        stage: str,
+        with_tasks: bool,
+    ) -> dict[str, Any]:
+        started = time.perf_counter()
+        scores = evaluate_model(
+            model,
+            tokenizer,
+            self.suite,
+            self.self_drift,
+            reference=self.reference,
+            mixed_precision=precision,
+            data_root=self.data_root,
+        )
+        seconds = {"drift": round(time.perf_counter() - started, 2)}
+        record: dict[str, Any] = {
             "stage": stage,
-            "epoch": trainer.current_epoch,
+            "epoch": trainer.current_epoch if stage != "base" else -1,
             "step": trainer.global_step,
             "scores": scores,
+            "seconds": seconds,
         }
-        if tasks is not None:
-            record["tasks"] = tasks
+        if with_tasks and self.task_sets:
+            started = time.perf_counter()
+            record["tasks"] = self._task_scores(model, tokenizer)
+            seconds["tasks"] = round(time.perf_counter() - started, 2)
         return record
 
     def _measure_base(
@@ -338,19 +356,7 @@ class GeneralizationDriftCallback(pl.Callback):
                 log.info("drift: base evaluation reused from %s", cache_file)
                 return {**cached, "step": trainer.global_step, "cached": True}
         with base_weights(model):
-            scores = evaluate_model(
-                model,
-                tokenizer,
-                self.suite,
-                self.self_drift,
-                reference=self.reference,
-                mixed_precision=precision,
-                data_root=self.data_root,
-            )
-            tasks = self._task_scores(model, tokenizer)
-        record: dict[str, Any] = {"stage": "base", "epoch": -1, "step": trainer.global_step, "scores": scores}
-        if self.task_sets:
-            record["tasks"] = tasks
+            record = self._scores_record(trainer, model, tokenizer, precision, "base", with_tasks=True)
         if self.cache_base:
             cache_file.parent.mkdir(parents=True, exist_ok=True)
             _write_json(cache_file, record)
