@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import pytest
-from conftest import compose
 from omegaconf import OmegaConf
 
+from conftest import compose
 from ssr.cli import train as train_cli
 
 
