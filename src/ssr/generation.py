@@ -42,6 +42,57 @@ def generation_key(model_fingerprint: str, prompt: str, decoding: DecodingConfig
 
 
 @torch.inference_mode()
+def generate_ids(
+    model: PreTrainedModel,
+    prompt_ids: list[list[int]],
+    pad_token_id: int,
+    gen_kwargs: dict[str, Any],
+    batch_size: int = 16,
+    autocast_dtype: torch.dtype | None = torch.bfloat16,
+    on_batch: Callable[[list[int], list[list[int]]], None] | None = None,
+    sample_seed: int | None = None,
+    progress: bool = False,
+) -> list[list[int]]:
+    """The one batched ``generate`` loop: longest prompts first, left-padded batches.
+
+    Returns the new token ids of every prompt in input order (padding after an early stop
+    included; callers cut at their stop tokens). ``on_batch(indices, new_ids)`` runs after each
+    batch. ``sample_seed`` reseeds torch before each batch (``seed + batch start``) so sampled
+    outputs do not depend on what ran before. The model is left in the mode it was in.
+    """
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    order = sorted(range(len(prompt_ids)), key=lambda i: -len(prompt_ids[i]))
+    results: list[list[int]] = [[] for _ in prompt_ids]
+    bar = tqdm(total=len(prompt_ids), desc="generate", unit="row", disable=not progress)
+    try:
+        for start in range(0, len(order), batch_size):
+            idx = order[start : start + batch_size]
+            width = max(len(prompt_ids[i]) for i in idx)
+            pads = [width - len(prompt_ids[i]) for i in idx]
+            input_ids = torch.tensor(
+                [[pad_token_id] * n + prompt_ids[i] for n, i in zip(pads, idx)], device=device
+            )
+            mask = torch.tensor([[0] * n + [1] * (width - n) for n in pads], device=device)
+            if sample_seed is not None:
+                torch.manual_seed(sample_seed + start)
+            with torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
+                out = model.generate(
+                    input_ids=input_ids, attention_mask=mask, pad_token_id=pad_token_id, **gen_kwargs
+                )
+            new = out[:, width:].tolist()
+            for i, ids in zip(idx, new):
+                results[i] = ids
+            if on_batch:
+                on_batch(idx, new)
+            bar.update(len(idx))
+    finally:
+        bar.close()
+        model.train(was_training)
+    return results
+
+
 def hf_generate(
     model: PreTrainedModel,
     tokenizer: PreTrainedTokenizerBase,
@@ -53,55 +104,36 @@ def hf_generate(
     progress: bool = True,
     cache_implementation: str | None = None,
 ) -> list[str]:
-    """Greedy/sampled generation in length-sorted, left-padded batches; returns texts in input order.
+    """Texts generated for already-rendered prompts, in input order (see :func:`generate_ids`).
 
     ``on_batch(indices, texts)`` is called after each batch (the cache writes there), so an
     interruption loses at most one batch. ``cache_implementation`` is passed to ``generate``
     (``"static"`` preallocates the KV cache instead of concatenating it at every step).
     """
-    was_training = model.training
-    model.eval()
-    padding_side = tokenizer.padding_side
-    tokenizer.padding_side = "left"
-    lengths = [len(tokenizer(p, add_special_tokens=False)["input_ids"]) for p in prompts]
-    order = sorted(range(len(prompts)), key=lambda i: -lengths[i])
-    results: list[str | None] = [None] * len(prompts)
     device = next(model.parameters()).device
     # fp32 weights (or a mix, see ssr.models.cast_for_autocast_inference) run under bf16 autocast
     use_autocast = autocast and (
         device.type == "cuda" or any(p.dtype == torch.float32 for p in model.parameters())
     )
-    bar = tqdm(total=len(prompts), desc="generate", unit="row", disable=not progress)
-    eos = [tokenizer.eos_token_id]
-    try:
-        for start in range(0, len(order), batch_size):
-            idx = order[start : start + batch_size]
-            enc = tokenizer(
-                [prompts[i] for i in idx], return_tensors="pt", padding=True, add_special_tokens=False
-            ).to(device)
-            if decoding.do_sample:
-                torch.manual_seed(decoding.seed + start)
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_autocast):
-                extra = {"cache_implementation": cache_implementation} if cache_implementation else {}
-                out = model.generate(
-                    **enc,
-                    **decoding.hf_kwargs(),
-                    **extra,
-                    pad_token_id=tokenizer.pad_token_id,
-                    eos_token_id=eos,
-                )
-            texts = tokenizer.batch_decode(out[:, enc["input_ids"].shape[1] :], skip_special_tokens=True)
-            texts = [t.strip() for t in texts]
-            for i, text in zip(idx, texts):
-                results[i] = text
-            if on_batch:
-                on_batch(idx, texts)
-            bar.update(len(idx))
-    finally:
-        bar.close()
-        tokenizer.padding_side = padding_side
-        model.train(was_training)
-    return [r or "" for r in results]
+    kwargs = {**decoding.hf_kwargs(), "eos_token_id": [tokenizer.eos_token_id]}
+    if cache_implementation:
+        kwargs["cache_implementation"] = cache_implementation
+
+    def decode(ids: list[list[int]]) -> list[str]:
+        return [t.strip() for t in tokenizer.batch_decode(ids, skip_special_tokens=True)]
+
+    new_ids = generate_ids(
+        model,
+        [tokenizer(p, add_special_tokens=False)["input_ids"] for p in prompts],
+        tokenizer.pad_token_id,
+        kwargs,
+        batch_size,
+        autocast_dtype=torch.bfloat16 if use_autocast else None,
+        on_batch=(lambda idx, ids: on_batch(idx, decode(ids))) if on_batch else None,
+        sample_seed=decoding.seed if decoding.do_sample else None,
+        progress=progress,
+    )
+    return decode(new_ids)
 
 
 def vllm_generate(

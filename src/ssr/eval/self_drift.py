@@ -21,6 +21,7 @@ import torch
 import torch.nn.functional as F
 
 from ssr.eval.suite import autocast_dtype, checked_dataclass
+from ssr.generation import DecodingConfig, generate_ids
 from ssr.paths import cache_root
 from ssr.records import content_hash
 
@@ -146,7 +147,6 @@ def _autocast(model: Any, dtype: torch.dtype | None) -> contextlib.AbstractConte
 # --- generation and scoring -----------------------------------------------------------------------
 
 
-@torch.no_grad()
 def generate_answers(
     model: Any,
     tokenizer: Any,
@@ -155,36 +155,25 @@ def generate_answers(
     batch_size: int = 16,
     mixed_precision: str | torch.dtype | None = None,
 ) -> tuple[list[str], list[int | None]]:
-    """Greedy answers (left-padded batches, longest prompts first) and the token that ended each."""
-    dtype = autocast_dtype(mixed_precision)
-    device, pad = _device(model), _pad_token_id(tokenizer)
+    """Greedy answers (``ssr.generation.generate_ids``) and the token that ended each."""
     stops = _stop_token_ids(model, tokenizer)
-    encoded = [prompt_ids(tokenizer, p) for p in prompts]
-    order = sorted(range(len(prompts)), key=lambda i: -len(encoded[i]))
-    answers: list[str] = [""] * len(prompts)
-    stop_ids: list[int | None] = [None] * len(prompts)
-    for batch in _batches(order, batch_size):
-        width = max(len(encoded[i]) for i in batch)
-        input_ids = torch.tensor(
-            [[pad] * (width - len(encoded[i])) + encoded[i] for i in batch], device=device
-        )
-        mask = torch.tensor(
-            [[0] * (width - len(encoded[i])) + [1] * len(encoded[i]) for i in batch], device=device
-        )
-        with _autocast(model, dtype):
-            out = model.generate(
-                input_ids=input_ids,
-                attention_mask=mask,
-                max_new_tokens=max_new_tokens,
-                do_sample=False,
-                pad_token_id=pad,
-                eos_token_id=sorted(stops) or None,
-            )
-        for row, i in enumerate(batch):
-            new = out[row, width:].tolist()
-            cut = next((k for k, tok in enumerate(new) if tok in stops), None)
-            stop_ids[i] = new[cut] if cut is not None else None
-            answers[i] = tokenizer.decode(new[:cut] if cut is not None else new, skip_special_tokens=True)
+    new_ids = generate_ids(
+        model,
+        [prompt_ids(tokenizer, p) for p in prompts],
+        _pad_token_id(tokenizer),
+        {
+            **DecodingConfig(max_new_tokens=max_new_tokens).hf_kwargs(),
+            "eos_token_id": sorted(stops) or None,
+        },
+        batch_size,
+        autocast_dtype=autocast_dtype(mixed_precision),
+    )
+    answers: list[str] = []
+    stop_ids: list[int | None] = []
+    for new in new_ids:
+        cut = next((k for k, tok in enumerate(new) if tok in stops), None)
+        stop_ids.append(new[cut] if cut is not None else None)
+        answers.append(tokenizer.decode(new[:cut] if cut is not None else new, skip_special_tokens=True))
     return answers, stop_ids
 
 
