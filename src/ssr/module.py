@@ -19,6 +19,7 @@ from transformers import PreTrainedModel
 
 from ssr.data.tokenize import IGNORE_INDEX
 from ssr.models import ModelSpec, apply_peft, cast_frozen_linear_weights, load_model
+from ssr.precision import autocast_dtype, trainer_autocast
 
 log = logging.getLogger(__name__)
 
@@ -129,7 +130,7 @@ class SSRModule(L.LightningModule):
         trainer = self._trainer
         if trainer is None or type(trainer.strategy).__name__.startswith("DeepSpeed"):
             return None
-        return {"bf16-mixed": torch.bfloat16, "16-mixed": torch.float16}.get(str(trainer.precision))
+        return autocast_dtype(trainer_autocast(trainer))
 
     @property
     def _deepspeed(self) -> bool:

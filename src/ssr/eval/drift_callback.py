@@ -38,6 +38,7 @@ from ssr.eval.self_drift import (
 )
 from ssr.eval.suite import Scores, SuiteConfig
 from ssr.paths import cache_root
+from ssr.precision import trainer_autocast
 from ssr.records import content_hash
 
 log = logging.getLogger(__name__)
@@ -84,16 +85,6 @@ def preserved_state(module: torch.nn.Module) -> Iterator[None]:
 
 
 # --- helpers ---------------------------------------------------------------------------------------
-
-
-def autocast_for(trainer: pl.Trainer) -> str | None:
-    """The autocast dtype training uses: ``bf16``/``fp16`` for ``*-mixed`` precision, else none."""
-    precision = str(getattr(trainer, "precision", ""))
-    if precision.startswith("bf16-mixed"):
-        return "bf16"
-    if precision.startswith("16-mixed"):
-        return "fp16"
-    return None
 
 
 def flat_metrics(scores: Scores, prefix: str) -> dict[str, float]:
@@ -284,7 +275,7 @@ class GeneralizationDriftCallback(pl.Callback):
                 f"at pl_module.model; {type(pl_module).__name__} has none"
             )
         tokenizer = self._tokenizer(trainer)
-        precision = autocast_for(trainer) if self.mixed_precision == "auto" else self.mixed_precision
+        precision = trainer_autocast(trainer) if self.mixed_precision == "auto" else self.mixed_precision
         with preserved_state(pl_module), torch.no_grad():
             if self.self_drift.enabled and self.reference is None:
                 self.reference = build_reference(model, tokenizer, self.self_drift, precision)

@@ -20,9 +20,10 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from ssr.eval.suite import autocast_dtype, checked_dataclass
+from ssr.eval.suite import checked_dataclass
 from ssr.generation import DecodingConfig, generate_ids
 from ssr.paths import cache_root
+from ssr.precision import autocast_dtype
 from ssr.records import content_hash
 
 PROMPTS_FILE = Path(__file__).parent / "data" / "self_drift_prompts.jsonl"

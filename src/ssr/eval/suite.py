@@ -13,19 +13,14 @@ from typing import Any
 
 import torch
 
+from ssr.precision import autocast_dtype
+
 LOCAL_TASKS_DIR = Path(__file__).parent / "tasks"
 LOCAL_PREFIX = "ssr_"
 DEFAULT_LIMIT_KEY = "default"
 
 Limits = int | float | Mapping[str, int | float | None] | None
 Scores = dict[str, dict[str, float]]
-
-_DTYPES = {
-    "bf16": torch.bfloat16,
-    "bfloat16": torch.bfloat16,
-    "fp16": torch.float16,
-    "float16": torch.float16,
-}
 
 
 @dataclass
@@ -73,17 +68,6 @@ def plain_config(cfg: Any) -> Any:
     except ImportError:  # pragma: no cover
         pass
     return dict(cfg) if isinstance(cfg, Mapping) else cfg
-
-
-def autocast_dtype(name: str | torch.dtype | None) -> torch.dtype | None:
-    """``bf16``/``fp16`` (or a dtype) -> torch dtype; ``None``/``none``/``fp32`` -> no autocast."""
-    if name is None or isinstance(name, torch.dtype):
-        return name
-    if name.lower() in {"none", "fp32", "float32", "32"}:
-        return None
-    if name.lower() not in _DTYPES:
-        raise ValueError(f"unknown autocast dtype {name!r}; use bf16, fp16 or none")
-    return _DTYPES[name.lower()]
 
 
 @lru_cache(maxsize=2)

@@ -13,10 +13,9 @@ import torch
 
 from ssr.judges.base import Judge, JudgeError, JudgeItem, Verdict
 from ssr.judges.prompt import DEFAULT_SYSTEM_PROMPT, JudgePrompt
+from ssr.precision import torch_dtype
 
 log = logging.getLogger(__name__)
-
-_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
 def _as_variants(tokens: str | Sequence[str]) -> tuple[str, ...]:
@@ -42,7 +41,7 @@ def load_judge_model(model: str | os.PathLike[str], dtype: str) -> tuple[Any, An
     else:
         kwargs["use_safetensors"] = True
     tokenizer = AutoTokenizer.from_pretrained(source, **{k: v for k, v in kwargs.items() if k == "gguf_file"})
-    lm = AutoModelForCausalLM.from_pretrained(source, dtype=_DTYPES[dtype], **kwargs)
+    lm = AutoModelForCausalLM.from_pretrained(source, dtype=torch_dtype(dtype), **kwargs)
     return lm, tokenizer
 
 
@@ -71,8 +70,7 @@ class HFJudge(Judge):
         device: str = "cpu",
         model_and_tokenizer: tuple[Any, Any] | None = None,
     ) -> None:
-        if dtype not in _DTYPES:
-            raise ValueError(f"judge.dtype must be one of {sorted(_DTYPES)}, got {dtype!r}")
+        torch_dtype(dtype, "judge.dtype")  # unknown names fail here, before any model load
         if not 0.0 <= threshold <= 1.0:
             raise ValueError(f"judge.threshold must be in [0, 1], got {threshold}")
         if batch_size < 1:
