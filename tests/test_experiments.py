@@ -54,3 +54,21 @@ def test_paper_recipe(experiment, model, monkeypatch):
     monkeypatch.setattr(train_cli, "_cuda_available", lambda: False)
     with pytest.raises(RuntimeError, match="CUDA"):
         train_cli.check_trainer_config(cfg.trainer)
+
+
+def test_sample_seed_gives_every_run_seed_the_same_rows_and_eval_items():
+    from ssr.cli._hydra import load_records
+
+    def rows(seed, *overrides):
+        cfg = compose(["data.max_train_rows=8", *overrides])
+        return [r.id for r in load_records(cfg.data, "train", seed)]
+
+    assert rows(1) != rows(2)  # default: each run seed draws its own sample
+    assert rows(1, "data.sample_seed=0") == rows(2, "data.sample_seed=0")
+    cfg = compose(["eval.tasks.max_rows=4"])
+    val = load_records(cfg.data, "val", 0)
+    for seed in (1, 2):
+        cfg.seed = seed
+        assert [r.id for r in train_cli.task_sets(cfg, val)["in_domain"]] == [
+            r.id for r in train_cli.task_sets(compose(["eval.tasks.max_rows=4"]), val)["in_domain"]
+        ]

@@ -168,3 +168,22 @@ def test_ssr_eval_scores_a_trained_adapter(tiny_cfg):
     result = evaluate(cfg)
     saved = json.loads((adapter / "eval.json").read_text())
     assert saved["final"]["tasks"]["in_domain"]["n"] == 4 == result["final"]["tasks"]["in_domain"]["n"]
+
+
+def test_a_finished_job_leaves_no_model_or_trainer_alive(tiny_cfg):
+    """Sweep jobs share one process (Hydra's basic launcher): nothing of a job may outlive it."""
+    import gc
+
+    import lightning as L
+
+    from ssr.cli.train import release_memory, train
+    from ssr.module import SSRModule
+
+    def alive():
+        gc.collect()
+        return sum(isinstance(o, (SSRModule, L.Trainer)) for o in gc.get_objects())
+
+    before = alive()
+    train(tiny_cfg("method=sft"))
+    release_memory()
+    assert alive() == before

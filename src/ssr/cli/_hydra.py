@@ -35,7 +35,11 @@ def to_dict(node: Any) -> Any:
 
 
 def load_records(data_cfg: DictConfig, split: str, seed: int) -> list[Record]:
-    """Instantiate a data split's adapter and apply balancing / row caps."""
+    """Instantiate a data split's adapter and apply balancing / row caps.
+
+    Rows are sampled with ``data.sample_seed`` when set (the same rows for every run seed), else
+    with the run ``seed``.
+    """
     node = data_cfg.get(split)
     if node is None:
         return []
@@ -43,4 +47,6 @@ def load_records(data_cfg: DictConfig, split: str, seed: int) -> list[Record]:
     cap = data_cfg.get("max_train_rows" if split == "train" else "max_val_rows")
     if split != "train" and cap == 0:
         return []
+    if data_cfg.get("sample_seed") is not None:
+        seed = int(data_cfg.sample_seed)
     return subsample(records, max_rows=cap, balance=bool(data_cfg.get("balance", False)), seed=seed)
