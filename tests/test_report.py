@@ -100,3 +100,20 @@ def test_cost_table_reads_drift_seconds(tmp_path):
 def test_no_runs_is_a_clear_error(tmp_path):
     with pytest.raises(FileNotFoundError, match="no run directories"):
         report_main([str(tmp_path)])
+
+
+def test_groups_stand_for_their_subtasks_and_answerable_only_sets_show_answered_share(tmp_path):
+    _run(tmp_path, "sft", 1, [0.58, 0.54], 0.7, 0.05)
+    for name in ("drift.json", "eval.json"):
+        payload = json.loads((tmp_path / "sft-1" / name).read_text())
+        if name == "drift.json":
+            for rec in [payload["base"], *payload["epochs"]]:
+                rec["scores"].update({"ssr_mmlu": {"acc": 0.3}, "ssr_mmlu_nutrition": {"acc": 0.2}})
+        else:
+            for part in ("base", "final"):
+                payload[part]["tasks"]["ood_nq"] = {"n_unanswerable": 0, "unanswerable_accuracy": 0.8}
+        (tmp_path / "sft-1" / name).write_text(json.dumps(payload))
+    header = table(find_runs([tmp_path])).splitlines()[0]
+    assert "ssr_mmlu/acc" in header and "ssr_mmlu_nutrition" not in header
+    assert "ood_nq/unanswerable_accuracy" in header and "ood_nq/unanswerable_f1" not in header
+    assert "in_domain/unanswerable_f1" in header

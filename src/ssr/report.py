@@ -107,12 +107,21 @@ def benchmark_keys(runs: list[Run]) -> list[str]:
             want = next((m for t, m in PRIMARY_METRIC.items() if t in task), "acc")
             if metric.split(",")[0] == want:
                 tasks.setdefault(task, key)
-    return [tasks[t] for t in sorted(tasks)]
+    # a group's score stands for its subtasks (ssr_mmlu, not each ssr_mmlu_<subject>)
+    subtasks = {t for t in tasks for g in tasks if t != g and t.startswith(g + "_")}
+    return [tasks[t] for t in sorted(tasks) if t not in subtasks]
 
 
 def task_keys(runs: list[Run]) -> list[str]:
+    """Task-metric columns: unanswerable F1 and answer recall per set; for answerable-only sets
+    (e.g. NQ open-book) the share answered (``unanswerable_accuracy``: not refused) instead of F1."""
     sets = sorted({k.split("/")[1] for r in runs for k in r.final if k.startswith("tasks/")})
-    return [f"tasks/{s}/{m}" for s in sets for m in TASK_COLUMNS]
+    keys = []
+    for name in sets:
+        answerable_only = all(r.base.get(f"tasks/{name}/n_unanswerable", 1) == 0 for r in runs)
+        first = "unanswerable_accuracy" if answerable_only else TASK_COLUMNS[0]
+        keys += [f"tasks/{name}/{first}", *(f"tasks/{name}/{m}" for m in TASK_COLUMNS[1:])]
+    return keys
 
 
 def _fmt(values: list[float], pct: bool = True) -> str:
