@@ -84,3 +84,25 @@ def test_messages_records_use_their_chat_prefix(tokenizer):
     rec = Record(id="m", question="hi", gold="hello!", messages=({"role": "user", "content": "hi"},))
     _ids, labels = tokenize_pair(tokenizer, build_messages(rec, CFG), rec.gold)
     assert tokenizer.decode([t for t in labels if t != IGNORE_INDEX]).startswith("hello!")
+
+
+def test_generation_prompts_cut_long_documents_like_training(tokenizer):
+    from ssr.data.prompts import prompt_length
+    from ssr.methods import MethodConfig
+    from ssr.pipeline import answer_prompts, rewrite_prompts
+
+    long = Record(
+        id="long", question="Where is box 7?", gold="In the attic.", document="Box 7 is lost. " * 400
+    )
+    short = Record(id="short", question="Where is box 1?", gold="Here.", document="Box 1 is here.")
+    full = answer_prompts(tokenizer, [long, short], CFG)
+    cut = answer_prompts(tokenizer, [long, short], CFG, max_tokens=200)
+    assert cut[1] == full[1]  # fits: untouched
+    n = len(tokenizer(cut[0], add_special_tokens=False)["input_ids"])
+    assert n <= 200 < len(tokenizer(full[0], add_special_tokens=False)["input_ids"])
+    assert "Where is box 7?" in cut[0] and " ..." in cut[0]  # the question is never cut
+    method = MethodConfig(name="sdft")
+    rewrite = rewrite_prompts(tokenizer, [long], CFG, method, max_tokens=260)[0]
+    assert len(tokenizer(rewrite, add_special_tokens=False)["input_ids"]) <= 260
+    assert "In the attic." in rewrite and "Where is box 7?" in rewrite
+    assert prompt_length(tokenizer, [{"role": "user", "content": "hi"}]) > 1

@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import random
 from collections.abc import Callable, Iterator
+from dataclasses import replace
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -202,6 +203,11 @@ class SSRDataModule(L.LightningDataModule):
         self.method = method if isinstance(method, MethodConfig) else MethodConfig(**method)
         self.prompt = prompt if isinstance(prompt, PromptConfig) else PromptConfig(**prompt)
         self.generator_cfg = _generator_cfg(generator)
+        if self.generator_cfg.max_prompt_tokens is None:  # own answers must fit training's max_length
+            self.generator_cfg = replace(
+                self.generator_cfg,
+                max_prompt_tokens=max(1, max_length - self.generator_cfg.decoding.max_new_tokens),
+            )
         self.judge = judge
         self.run_dir = Path(run_dir)
         self.max_length, self.batch_size = max_length, batch_size

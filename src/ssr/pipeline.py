@@ -14,7 +14,14 @@ from pathlib import Path
 from typing import Any
 
 from ssr.cache import JsonlCache, stage_lock
-from ssr.data.prompts import PromptConfig, build_messages, render_prompt
+from ssr.data.prompts import (
+    PromptConfig,
+    build_messages,
+    fit_document,
+    generation_prompt,
+    prompt_length,
+    render_prompt,
+)
 from ssr.generation import DecodingConfig, GenerationStats, cached_generate, hf_generate, vllm_generate
 from ssr.methods import Candidate, MethodConfig, Selection, SelectionStats, select_targets, selection_stats
 from ssr.models import (
@@ -41,6 +48,9 @@ class GeneratorConfig:
     cache_implementation: str | None = "static"
     decoding: DecodingConfig = field(default_factory=DecodingConfig)
     vllm_kwargs: dict[str, Any] = field(default_factory=dict)
+    # documents are cut so a prompt has at most this many tokens; null: SSRDataModule sets
+    # data.max_length - decoding.max_new_tokens (what training can hold)
+    max_prompt_tokens: int | None = None
 
     def __post_init__(self) -> None:
         if self.backend not in BACKENDS:
@@ -124,23 +134,34 @@ def _cuda_available() -> bool:
     return torch.cuda.is_available()
 
 
-def answer_prompts(tokenizer: Any, records: list[Record], prompt_cfg: PromptConfig) -> list[str]:
-    return [render_prompt(tokenizer, build_messages(r, prompt_cfg)) for r in records]
+def answer_prompts(
+    tokenizer: Any, records: list[Record], prompt_cfg: PromptConfig, max_tokens: int | None = None
+) -> list[str]:
+    """The prompts the model answers (documents cut to ``max_tokens`` prompt tokens)."""
+    return [generation_prompt(tokenizer, r, prompt_cfg, max_tokens) for r in records]
 
 
 def rewrite_prompts(
-    tokenizer: Any, records: list[Record], prompt_cfg: PromptConfig, method: MethodConfig
+    tokenizer: Any,
+    records: list[Record],
+    prompt_cfg: PromptConfig,
+    method: MethodConfig,
+    max_tokens: int | None = None,
 ) -> list[str]:
     """Prompts asking the base model to restate each gold answer in its own words (SDFT/S3FT)."""
     out = []
     for r in records:
+
+        def rewrite(messages: list[dict[str, str]], gold: str = r.gold) -> list[dict[str, str]]:
+            last = messages[-1]
+            content = method.rewrite_template.format(prompt=last["content"], gold=gold)
+            return [*messages[:-1], {**last, "content": content}]
+
         messages = build_messages(r, prompt_cfg)
-        last = messages[-1]
-        messages[-1] = {
-            **last,
-            "content": method.rewrite_template.format(prompt=last["content"], gold=r.gold),
-        }
-        out.append(render_prompt(tokenizer, messages))
+        if max_tokens is not None:
+            length = lambda m: prompt_length(tokenizer, rewrite(m))  # noqa: E731
+            messages = fit_document(tokenizer, r, prompt_cfg, length, max_tokens) or messages
+        out.append(render_prompt(tokenizer, rewrite(messages)))
     return out
 
 
@@ -193,10 +214,11 @@ def generate_candidates(
     out: dict[str, list[str]] = {}
     tok = generator.tokenizer
     jobs = []
+    budget = generator.cfg.max_prompt_tokens
     if method.needs_self:
-        jobs.append(("self", answer_prompts(tok, records, prompt_cfg)))
+        jobs.append(("self", answer_prompts(tok, records, prompt_cfg, budget)))
     if method.needs_rewrite:
-        jobs.append(("rewrite", rewrite_prompts(tok, records, prompt_cfg, method)))
+        jobs.append(("rewrite", rewrite_prompts(tok, records, prompt_cfg, method, budget)))
     for name, prompts in jobs:
         texts, stats = generator.generate(prompts)
         counters.add(f"generate_{name}", stats.rows, stats.cached, stats.generated, stats.seconds)

@@ -27,7 +27,7 @@ log = logging.getLogger("ssr.eval")
 
 
 def evaluate(cfg: DictConfig) -> dict[str, Any]:
-    from ssr.cli.train import task_sets
+    from ssr.cli.train import task_prompt_budget, task_sets
 
     spec = ModelSpec(**to_dict(cfg.model))
     model, tokenizer = load_model(spec)
@@ -43,7 +43,9 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     tasks_cfg = cfg.eval.get("tasks") or {}
     decoding = DecodingConfig(max_new_tokens=int(tasks_cfg.get("max_new_tokens", 64)))
     tasks = {
-        name: evaluate_grounded(model, tokenizer, recs, prompt, decoding)[0]
+        name: evaluate_grounded(
+            model, tokenizer, recs, prompt, decoding, max_prompt_tokens=task_prompt_budget(cfg)
+        )[0]
         for name, recs in task_sets(cfg, load_records(cfg.data, "val", cfg.seed)).items()
         if recs
     }

@@ -69,6 +69,15 @@ def task_sets(cfg: DictConfig, val_records: list[Record]) -> dict[str, list[Reco
     return sets
 
 
+def task_prompt_budget(cfg: DictConfig) -> int:
+    """Prompt tokens for the task-metric questions: ``eval.tasks.max_prompt_tokens``, or what
+    training holds (``data.max_length`` minus the answer's ``max_new_tokens``); documents are cut."""
+    tasks = cfg.eval.get("tasks") or {}
+    if tasks.get("max_prompt_tokens") is not None:
+        return int(tasks.max_prompt_tokens)
+    return max(1, int(cfg.data.max_length) - int(tasks.get("max_new_tokens", 64)))
+
+
 def build_drift_callback(cfg: DictConfig, datamodule: SSRDataModule, run_dir: Path) -> Any:
     """The generalization-drift callback (lm-eval suite + self-drift + task metrics), if enabled."""
     from ssr.eval.drift_callback import GeneralizationDriftCallback
@@ -88,6 +97,7 @@ def build_drift_callback(cfg: DictConfig, datamodule: SSRDataModule, run_dir: Pa
         prompt=datamodule.prompt,
         task_every_epoch=bool(tasks.get("every_epoch", False)),
         task_max_new_tokens=int(tasks.get("max_new_tokens", 64)),
+        task_max_prompt_tokens=task_prompt_budget(cfg),
     )
 
 

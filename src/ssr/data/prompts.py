@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from transformers import PreTrainedTokenizerBase
@@ -50,3 +51,51 @@ def render_conversation(
     return tokenizer.apply_chat_template(
         [*messages, {"role": "assistant", "content": response}], tokenize=False
     )
+
+
+def fit_document(
+    tokenizer: PreTrainedTokenizerBase,
+    record: Record,
+    cfg: PromptConfig,
+    length_of: Callable[[list[dict[str, str]]], int],
+    max_length: int,
+) -> list[dict[str, str]] | None:
+    """Messages for ``record`` with the document cut (marked `` ...``) until ``length_of`` them
+    is at most ``max_length`` tokens; the question and instructions are never cut.
+
+    Returns None when even an empty document does not fit (or there is no document to cut).
+    """
+    messages = build_messages(record, cfg)
+    over = length_of(messages) - max_length
+    if over <= 0:
+        return messages
+    if not record.document or record.messages is not None:
+        return None
+    doc_ids = tokenizer(record.document, add_special_tokens=False)["input_ids"]
+    keep = max(0, len(doc_ids) - over)
+    while True:  # the " ..." mark and re-tokenization can cost a few tokens: shorten until it fits
+        doc = tokenizer.decode(doc_ids[:keep]).rstrip() + " ..."
+        messages = build_messages(record, cfg, document=doc)
+        over = length_of(messages) - max_length
+        if over <= 0:
+            return messages
+        if keep == 0:
+            return None
+        keep = max(0, keep - max(1, over))
+
+
+def prompt_length(tokenizer: PreTrainedTokenizerBase, messages: list[dict[str, str]]) -> int:
+    """Tokens of the rendered prompt (with the generation header)."""
+    return len(tokenizer(render_prompt(tokenizer, messages), add_special_tokens=False)["input_ids"])
+
+
+def generation_prompt(
+    tokenizer: PreTrainedTokenizerBase, record: Record, cfg: PromptConfig, max_tokens: int | None = None
+) -> str:
+    """The rendered prompt the model answers; with ``max_tokens`` the document is cut to fit
+    (as training cuts it), so one very long document cannot stall a whole generation batch."""
+    messages = build_messages(record, cfg)
+    if max_tokens is not None:
+        lengths = lambda m: prompt_length(tokenizer, m)  # noqa: E731
+        messages = fit_document(tokenizer, record, cfg, lengths, max_tokens) or messages
+    return render_prompt(tokenizer, messages)

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 
 from transformers import PreTrainedTokenizerBase
 
-from ssr.data.prompts import PromptConfig, build_messages, render_conversation, render_prompt
+from ssr.data.prompts import PromptConfig, build_messages, fit_document, render_conversation, render_prompt
 from ssr.records import Record
 
 log = logging.getLogger(__name__)
@@ -79,18 +79,13 @@ def tokenize_record(
     ids, labels = tokenize_pair(tokenizer, messages, response)
     if len(ids) <= max_length:
         return Tokenized(record.id, ids, labels)
-    if not record.document or record.messages is not None:
+    fitted = fit_document(
+        tokenizer, record, prompt_cfg, lambda m: len(tokenize_pair(tokenizer, m, response)[0]), max_length
+    )
+    if fitted is None:
         return None
-    doc_ids = tokenizer(record.document, add_special_tokens=False)["input_ids"]
-    keep = max(0, len(doc_ids) - (len(ids) - max_length))
-    while True:  # the " ..." mark and re-tokenization can cost a few tokens: shorten until it fits
-        doc = tokenizer.decode(doc_ids[:keep]).rstrip() + " ..."
-        ids, labels = tokenize_pair(tokenizer, build_messages(record, prompt_cfg, document=doc), response)
-        if len(ids) <= max_length:
-            return Tokenized(record.id, ids, labels, truncated_document=True)
-        if keep == 0:
-            return None
-        keep = max(0, keep - max(1, len(ids) - max_length))
+    ids, labels = tokenize_pair(tokenizer, fitted, response)
+    return Tokenized(record.id, ids, labels, truncated_document=True)
 
 
 def tokenize_all(

@@ -157,6 +157,7 @@ class GeneralizationDriftCallback(pl.Callback):
         prompt: Any = None,
         task_every_epoch: bool = False,
         task_max_new_tokens: int = 64,
+        task_max_prompt_tokens: int | None = None,
         cache_base: bool = True,
     ) -> None:
         if every_n_epochs < 1:
@@ -175,6 +176,7 @@ class GeneralizationDriftCallback(pl.Callback):
         self.prompt = prompt
         self.task_every_epoch = task_every_epoch
         self.task_max_new_tokens = task_max_new_tokens
+        self.task_max_prompt_tokens = task_max_prompt_tokens
         self.cache_base = cache_base
         self._epoch_started: float | None = None
 
@@ -338,6 +340,7 @@ class GeneralizationDriftCallback(pl.Callback):
             {name: [r.to_dict() for r in records] for name, records in self.task_sets.items()},
             self.prompt.__dict__ if hasattr(self.prompt, "__dict__") else self.prompt,
             self.task_max_new_tokens,
+            self.task_max_prompt_tokens,
             self.data_root,
         )
         cache_file = cache_root() / "drift_base" / f"{key}.json"
@@ -359,7 +362,14 @@ class GeneralizationDriftCallback(pl.Callback):
 
         decoding = DecodingConfig(max_new_tokens=self.task_max_new_tokens)
         return {
-            name: evaluate_grounded(model, tokenizer, records, self.prompt, decoding)[0]
+            name: evaluate_grounded(
+                model,
+                tokenizer,
+                records,
+                self.prompt,
+                decoding,
+                max_prompt_tokens=self.task_max_prompt_tokens,
+            )[0]
             for name, records in self.task_sets.items()
             if records
         }

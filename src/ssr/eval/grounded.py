@@ -21,9 +21,13 @@ def evaluate_grounded(
     decoding: DecodingConfig | None = None,
     batch_size: int = 16,
     progress: bool = False,
+    max_prompt_tokens: int | None = None,
 ) -> tuple[dict[str, Any], list[str]]:
-    """Scores (unanswerable accuracy/P/R/F1, answer token recall/F1) and the predictions."""
-    prompts = answer_prompts(tokenizer, records, prompt_cfg)
+    """Scores (unanswerable accuracy/P/R/F1, answer token recall/F1) and the predictions.
+
+    ``max_prompt_tokens`` cuts long documents as training does (one 20k-token document would
+    otherwise set the width of its whole generation batch)."""
+    prompts = answer_prompts(tokenizer, records, prompt_cfg, max_prompt_tokens)
     predictions = hf_generate(
         model,
         tokenizer,
