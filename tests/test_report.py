@@ -65,6 +65,7 @@ def test_table_aggregates_seeds_and_relative_change(tmp_path):
     sft = next(line for line in lines if line.startswith("| sft"))
     assert "52.0 ± 2.8" in sft  # final-epoch arc acc 0.54, 0.50
     assert "71.0 ± 1.4" in sft  # unanswerable F1 0.70, 0.72
+    assert sft.endswith("| -8.0 ± 2.8 | -13.3 ± 4.7 |")  # avg change: points, relative (arc only)
     ssr_run = next(r for r in runs if r.method == "ssr")
     assert relative_change(ssr_run, ["suite/ssr_arc_easy/acc"]) == pytest.approx((0.59 - 0.60) / 0.60)
 

@@ -124,24 +124,25 @@ def task_keys(runs: list[Run]) -> list[str]:
     return keys
 
 
-def _fmt(values: list[float], pct: bool = True) -> str:
-    vals = [v for v in values if v is not None and not math.isnan(v)]
+def _fmt(values: list[float | None]) -> str:
+    """Fractions as percent: ``mean ± std`` over the values (just the mean for one)."""
+    vals = [100 * v for v in values if v is not None and not math.isnan(v)]
     if not vals:
         return "–"
-    scale = 100 if pct else 1
-    mean = statistics.fmean(vals) * scale
-    if len(vals) == 1:
-        return f"{mean:.1f}"
-    return f"{mean:.1f} ± {statistics.stdev(vals) * scale:.1f}"
+    mean = statistics.fmean(vals)
+    return f"{mean:.1f}" if len(vals) == 1 else f"{mean:.1f} ± {statistics.stdev(vals):.1f}"
 
 
-def relative_change(run: Run, keys: list[str], scores: dict[str, float] | None = None) -> float | None:
-    """Mean relative change vs base over the benchmarks (self-drift excluded: lower is better).
+def relative_change(
+    run: Run, keys: list[str], scores: dict[str, float] | None = None, relative: bool = True
+) -> float | None:
+    """Mean change vs base over the benchmarks (self-drift excluded: lower is better), relative
+    to each base score (the paper's average) or, with ``relative=False``, in absolute units.
 
     ``scores`` defaults to the run's final scores (pass ``run.epochs[i]`` for an epoch)."""
     scores = run.final if scores is None else scores
     changes = [
-        (scores[k] - run.base[k]) / abs(run.base[k])
+        (scores[k] - run.base[k]) / (abs(run.base[k]) if relative else 1.0)
         for k in keys
         if k in scores and k in run.base and run.base[k] and "self_drift" not in k
     ]
@@ -162,14 +163,21 @@ def table(runs: list[Run]) -> str:
     bench = benchmark_keys(runs)
     tasks = task_keys(runs)
     cols = tasks + bench
-    header = ["method", "seeds", *[k.split("/", 1)[1] for k in cols], "avg rel. change vs base (%)"]
+    header = [
+        "method",
+        "seeds",
+        *[k.split("/", 1)[1] for k in cols],
+        "avg change vs base (points)",
+        "avg rel. change vs base (%)",
+    ]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     base_row = ["base", str(len({r.seed for r in runs}))]
-    base_row += [_fmt([r.base.get(k) for r in runs], pct="self_drift" not in k) for k in cols] + ["0.0"]
+    base_row += [_fmt([r.base.get(k) for r in runs]) for k in cols] + ["0.0", "0.0"]
     lines.append("| " + " | ".join(base_row) + " |")
     for method, group in _by_method(runs).items():
         row = [method, str(len(group))]
-        row += [_fmt([r.final.get(k) for r in group], pct="self_drift" not in k) for k in cols]
+        row += [_fmt([r.final.get(k) for r in group]) for k in cols]
+        row.append(_fmt([relative_change(r, bench, relative=False) for r in group]))
         row.append(_fmt([relative_change(r, bench) for r in group]))
         lines.append("| " + " | ".join(row) + " |")
     return "\n".join(lines)
@@ -276,7 +284,12 @@ def plot_summary(runs: list[Run], out_dir: Path) -> Path:
 
     bench = benchmark_keys(runs)
     drift_key = next((k for k in bench if "self_drift" in k), None)
-    panels = [("avg relative change vs base (%)", lambda r, sc: relative_change(r, bench, sc))]
+    panels = [
+        (
+            "benchmarks: avg change vs base (points)",
+            lambda r, sc: relative_change(r, bench, sc, relative=False),
+        )
+    ]
     if drift_key:
         panels.append(("self-drift: NLL increase on own answers (%)", lambda r, sc: sc.get(drift_key)))
     fig, axes = plt.subplots(1, len(panels), figsize=(5.2 * len(panels), 3.4), squeeze=False)
@@ -315,8 +328,10 @@ def write_report(paths: list[Path], out_dir: Path) -> Path:
         f"Runs: {len(runs)} from {', '.join(str(p) for p in paths)} (all numbers: `runs.json`)",
         "",
         "Scores in % (mean ± std over seeds) after the last epoch; the base row is the model before "
-        "training. `self_drift/nll_increase_rel` is the relative increase of the NLL on the base "
-        "model's own answers (lower = less drift).",
+        "training. `self_drift/nll_increase_rel` is the relative increase (%) of the NLL on the base "
+        "model's own answers (lower = less drift). The averages run over the benchmark columns "
+        "(self-drift excluded): in points, and relative to each base score as in the paper (small "
+        "base scores make the relative one jumpy).",
         "",
         table(runs),
         "",
