@@ -181,7 +181,7 @@ def test_a_finished_job_leaves_no_model_or_trainer_alive(tiny_cfg):
 
     def alive():
         gc.collect()
-        return sum(isinstance(o, (SSRModule, L.Trainer)) for o in gc.get_objects())
+        return sum(type(o) in (SSRModule, L.Trainer) for o in gc.get_objects())
 
     before = alive()
     train(tiny_cfg("method=sft"))
