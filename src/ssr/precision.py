@@ -27,10 +27,12 @@ def autocast_dtype(name: str | torch.dtype | None) -> torch.dtype | None:
     """``bf16``/``fp16`` (or a dtype) -> torch dtype; ``None``/``none``/``fp32`` -> no autocast."""
     if name is None or isinstance(name, torch.dtype):
         return name
-    dtype = DTYPES.get(name.lower()) if name.lower() not in {"none", "32"} else torch.float32
-    if dtype is None:
+    key = name.lower()
+    if key in {"none", "32"}:
+        return None
+    if key not in DTYPES:
         raise ValueError(f"unknown autocast dtype {name!r}; use bf16, fp16 or none")
-    return None if dtype == torch.float32 else dtype
+    return None if DTYPES[key] == torch.float32 else DTYPES[key]
 
 
 def trainer_autocast(trainer: Any) -> str | None:
