@@ -56,7 +56,7 @@ def test_batched_left_padded_generation_equals_one_at_a_time(tokenizer):
 def test_hf_generate_and_self_drift_answers_share_the_loop(tokenizer):
     model = tiny_random_model(tokenizer, seed=3)
     decoding = DecodingConfig(max_new_tokens=5)
-    texts = hf_generate(model, tokenizer, PROMPTS, decoding, batch_size=2, autocast=False, progress=False)
+    texts = hf_generate(model, tokenizer, PROMPTS, decoding, batch_size=2, precision=None, progress=False)
     ids = [tokenizer(p, add_special_tokens=False)["input_ids"] for p in PROMPTS]
     eos = tokenizer.eos_token_id
     ref = _one_at_a_time(model, ids, 5)

@@ -254,7 +254,7 @@ def tiny_model_and_tokenizer(tokenizer):
 def hf_judge(tiny_model_and_tokenizer):
     from ssr.judges.hf import HFJudge
 
-    return HFJudge(model_and_tokenizer=tiny_model_and_tokenizer, batch_size=4, autocast=False)
+    return HFJudge(model_and_tokenizer=tiny_model_and_tokenizer, batch_size=4, precision="none")
 
 
 def test_hf_prompt_structure_with_real_chat_template(hf_judge) -> None:
@@ -293,7 +293,7 @@ def test_hf_verdict_follows_yes_no_logits(tiny_model_and_tokenizer) -> None:
     torch.nn.init.zeros_(head.weight)
     torch.nn.init.zeros_(head.bias)
     model.lm_head = head
-    judge = HFJudge(model_and_tokenizer=(model, tokenizer), yes_token="Yes", no_token="No", autocast=True)
+    judge = HFJudge(model_and_tokenizer=(model, tokenizer), yes_token="Yes", no_token="No", precision="bf16")
     yes_id, no_id = judge.yes_ids[0], judge.no_ids[0]
     with torch.no_grad():
         head.bias[yes_id], head.bias[no_id] = 2.0, 0.0

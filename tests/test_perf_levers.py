@@ -159,6 +159,7 @@ def test_generation_model_prepared_for_autocast_gives_identical_outputs(tokenize
         tokenizer,
         prompts,
         DecodingConfig(max_new_tokens=4),
+        precision="bf16",
         progress=False,
         cache_implementation="static",
     )

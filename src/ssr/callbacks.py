@@ -1,12 +1,54 @@
-"""Training callbacks: stop on a non-finite loss before it reaches the weights or a checkpoint."""
+"""Training callbacks: stop on a non-finite loss; log progress lines that reach files and pipes."""
 
 from __future__ import annotations
 
+import logging
 import math
+import time
 from typing import Any
 
 import lightning as L
 import torch
+
+log = logging.getLogger("ssr.train")
+
+
+class ProgressLog(L.Callback):
+    """Logs ``step i/n, loss, lr, tokens/s, eta`` every ``every_n_steps`` optimizer steps.
+
+    Goes through Python logging, so it reaches the run's log file and stdout whether or not a
+    terminal is attached (the tqdm bar only draws on a terminal).
+    """
+
+    def __init__(self, every_n_steps: int = 5) -> None:
+        if every_n_steps < 1:
+            raise ValueError(f"callbacks.progress_log.every_n_steps must be >= 1, got {every_n_steps}")
+        self.every_n_steps = every_n_steps
+        self._started = 0.0
+        self._first_step = 0
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._started, self._first_step = time.perf_counter(), trainer.global_step
+        log.info("training: %d optimizer steps", trainer.estimated_stepping_batches)
+
+    def on_train_batch_end(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
+        step, total = trainer.global_step, int(trainer.estimated_stepping_batches)
+        new_step = (batch_idx + 1) % trainer.accumulate_grad_batches == 0
+        if not trainer.is_global_zero or not new_step or (step % self.every_n_steps and step != total):
+            return
+        metrics = trainer.callback_metrics
+        elapsed = time.perf_counter() - self._started
+        done = max(step - self._first_step, 1)
+        parts = [f"step {step}/{total}", f"epoch {trainer.current_epoch}"]
+        for key, fmt in (("train/loss", "loss {:.4f}"), ("train/tokens_per_s", "tokens/s {:.0f}")):
+            if key in metrics:
+                parts.append(fmt.format(float(metrics[key])))
+        if trainer.optimizers:
+            parts.append(f"lr {trainer.optimizers[0].param_groups[0]['lr']:.2e}")
+        parts.append(f"elapsed {elapsed:.0f}s, eta {elapsed / done * max(total - step, 0):.0f}s")
+        log.info(" | ".join(parts))
 
 
 class NonFiniteLossError(RuntimeError):

@@ -13,6 +13,7 @@ from tqdm.auto import tqdm
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from ssr.cache import JsonlCache
+from ssr.precision import autocast_dtype as precision_dtype
 from ssr.records import content_hash
 
 log = logging.getLogger(__name__)
@@ -48,7 +49,7 @@ def generate_ids(
     pad_token_id: int,
     gen_kwargs: dict[str, Any],
     batch_size: int = 16,
-    autocast_dtype: torch.dtype | None = torch.bfloat16,
+    autocast_dtype: torch.dtype | None = None,
     on_batch: Callable[[list[int], list[list[int]]], None] | None = None,
     sample_seed: int | None = None,
     progress: bool = False,
@@ -99,22 +100,20 @@ def hf_generate(
     prompts: list[str],
     decoding: DecodingConfig,
     batch_size: int = 16,
-    autocast: bool = True,
+    precision: str | torch.dtype | None = None,
     on_batch: Callable[[list[int], list[str]], None] | None = None,
     progress: bool = True,
     cache_implementation: str | None = None,
 ) -> list[str]:
     """Texts generated for already-rendered prompts, in input order (see :func:`generate_ids`).
 
-    ``on_batch(indices, texts)`` is called after each batch (the cache writes there), so an
-    interruption loses at most one batch. ``cache_implementation`` is passed to ``generate``
-    (``"static"`` preallocates the KV cache instead of concatenating it at every step).
+    ``precision`` is the autocast setting (``auto``, ``bf16-mixed``, ``32-true``, ``bf16``, ``none``;
+    see :mod:`ssr.precision`); ``None`` runs the weights as stored. ``on_batch(indices, texts)`` is
+    called after each batch (the cache writes there), so an interruption loses at most one batch.
+    ``cache_implementation`` is passed to ``generate`` (``"static"`` preallocates the KV cache
+    instead of concatenating it at every step).
     """
     device = next(model.parameters()).device
-    # fp32 weights (or a mix, see ssr.models.cast_for_autocast_inference) run under bf16 autocast
-    use_autocast = autocast and (
-        device.type == "cuda" or any(p.dtype == torch.float32 for p in model.parameters())
-    )
     kwargs = {**decoding.hf_kwargs(), "eos_token_id": [tokenizer.eos_token_id]}
     if cache_implementation:
         kwargs["cache_implementation"] = cache_implementation
@@ -128,7 +127,7 @@ def hf_generate(
         tokenizer.pad_token_id,
         kwargs,
         batch_size,
-        autocast_dtype=torch.bfloat16 if use_autocast else None,
+        autocast_dtype=precision_dtype(precision, device.type),
         on_batch=(lambda idx, ids: on_batch(idx, decode(ids))) if on_batch else None,
         sample_seed=decoding.seed if decoding.do_sample else None,
         progress=progress,

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -22,6 +21,7 @@ from ssr.data.prompts import (
     prompt_length,
     render_prompt,
 )
+from ssr.files import atomic_write_text
 from ssr.generation import DecodingConfig, GenerationStats, cached_generate, hf_generate, vllm_generate
 from ssr.methods import Candidate, MethodConfig, Selection, SelectionStats, select_targets, selection_stats
 from ssr.models import (
@@ -32,7 +32,8 @@ from ssr.models import (
     model_fingerprint,
     resolve_path,
 )
-from ssr.records import Record
+from ssr.precision import autocast_dtype
+from ssr.records import Record, content_hash
 
 log = logging.getLogger(__name__)
 BACKENDS = ("hf", "vllm")
@@ -44,6 +45,8 @@ class GeneratorConfig:
 
     backend: str = "hf"  # hf | vllm
     batch_size: int = 32
+    # hf: autocast setting (ssr.precision): auto = measured on this machine; or bf16-mixed, 32-true...
+    precision: str = "auto"
     # hf: KV cache passed to generate; "static" preallocates it (no per-step concatenation), null: dynamic
     cache_implementation: str | None = "static"
     decoding: DecodingConfig = field(default_factory=DecodingConfig)
@@ -85,7 +88,12 @@ class BaseModelGenerator:
 
     def __init__(self, spec: ModelSpec, cfg: GeneratorConfig, cache_dir: Path) -> None:
         self.spec, self.cfg, self.cache_dir = spec, cfg, Path(cache_dir)
+        self.device = "cuda" if _cuda_available() else "cpu"
+        self.autocast = autocast_dtype(cfg.precision, self.device) if cfg.backend == "hf" else None
+        # the compute dtype changes greedy answers: it is part of the weights' identity here
         self.fingerprint = model_fingerprint(spec)
+        if self.autocast is not None:
+            self.fingerprint = content_hash(self.fingerprint, "autocast", str(self.autocast))
         self._model = None
         self.tokenizer = load_tokenizer(spec)
 
@@ -102,16 +110,16 @@ class BaseModelGenerator:
             return texts
         if self._model is None:
             self._model, _ = load_model(self.spec)
-            if _cuda_available():
-                self._model.to("cuda")
-            # hf_generate runs fp32 weights under bf16 autocast: store them in bf16 once (same outputs)
-            cast_for_autocast_inference(self._model)
+            self._model.to(self.device)
+            if self.autocast is not None:  # weights stored once in the autocast dtype (same outputs)
+                cast_for_autocast_inference(self._model, self.autocast)
         return hf_generate(
             self._model,
             self.tokenizer,
             prompts,
             self.cfg.decoding,
             self.cfg.batch_size,
+            precision=self.autocast,
             on_batch=on_batch,
             cache_implementation=self.cfg.cache_implementation,
         )
@@ -276,13 +284,7 @@ def read_selection(path: Path) -> list[Selection]:
         return [Selection(**json.loads(line)) for line in fh if line.strip()]
 
 
-def _atomic_write(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
-    with open(tmp, "w", encoding="utf-8") as fh:
-        fh.write(text)
-        fh.flush()
-        os.fsync(fh.fileno())
-    tmp.replace(path)
+_atomic_write = atomic_write_text
 
 
 def stats_dict(stats: SelectionStats) -> dict[str, Any]:

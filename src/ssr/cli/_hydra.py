@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
 from typing import Any
@@ -10,7 +11,10 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from ssr.data.adapters import subsample
+from ssr.precision import PrecisionChoice, lightning_precision
 from ssr.records import Record
+
+log = logging.getLogger("ssr")
 
 
 def conf_dir() -> str:
@@ -50,3 +54,12 @@ def load_records(data_cfg: DictConfig, split: str, seed: int) -> list[Record]:
     if data_cfg.get("sample_seed") is not None:
         seed = int(data_cfg.sample_seed)
     return subsample(records, max_rows=cap, balance=bool(data_cfg.get("balance", False)), seed=seed)
+
+
+def resolve_precision(cfg: DictConfig) -> PrecisionChoice:
+    """``trainer.precision`` (default ``auto``) resolved on this machine, written back into ``cfg``
+    so that every stage interpolating it (generator, judge, drift evaluation) runs the same dtype."""
+    choice = lightning_precision(cfg.trainer.precision, cfg.trainer.get("accelerator"))
+    cfg.trainer.precision = choice.precision
+    log.info("%s", choice.describe())
+    return choice

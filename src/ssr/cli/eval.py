@@ -16,7 +16,7 @@ from typing import Any
 import hydra
 from omegaconf import DictConfig
 
-from ssr.cli._hydra import CONF_DIR, load_records, to_dict
+from ssr.cli._hydra import CONF_DIR, load_records, resolve_precision, to_dict
 from ssr.data.prompts import PromptConfig
 from ssr.eval.evaluate import evaluate_model
 from ssr.eval.grounded import evaluate_grounded
@@ -29,6 +29,7 @@ log = logging.getLogger("ssr.eval")
 def evaluate(cfg: DictConfig) -> dict[str, Any]:
     from ssr.cli.train import task_prompt_budget, task_sets
 
+    precision = resolve_precision(cfg).precision
     spec = ModelSpec(**to_dict(cfg.model))
     model, tokenizer = load_model(spec)
     adapter = cfg.get("adapter")
@@ -44,15 +45,32 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     decoding = DecodingConfig(max_new_tokens=int(tasks_cfg.get("max_new_tokens", 64)))
     tasks = {
         name: evaluate_grounded(
-            model, tokenizer, recs, prompt, decoding, max_prompt_tokens=task_prompt_budget(cfg)
+            model,
+            tokenizer,
+            recs,
+            prompt,
+            decoding,
+            max_prompt_tokens=task_prompt_budget(cfg),
+            precision=precision,
         )[0]
         for name, recs in task_sets(cfg, load_records(cfg.data, "val", cfg.seed)).items()
         if recs
     }
     suite = evaluate_model(
-        model, tokenizer, to_dict(cfg.eval.suite), to_dict(cfg.eval.self_drift), data_root=data_root
+        model,
+        tokenizer,
+        to_dict(cfg.eval.suite),
+        to_dict(cfg.eval.self_drift),
+        mixed_precision=precision,
+        data_root=data_root,
     )
-    result = {"model": spec.name_or_path, "adapter": adapter, "final": {"tasks": tasks}, "suite": suite}
+    result = {
+        "model": spec.name_or_path,
+        "adapter": adapter,
+        "precision": precision,
+        "final": {"tasks": tasks},
+        "suite": suite,
+    }
     out = Path(adapter) if adapter else Path(cfg.paths.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     (out / "eval.json").write_text(json.dumps(result, indent=1, default=str))

@@ -14,7 +14,7 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig
 
-from ssr.cli._hydra import CONF_DIR
+from ssr.cli._hydra import CONF_DIR, resolve_precision
 from ssr.cli.train import build_datamodule
 from ssr.pipeline import BaseModelGenerator, StageCounters, generate_candidates
 
@@ -22,6 +22,7 @@ log = logging.getLogger("ssr.stages")
 
 
 def generate(cfg: DictConfig) -> StageCounters:
+    resolve_precision(cfg)
     dm = build_datamodule(cfg, Path(cfg.paths.output_dir))
     if not dm.method.needs_judge:
         log.info("method=%s needs no generated targets; nothing to do", dm.method.name)
@@ -34,6 +35,7 @@ def generate(cfg: DictConfig) -> StageCounters:
 
 
 def judge(cfg: DictConfig) -> dict:
+    resolve_precision(cfg)
     dm = build_datamodule(cfg, Path(cfg.paths.output_dir))
     dm.prepare_data()
     stats = dm.stats.to_dict()

@@ -19,9 +19,10 @@ import lightning as L
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 
-from ssr.cli._hydra import CONF_DIR, load_records, to_dict
+from ssr.cli._hydra import CONF_DIR, load_records, resolve_precision, to_dict
 from ssr.data.adapters import subsample
 from ssr.datamodule import SSRDataModule
+from ssr.hardware import configure_threads, process_age_s
 from ssr.logging_utils import TrackerLogging
 from ssr.methods import MethodConfig
 from ssr.module import SSRModule
@@ -189,10 +190,18 @@ def resume_checkpoint(cfg: DictConfig, run_dir: Path) -> str | None:
     return None
 
 
+def local_processes(trainer: L.Trainer) -> int:
+    """Processes of this run sharing this machine's cores (CPU DDP ranks), else 1."""
+    from lightning.pytorch.accelerators import CPUAccelerator
+
+    return trainer.num_devices if isinstance(trainer.accelerator, CPUAccelerator) else 1
+
+
 def train(cfg: DictConfig) -> dict[str, Any]:
     """Run one training job; returns (and writes) its summary."""
     t0 = time.perf_counter()
     check_trainer_config(cfg.trainer, export_merged=bool(cfg.get("export_merged")))
+    precision = resolve_precision(cfg)
     run_dir = Path(cfg.paths.output_dir)
     L.seed_everything(cfg.seed, workers=True)
     datamodule = build_datamodule(cfg, run_dir)
@@ -201,7 +210,10 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     trackers = TrackerLogging(to_dict(cfg), run_dir / "selection_stats.json")
     trainer = build_trainer(cfg, extra_callbacks=[trackers] + ([drift] if drift else []))
     check_launch(trainer)
+    threads = configure_threads(local_processes(trainer))
+    t_fit = time.perf_counter()
     trainer.fit(module, datamodule=datamodule, ckpt_path=resume_checkpoint(cfg, run_dir))
+    fit_s = time.perf_counter() - t_fit
     adapter = module.save_adapter(run_dir / "adapter")  # every rank: ZeRO-3 gathers the shards
     summary: dict[str, Any] = {}
     if trainer.is_global_zero:
@@ -220,16 +232,52 @@ def train(cfg: DictConfig) -> dict[str, Any]:
             "train_rows": len(datamodule.train_rows),
             "selection": json.loads(stats_path.read_text()) if stats_path.exists() else None,
             "metrics": {k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1},
+            "precision": {**precision.to_dict(), "threads": threads},
             "wall_s": round(time.perf_counter() - t0, 1),
         }
+        summary["stages"] = stage_seconds(
+            summary["selection"], drift.records if drift else [], fit_s, summary["wall_s"]
+        )
         (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
         sel = summary["selection"] or {}
         log.info(
             "selection by source: %s | stages: %s", sel.get("by_source"), sel.get("extra", {}).get("stages")
         )
+        log.info("stage seconds: %s", json.dumps(summary["stages"]))
         log.info("done in %.1fs; adapter: %s", summary["wall_s"], adapter)
     trackers.finish(trainer, summary)
     return summary
+
+
+def stage_seconds(
+    selection: dict[str, Any] | None, drift_records: list[dict[str, Any]], fit_s: float, total_s: float
+) -> dict[str, Any]:
+    """Wall seconds per pipeline stage, from the run's own records (selection stats, drift records).
+
+    ``generate``/``judge``: rows computed this run (0 when cached); ``base_eval``: suite +
+    self-drift + task metrics of the base model (0 when reused); per epoch: ``train`` (training and
+    validation) and ``eval``; ``task_metrics``: their share of the evaluations; ``fit``: all of
+    ``trainer.fit`` (data preparation, i.e. generation and judging, included); ``total``: ``train()``.
+    """
+    stages = ((selection or {}).get("extra") or {}).get("stages") or {}
+    base = next((r for r in drift_records if r["stage"] == "base"), None)
+    seconds = lambda r, k: float((r or {}).get("seconds", {}).get(k, 0.0))  # noqa: E731
+    epochs = [
+        {"epoch": r["epoch"], "train": seconds(r, "epoch"), "eval": seconds(r, "eval")}
+        for r in drift_records
+        if r["stage"] != "base"
+    ]
+    return {
+        "generate": round(sum(v["seconds"] for k, v in stages.items() if k.startswith("generate")), 2),
+        "judge": round(sum(v["seconds"] for k, v in stages.items() if k.startswith("judge")), 2),
+        "base_eval": 0.0 if base is None or base.get("cached") else seconds(base, "eval"),
+        "base_eval_cached": bool(base and base.get("cached")),
+        "epochs": epochs,
+        "task_metrics": round(sum(seconds(r, "tasks") for r in drift_records if not r.get("cached")), 2),
+        "fit": round(fit_s, 2),
+        "total": round(total_s, 2),
+        "process": round(process_age_s(), 2),
+    }
 
 
 def release_memory() -> None:

@@ -33,7 +33,7 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument(
         "--hub-mirror", default="", help="comma-separated ssr_* tasks to also run via lm-eval's hub YAML"
     )
-    p.add_argument("--mixed-precision", default="bf16")
+    p.add_argument("--mixed-precision", default="auto")
     p.add_argument("--no-self-drift", action="store_true")
     p.add_argument("--out", default=None, help="write scores + settings as JSON here")
     return p.parse_args(argv)

@@ -37,6 +37,7 @@ from ssr.eval.self_drift import (
     weights_fingerprint,
 )
 from ssr.eval.suite import Scores, SuiteConfig
+from ssr.files import atomic_write_text
 from ssr.paths import cache_root
 from ssr.precision import trainer_autocast
 from ssr.records import content_hash
@@ -318,7 +319,7 @@ class GeneralizationDriftCallback(pl.Callback):
         }
         if with_tasks and self.task_sets:
             started = time.perf_counter()
-            record["tasks"] = self._task_scores(model, tokenizer)
+            record["tasks"] = self._task_scores(model, tokenizer, precision)
             seconds["tasks"] = round(time.perf_counter() - started, 2)
         return record
 
@@ -356,7 +357,7 @@ class GeneralizationDriftCallback(pl.Callback):
             _write_json(cache_file, record)
         return record
 
-    def _task_scores(self, model: torch.nn.Module, tokenizer: Any) -> dict[str, Any]:
+    def _task_scores(self, model: torch.nn.Module, tokenizer: Any, precision: str | None) -> dict[str, Any]:
         from ssr.eval.grounded import evaluate_grounded
         from ssr.generation import DecodingConfig
 
@@ -369,6 +370,7 @@ class GeneralizationDriftCallback(pl.Callback):
                 self.prompt,
                 decoding,
                 max_prompt_tokens=self.task_max_prompt_tokens,
+                precision=precision,
             )[0]
             for name, records in self.task_sets.items()
             if records
@@ -423,6 +425,4 @@ class GeneralizationDriftCallback(pl.Callback):
 
 
 def _write_json(path: Path, payload: Any) -> None:
-    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
-    tmp.write_text(json.dumps(payload, indent=1, default=str), encoding="utf-8")
-    tmp.replace(path)
+    atomic_write_text(path, json.dumps(payload, indent=1, default=str))

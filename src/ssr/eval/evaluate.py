@@ -9,6 +9,7 @@ import torch
 
 from ssr.eval.self_drift import SelfDriftConfig, SelfDriftReference, build_reference, self_drift_scores
 from ssr.eval.suite import Scores, SuiteConfig, run_suite
+from ssr.precision import autocast_dtype
 
 SELF_DRIFT_KEY = "self_drift"
 
@@ -20,18 +21,20 @@ def evaluate_model(
     self_drift_cfg: SelfDriftConfig | Mapping[str, Any] | None,
     *,
     reference: SelfDriftReference | None = None,
-    mixed_precision: str | torch.dtype | None = "bf16",
+    mixed_precision: str | torch.dtype | None = "auto",
     data_root: str | None = None,
 ) -> Scores:
     """``{task_or_group: {metric: value}}`` plus ``{"self_drift": {"nll", "nll_increase", ...}}``.
 
-    The model is put in eval mode and run under ``torch.no_grad``. Without a ``reference`` the
+    The model is put in eval mode and run under ``torch.no_grad``; ``mixed_precision`` is an
+    :mod:`ssr.precision` setting (``auto`` resolves to bf16 only where it is measured faster). Without a ``reference`` the
     self-drift reference is built from ``self_drift_cfg`` (``reference_path``, the cache, or the
     base model's answers, with PEFT adapters disabled).
     """
     suite = SuiteConfig.from_mapping(suite_cfg)
     drift = SelfDriftConfig.from_mapping(self_drift_cfg)
     model.eval()
+    mixed_precision = autocast_dtype(mixed_precision, next(model.parameters()).device.type)
     scores: Scores = {}
     with torch.no_grad():
         if suite.tasks:

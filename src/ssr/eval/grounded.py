@@ -22,11 +22,12 @@ def evaluate_grounded(
     batch_size: int = 16,
     progress: bool = False,
     max_prompt_tokens: int | None = None,
+    precision: str | Any = "auto",
 ) -> tuple[dict[str, Any], list[str]]:
     """Scores (unanswerable accuracy/P/R/F1, answer token recall/F1) and the predictions.
 
     ``max_prompt_tokens`` cuts long documents as training does (one 20k-token document would
-    otherwise set the width of its whole generation batch)."""
+    otherwise set the width of its whole generation batch). ``precision``: see :mod:`ssr.precision`."""
     prompts = answer_prompts(tokenizer, records, prompt_cfg, max_prompt_tokens)
     predictions = hf_generate(
         model,
@@ -34,6 +35,7 @@ def evaluate_grounded(
         prompts,
         decoding or DecodingConfig(max_new_tokens=64),
         batch_size=batch_size,
+        precision=precision,
         progress=progress,
     )
     rows = [(p, r.meta.get("answers") or r.gold, r.answerable) for p, r in zip(predictions, records)]

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -21,6 +20,7 @@ import torch
 import torch.nn.functional as F
 
 from ssr.eval.suite import checked_dataclass
+from ssr.files import atomic_write_text
 from ssr.generation import DecodingConfig, generate_ids
 from ssr.paths import cache_root
 from ssr.precision import autocast_dtype
@@ -65,12 +65,7 @@ class SelfDriftReference:
     version: int = REFERENCE_VERSION
 
     def save(self, path: str | Path) -> Path:
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(path.name + f".tmp{os.getpid()}")
-        tmp.write_text(json.dumps(asdict(self), indent=1, ensure_ascii=False), encoding="utf-8")
-        tmp.replace(path)
-        return path
+        return atomic_write_text(path, json.dumps(asdict(self), indent=1, ensure_ascii=False))
 
     @classmethod
     def load(cls, path: str | Path) -> SelfDriftReference:

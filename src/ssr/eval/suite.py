@@ -153,16 +153,42 @@ def flatten_results(results: Mapping[str, Any]) -> Scores:
     return scores
 
 
+# lm-eval modules whose per-task tqdm bars (one per task and subtask) are silenced
+TQDM_MODULES = ("lm_eval.api.task", "lm_eval.api.model", "lm_eval.models.huggingface")
+
+
+def _one_bar_tqdm(original: Any) -> Any:
+    """lm-eval's ``tqdm`` with every bar off except the request runs ("Running ... requests")."""
+
+    def tqdm(*args: Any, **kwargs: Any) -> Any:
+        if not str(kwargs.get("desc", "")).startswith("Running"):
+            kwargs["disable"] = True
+        return original(*args, **kwargs)
+
+    return tqdm
+
+
 @contextlib.contextmanager
 def quiet_lm_eval(level: int = logging.ERROR) -> Iterator[None]:
-    """Silence lm-eval's per-task chatter (its warnings about custom datasets, seeds, ...)."""
+    """Silence lm-eval's per-task chatter: its warnings, and the per-task "building requests" bars
+    (~60 per evaluation of the local suite), leaving one bar per request type."""
+    import importlib
+
     logger = logging.getLogger("lm_eval")
     old = logger.level
     logger.setLevel(level)
+    modules = [importlib.import_module(name) for name in TQDM_MODULES]
+    originals = [getattr(m, "tqdm", None) for m in modules]
+    for module, original in zip(modules, originals):
+        if original is not None:
+            module.tqdm = _one_bar_tqdm(original)
     try:
         yield
     finally:
         logger.setLevel(old)
+        for module, original in zip(modules, originals):
+            if original is not None:
+                module.tqdm = original
 
 
 def run_suite(

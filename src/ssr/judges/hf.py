@@ -13,7 +13,7 @@ import torch
 
 from ssr.judges.base import Judge, JudgeError, JudgeItem, Verdict
 from ssr.judges.prompt import DEFAULT_SYSTEM_PROMPT, JudgePrompt
-from ssr.precision import torch_dtype
+from ssr.precision import autocast_dtype, torch_dtype
 
 log = logging.getLogger(__name__)
 
@@ -65,7 +65,7 @@ class HFJudge(Judge):
         threshold: float = 0.5,
         batch_size: int = 8,
         dtype: str = "float32",
-        autocast: bool = True,
+        precision: str | None = "auto",
         max_document_chars: int | None = 6000,
         device: str = "cpu",
         model_and_tokenizer: tuple[Any, Any] | None = None,
@@ -81,8 +81,9 @@ class HFJudge(Judge):
         self.threshold = float(threshold)
         self.batch_size = batch_size
         self.dtype = dtype
-        self.autocast = autocast
         self.device = torch.device(device)
+        # the forward's autocast dtype (ssr.precision: auto = measured on this machine)
+        self.autocast = autocast_dtype(precision, self.device.type)
         if model_and_tokenizer is not None:
             self.model, self.tokenizer = model_and_tokenizer
             cfg = getattr(self.model, "config", None)
@@ -138,7 +139,7 @@ class HFJudge(Judge):
             "no": self.no_variants,
             "threshold": self.threshold,
             "dtype": self.dtype,
-            "autocast": self.autocast,
+            "autocast": str(self.autocast),
         }
 
     def render(self, item: JudgeItem) -> str:
@@ -149,9 +150,9 @@ class HFJudge(Judge):
         return "\n\n".join(m["content"] for m in messages) + "\n\nAnswer:"
 
     def _autocast(self) -> contextlib.AbstractContextManager[Any]:
-        if not self.autocast:
+        if self.autocast is None:
             return contextlib.nullcontext()
-        return torch.autocast(device_type=self.device.type, dtype=torch.bfloat16)
+        return torch.autocast(device_type=self.device.type, dtype=self.autocast)
 
     @torch.inference_mode()
     def yes_probabilities(self, items: list[JudgeItem]) -> list[float]:
