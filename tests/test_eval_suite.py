@@ -100,7 +100,7 @@ def test_hydra_eval_group_composes_with_nested_suite():
         cfg = compose(config_name=None, overrides=["+eval=default"])
         assert cfg.eval.suite.name == "local" and "ssr_arc_easy" in cfg.eval.suite.tasks
         suite = SuiteConfig.from_mapping(cfg.eval.suite)
-        assert suite.limits["ssr_mmlu"] == 5
+        assert suite.limits["ssr_mmlu"] == 1
         for name in ("paper", "none"):
             other = compose(config_name=None, overrides=["+eval=default", f"eval/suite={name}"])
             assert SuiteConfig.from_mapping(other.eval.suite).name == name

@@ -228,12 +228,16 @@ def run_padding(args: dict[str, Any]) -> dict[str, Any]:
 
 
 def run_generation(args: dict[str, Any]) -> dict[str, Any]:
-    """hf_generate (batched, length-sorted, left padding, bf16 autocast) vs one prompt at a time.
+    """hf_generate (batched, length-sorted, left padding) vs one prompt at a time, in bf16 autocast
+    (the path shipped before ``precision: auto``) and in fp32, on ``args["data"]``'s prompts
+    (``embedded``: the main job's own rows; else SQuAD rows of 250-400 prompt tokens).
 
-    ``naive``: the model as loaded (fp32 weights, autocast casts them at every decoding step);
-    ``prepared``: as BaseModelGenerator loads it (``cast_for_autocast_inference``: weights stored
-    in bf16 once, bit-identical under autocast).
+    ``auto_variant`` names the row the generator runs by default on this machine: batch
+    ``GeneratorConfig.batch_size``, static cache, in the precision ``auto`` chose (weights stored in
+    the autocast dtype once, as ``BaseModelGenerator`` does: bit-identical under autocast).
     """
+    import torch
+
     from ssr.data.prompts import PromptConfig
     from ssr.generation import DecodingConfig, hf_generate
     from ssr.models import ModelSpec, cast_for_autocast_inference, load_model
@@ -242,46 +246,47 @@ def run_generation(args: dict[str, Any]) -> dict[str, Any]:
     spec = ModelSpec(name_or_path=args["model"])
     naive, tok = load_model(spec)
     prepared, _ = load_model(spec)
-    cast_for_autocast_inference(prepared)
-    records = bench_records(args["prompts"], tok)
+    cast_for_autocast_inference(prepared, torch.bfloat16)
+    records = _generation_records(args, tok)
     prompts = answer_prompts(tok, records, PromptConfig())
     decoding = DecodingConfig(max_new_tokens=args["max_new_tokens"])
     prompt_tokens = sum(len(tok(p, add_special_tokens=False)["input_ids"]) for p in prompts)
     default = GeneratorConfig()
+    auto_bf16 = args.get("precision", "bf16-mixed").startswith("bf16")
 
     def n_tokens(texts: list[str]) -> int:
         return sum(len(tok(t, add_special_tokens=False)["input_ids"]) + 1 for t in texts)  # +1: end of turn
 
-    bs0 = args["batch_sizes"][0]
-    variants: dict[str, tuple[Any, int, str | None]] = {
-        "one prompt at a time": (naive, 1, None),
-        f"batched, batch {bs0}, fp32 weights (before)": (naive, bs0, None),
-        f"batched, batch {bs0}, bf16-stored weights": (prepared, bs0, None),
-        f"batched, batch {bs0}, bf16-stored weights, static cache": (prepared, bs0, "static"),
-    }
-    for bs in args["batch_sizes"][1:]:
-        variants[
-            f"batched, batch {bs}, bf16-stored weights, {default.cache_implementation or 'dynamic'} cache"
-        ] = (
+    bs = default.batch_size
+    cache = default.cache_implementation
+    # name -> (model, batch size, kv cache, autocast setting)
+    variants: dict[str, tuple[Any, int, str | None, str | None]] = {
+        "one prompt at a time, fp32": (naive, 1, None, None),
+        f"batched, batch {bs}, bf16 autocast, bf16-stored weights, {cache} cache (shipped before)": (
             prepared,
             bs,
-            default.cache_implementation,
-        )
-    default_name = next(
-        (
-            k
-            for k, (m, bs, cache) in variants.items()
-            if m is prepared and bs == default.batch_size and cache == default.cache_implementation
+            cache,
+            "bf16",
         ),
-        None,
+        f"batched, batch {bs}, fp32, {cache} cache": (naive, bs, cache, None),
+    }
+    auto_name = next(
+        k for k, v in variants.items() if v[0] is (prepared if auto_bf16 else naive) and v[1] == bs
     )
     results: dict[str, Any] = {}
     texts_by: dict[str, list[str]] = {}
-    for name, (model, bs, cache) in variants.items():
+    for name, (model, size, kv, precision) in variants.items():
         try:
             texts, w, c = _timed(
-                lambda model=model, bs=bs, cache=cache: hf_generate(
-                    model, tok, prompts, decoding, batch_size=bs, progress=False, cache_implementation=cache
+                lambda model=model, size=size, kv=kv, precision=precision: hf_generate(
+                    model,
+                    tok,
+                    prompts,
+                    decoding,
+                    batch_size=size,
+                    precision=precision,
+                    progress=False,
+                    cache_implementation=kv,
                 )
             )
         except Exception as err:  # a failing option is a result, not a crash of the benchmark
@@ -290,31 +295,45 @@ def run_generation(args: dict[str, Any]) -> dict[str, Any]:
         texts_by[name] = texts
         gen = n_tokens(texts)
         results[name] = {
-            "batch_size": bs,
-            "cache": cache or "dynamic",
+            "batch_size": size,
+            "cache": kv or "dynamic",
+            "precision": precision or "fp32",
             "wall_s": w,
             "cpu_s": c,
             "generated_tokens": gen,
             "tokens_per_s": gen / w,
+            "rows_per_s": len(prompts) / w,
             "loadavg": loadavg(),
         }
-    prefill_s = _prefill_seconds(prepared, tok, prompts, default.batch_size)
-    single = texts_by.get("one prompt at a time")
+    fp32_texts = texts_by.get(f"batched, batch {bs}, fp32, {cache} cache")
     for name, texts in texts_by.items():
-        if single is not None:
-            results[name]["same_text_as_single"] = sum(a == b for a, b in zip(texts, single)) / len(single)
+        if fp32_texts is not None:
+            results[name]["same_text_as_fp32"] = sum(a == b for a, b in zip(texts, fp32_texts)) / len(texts)
     return {
+        "data": args.get("data", "squad"),
         "prompts": len(prompts),
         "prompt_tokens": prompt_tokens,
         "max_new_tokens": decoding.max_new_tokens,
-        "default_variant": default_name,
-        "prefill_s": prefill_s,
-        "prefill_batch_size": default.batch_size,
+        "auto_variant": auto_name,
+        "before_variant": next(k for k in variants if "shipped before" in k),
+        "prefill_s": _prefill_seconds(prepared if auto_bf16 else naive, tok, prompts, bs, auto_bf16),
+        "prefill_batch_size": bs,
         "variants": results,
     }
 
 
-def _prefill_seconds(model: Any, tok: Any, prompts: list[str], batch_size: int) -> float:
+def _generation_records(args: dict[str, Any], tok: Any) -> list:
+    """The main job's own training rows (``data: embedded``, as its config samples them) or SQuAD rows."""
+    if args.get("data") != "embedded":
+        return bench_records(args["prompts"], tok)
+    from ssr.data.adapters import embedded_grounded_qa, subsample
+    from ssr.data.prompts import DEFAULT_UNANSWERABLE
+
+    rows = embedded_grounded_qa(split="train", unanswerable_sentence=DEFAULT_UNANSWERABLE)
+    return subsample(rows, max_rows=args["prompts"], balance=True, seed=args.get("seed", 0))
+
+
+def _prefill_seconds(model: Any, tok: Any, prompts: list[str], batch_size: int, bf16: bool) -> float:
     """Time of the prompt forward passes alone (what any decoding strategy must pay once)."""
     import torch
 
@@ -322,7 +341,7 @@ def _prefill_seconds(model: Any, tok: Any, prompts: list[str], batch_size: int) 
     side, tok.padding_side = tok.padding_side, "left"
     try:
         t = time.perf_counter()
-        with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16):
+        with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
             for start in range(0, len(order), batch_size):
                 enc = tok(
                     order[start : start + batch_size],
@@ -411,7 +430,8 @@ def _scaled_limits(limits: Any, fraction: float) -> Any:
 
 def run_drift(args: dict[str, Any]) -> dict[str, Any]:
     """The per-epoch work of GeneralizationDriftCallback: the ``local`` lm-eval suite at its default
-    limits plus self-drift, on the LoRA-wrapped model stored as in bf16-mixed training.
+    limits plus self-drift, on the LoRA-wrapped model stored as training stores it in
+    ``args["precision"]`` (frozen weights precast to bf16 under ``bf16-mixed``).
 
     With ``fraction < 1`` the suite runs on that share of each task's docs and its time is scaled
     by ``1 / fraction`` (an estimate: lm-eval's time is close to linear in the number of docs)."""
@@ -436,18 +456,21 @@ def run_drift(args: dict[str, Any]) -> dict[str, Any]:
     drift = SelfDriftConfig.from_mapping(drift_cfg)
     model, tok = load_model(ModelSpec(name_or_path=args["model"]))
     model = apply_peft(model, dict(LORA))
-    cast_frozen_linear_weights(model, torch.bfloat16)  # as SSRModule stores it under bf16-mixed
-    ref, ref_s, _ = _timed(lambda: build_reference(model, tok, drift, "bf16"))
+    precision = args.get("precision", "bf16-mixed")
+    if precision.startswith("bf16"):
+        cast_frozen_linear_weights(model, torch.bfloat16)  # as SSRModule stores it under bf16-mixed
+    ref, ref_s, _ = _timed(lambda: build_reference(model, tok, drift, precision))
     _, drift_s, _ = _timed(
-        lambda: evaluate_model(model, tok, SuiteConfig(), drift, reference=ref, mixed_precision="bf16")
+        lambda: evaluate_model(model, tok, SuiteConfig(), drift, reference=ref, mixed_precision=precision)
     )
     off = SelfDriftConfig.from_mapping({**drift_cfg, "enabled": False})
-    _, suite_s, suite_cpu = _timed(lambda: evaluate_model(model, tok, scaled, off, mixed_precision="bf16"))
+    _, suite_s, suite_cpu = _timed(lambda: evaluate_model(model, tok, scaled, off, mixed_precision=precision))
     return {
         "suite": suite.name,
         "tasks": suite.tasks,
         "limits": suite.limits,
         "fraction": fraction,
+        "precision": precision,
         "measured_limits": scaled.limits,
         "self_drift": drift.__dict__,
         "reference_s": ref_s,

@@ -1,6 +1,7 @@
 """One training contender per process: ssr (Lightning), trl (SFTTrainer) or hf (transformers Trainer).
 
-All three: the embedded SmolLM2-135M-Instruct (fp32 weights, bf16 autocast), LoRA r16 all-linear,
+All three: the embedded SmolLM2-135M-Instruct (fp32 weights; ``args["precision"]``: bf16 autocast
+for ``bf16-mixed``, none for ``32-true``), LoRA r16 all-linear,
 batch size 8, max length 512, lr 2e-4, grad clip 1.0, the same SQuAD rows with gold targets,
 (warmup + steps) optimizer steps on exactly (warmup + steps) * batch rows, one epoch.
 Tokens are real (non-padding) tokens; throughput is timed from the end of the last warmup step.
@@ -73,7 +74,7 @@ def run_ssr(args: dict[str, Any]) -> dict[str, Any]:
         trainer = L.Trainer(
             accelerator="cpu",
             devices=1,
-            precision="bf16-mixed",
+            precision=args.get("precision", "bf16-mixed"),
             max_steps=args["warmup"] + args["steps"],
             max_epochs=1,
             gradient_clip_val=1.0,
@@ -99,7 +100,7 @@ def _trainer_args(args: dict[str, Any], out: str, cls: Any, **extra: Any) -> Any
         max_steps=args["warmup"] + args["steps"],
         learning_rate=LR,
         max_grad_norm=1.0,
-        bf16=True,
+        bf16=args.get("precision", "bf16-mixed").startswith("bf16"),
         use_cpu=True,
         report_to="none",
         save_strategy="no",
