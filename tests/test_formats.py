@@ -216,3 +216,25 @@ def test_hub_missing_split_and_prompt_completion_columns(squad_v2_saved, tmp_pat
     trl.save_to_disk(str(tmp_path / "trl"))
     [rec] = hub(str(tmp_path / "trl"), split="train")
     assert rec.messages == (USER_HI,) and rec.gold == "Hi." and rec.id == "0"
+
+
+def test_readme_examples_load_as_their_format(tmp_path):
+    """Every JSONL example under the README's "Bring your own data" loads, as the format it names."""
+    import re
+
+    from conftest import REPO
+
+    section = (REPO / "README.md").read_text().split("## Bring your own data", 1)[1].split("\n## ", 1)[0]
+    blocks = re.findall(r"^`(\w+)`[^\n]*(?:\n[^\n`][^\n]*)*\n```json\n(.*?)```", section, flags=re.M | re.S)
+    assert {name for name, _ in blocks} == {
+        "prompt_completion",
+        "messages",
+        "prompt_response",
+        "alpaca",
+        "sharegpt",
+    }
+    for name, block in blocks:
+        path = tmp_path / f"{name}.jsonl"
+        path.write_text(block)
+        records = jsonl(str(path))
+        assert len(records) == 2 and {r.meta["format"] for r in records} == {name}, name

@@ -103,3 +103,28 @@ def test_wheel_runs_hydra_entry_points_outside_the_repo(wheel_site, tmp_path):
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())
     assert (tmp_path / "run" / "adapter" / "adapter_config.json").is_file()
     assert summary["adapter"].endswith("adapter")
+
+
+@pytest.mark.slow
+def test_stock_lm_eval_cli_runs_the_wheels_packaged_tasks(wheel_site, tmp_path, tokenizer, data_root):
+    """README: ``lm_eval --include_path <ssr/eval/tasks>`` with lm-eval's own CLI, from the wheel."""
+    from ssr.models import tiny_random_model
+
+    tiny_random_model(tokenizer).save_pretrained(tmp_path / "model")
+    tokenizer.save_pretrained(tmp_path / "model")
+    tasks_dir = wheel_site / "ssr" / "eval" / "tasks"
+    args = [
+        "-m",
+        "lm_eval",
+        "--model",
+        "hf",
+        "--model_args",
+        f"pretrained={tmp_path / 'model'},dtype=float32",
+    ]
+    args += ["--include_path", str(tasks_dir), "--tasks", "ssr_boolq", "--limit", "4", "--device", "cpu"]
+    proc = _run(wheel_site, tmp_path, *args, "--output_path", str(tmp_path / "results"))
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "ssr_boolq" in proc.stdout and "acc" in proc.stdout
+    [results] = (tmp_path / "results").rglob("results_*.json")
+    scores = json.loads(results.read_text())["results"]["ssr_boolq"]
+    assert 0.0 <= scores["acc,none"] <= 1.0
