@@ -88,6 +88,26 @@ def test_wheel_runs_hydra_entry_points_outside_the_repo(wheel_site, tmp_path):
         assert helped.returncode == 0, helped.stderr[-3000:]
         assert "== Configuration groups ==" in helped.stdout and "model: " in helped.stdout
 
+    # the user's own config tree beside the shipped one (hydra.searchpath), and SSR_CONF_DIR
+    (tmp_path / "my_conf" / "data").mkdir(parents=True)
+    (tmp_path / "my_conf" / "data" / "mine.yaml").write_text(
+        "defaults:\n  - jsonl\ntrain:\n  path: my.jsonl\n  format: alpaca\n"
+    )
+    shown = _run(
+        wheel_site,
+        tmp_path,
+        "-m",
+        "ssr.cli.train",
+        f"hydra.searchpath=[file://{tmp_path / 'my_conf'}]",
+        "data=mine",
+        "--cfg",
+        "job",
+        "--package",
+        "data",
+    )
+    assert shown.returncode == 0, shown.stderr[-3000:]
+    assert "format: alpaca" in shown.stdout and "_target_: ssr.data.adapters.jsonl" in shown.stdout
+
     job = _run(
         wheel_site,
         tmp_path,
