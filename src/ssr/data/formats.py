@@ -38,6 +38,12 @@ SHAREGPT_ROLES = {
 }
 
 
+# A string prompt (grounded-QA / closed-book template) or a chat prefix
+Prompt = str | tuple[dict[str, str], ...]
+# (prompt, gold, answerable, all reference answers or None)
+Parsed = tuple[Prompt, str, bool, list[str] | None]
+
+
 class DataError(ValueError):
     """A dataset row is malformed."""
 
@@ -151,11 +157,6 @@ def row_to_record(
         )
     question = next((m["content"] for m in reversed(prompt) if m["role"] == "user"), "")
     return Record(id=rid, question=question, gold=gold, messages=prompt, answerable=answerable, meta=meta)
-
-
-Prompt = str | tuple[dict[str, str], ...]
-# (prompt, gold, answerable, all reference answers or None)
-Parsed = tuple[Prompt, str, bool, list[str] | None]
 
 
 def _chat(value: Any, key: str, where: str, role_key: str = "role", content_key: str = "content") -> list:
