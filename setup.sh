@@ -20,6 +20,8 @@ PYTHON=${PYTHON:-python3}
 export PIP_DISABLE_PIP_VERSION_CHECK=1
 python -m pip install -q --upgrade pip setuptools wheel
 python -m pip install -q "${TORCH_SPEC:-torch==2.13.0}"
+# dev = the test tools + the optional extras the tests exercise (wandb, slurm launchers, report
+# plots, tensorboard); a lean library install is plain `pip install ssr` (+ extras as needed).
 extras="dev"
 [ "$TEST" = 1 ] && extras="dev,judge-server"
 python -m pip install -q -e ".[${extras}]"

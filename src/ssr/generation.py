@@ -94,6 +94,17 @@ def generate_ids(
     return results
 
 
+def prompt_token_ids(tokenizer: PreTrainedTokenizerBase, prompts: list[str]) -> list[list[int]]:
+    """Token ids of rendered chat prompts. The chat template already wrote the special tokens (a
+    BOS among them, for Llama-3 or Mistral), so none are added again: every backend gets these."""
+    return [tokenizer(p, add_special_tokens=False)["input_ids"] for p in prompts]
+
+
+def decode_new_tokens(tokenizer: PreTrainedTokenizerBase, ids: list[list[int]]) -> list[str]:
+    """Generated ids -> stripped texts (special tokens, e.g. the end-of-turn, dropped)."""
+    return [t.strip() for t in tokenizer.batch_decode(ids, skip_special_tokens=True)]
+
+
 def hf_generate(
     model: PreTrainedModel,
     tokenizer: PreTrainedTokenizerBase,
@@ -118,39 +129,64 @@ def hf_generate(
     if cache_implementation:
         kwargs["cache_implementation"] = cache_implementation
 
-    def decode(ids: list[list[int]]) -> list[str]:
-        return [t.strip() for t in tokenizer.batch_decode(ids, skip_special_tokens=True)]
-
     new_ids = generate_ids(
         model,
-        [tokenizer(p, add_special_tokens=False)["input_ids"] for p in prompts],
+        prompt_token_ids(tokenizer, prompts),
         tokenizer.pad_token_id,
         kwargs,
         batch_size,
         autocast_dtype=precision_dtype(precision, device.type),
-        on_batch=(lambda idx, ids: on_batch(idx, decode(ids))) if on_batch else None,
+        on_batch=(lambda idx, ids: on_batch(idx, decode_new_tokens(tokenizer, ids))) if on_batch else None,
         sample_seed=decoding.seed if decoding.do_sample else None,
         progress=progress,
     )
-    return decode(new_ids)
+    return decode_new_tokens(tokenizer, new_ids)
+
+
+def load_vllm(model_path: str, **engine_kwargs: Any) -> Any:
+    """A ``vllm.LLM`` engine (GPU; optional extra ``ssr[vllm]``); build it once per generator."""
+    try:
+        from vllm import LLM
+    except ImportError as err:
+        raise ImportError("generator=vllm needs vLLM: pip install 'ssr[vllm]' (GPU only)") from err
+    return LLM(model=model_path, **engine_kwargs)
 
 
 def vllm_generate(
-    model_path: str, prompts: list[str], decoding: DecodingConfig, **engine_kwargs: Any
+    llm: Any,
+    tokenizer: PreTrainedTokenizerBase,
+    prompts: list[str],
+    decoding: DecodingConfig,
+    batch_size: int = 256,
+    on_batch: Callable[[list[int], list[str]], None] | None = None,
+    progress: bool = True,
 ) -> list[str]:
-    """vLLM backend for GPU users (optional extra ``ssr[vllm]``)."""
-    try:
-        from vllm import LLM, SamplingParams
-    except ImportError as err:  # pragma: no cover - optional dependency
-        raise ImportError("generator=vllm needs vLLM: pip install 'ssr[vllm]' (GPU only)") from err
-    llm = LLM(model=model_path, **engine_kwargs)  # pragma: no cover
+    """vLLM backend: the same prompt token ids and decoding of the new ids as :func:`hf_generate`.
+
+    Prompts go in as token ids (``TokensPrompt``): given text, vLLM would tokenize it with special
+    tokens again (a second BOS on Llama-3 / Mistral). Chunks of ``batch_size`` prompts (vLLM
+    batches inside a chunk); ``on_batch(indices, texts)`` runs after each, so the cache is
+    written as generation goes. Generation stops at the tokenizer's EOS, as the hf path does.
+    """
+    from vllm import SamplingParams
+
     params = SamplingParams(
         max_tokens=decoding.max_new_tokens,
-        seed=decoding.seed,  # pragma: no cover
+        seed=decoding.seed,
         temperature=decoding.temperature if decoding.do_sample else 0.0,
         top_p=decoding.top_p if decoding.do_sample else 1.0,
+        stop_token_ids=[tokenizer.eos_token_id],
     )
-    return [o.outputs[0].text.strip() for o in llm.generate(prompts, params)]  # pragma: no cover
+    ids = prompt_token_ids(tokenizer, prompts)
+    texts: list[str] = []
+    for start in range(0, len(ids), batch_size):
+        chunk = [{"prompt_token_ids": p} for p in ids[start : start + batch_size]]
+        outputs = llm.generate(chunk, params, use_tqdm=progress)
+        new = decode_new_tokens(tokenizer, [list(o.outputs[0].token_ids) for o in outputs])
+        texts.extend(new)
+        if on_batch:
+            on_batch(list(range(start, start + len(chunk))), new)
+    return texts
 
 
 @dataclass

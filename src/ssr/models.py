@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import importlib.util
+import json
 import logging
 import os
+import re
 import shutil
 import time
 from dataclasses import dataclass
@@ -44,6 +46,8 @@ class ModelSpec:
     tokenizer: str | None = None  # defaults to the model's own
     tiny_config: dict[str, Any] | None = None  # LlamaConfig overrides for tiny-random
     seed: int = 0
+    # a Jinja chat template (a file path or the template itself) for base models without one
+    chat_template: str | None = None
 
 
 def embedded_gguf_path() -> Path:
@@ -107,6 +111,57 @@ def resolve_path(name_or_path: str) -> str:
     return name_or_path
 
 
+def symbolic_name(name_or_path: str) -> str:
+    """The inverse of :func:`resolve_path`: the embedded model's cached directory (as written into
+    an adapter's ``adapter_config.json``) back to its name, which resolves on any machine."""
+    path = Path(name_or_path)
+    if path.parent.name == "models" and re.fullmatch(r"smollm2-135m-instruct-\d+", path.name):
+        return EMBEDDED
+    return name_or_path
+
+
+def read_chat_template(value: str) -> str:
+    """``model.chat_template``: a file holding a Jinja template, or the template itself."""
+    path = Path(value).expanduser()
+    if "{" not in value and len(value) < 4096 and path.is_file():
+        return path.read_text()
+    if "{%" in value or "{{" in value:
+        return value
+    raise ValueError(f"model.chat_template={value!r:.80} is neither a file nor a Jinja template")
+
+
+SPEC_FILE = "ssr_model.json"  # written beside an adapter by SSRModule.save_adapter
+
+
+def adapter_base_spec(adapter: str | Path, model_cfg: dict[str, Any] | None = None) -> ModelSpec:
+    """The base model a PEFT adapter was trained on.
+
+    ``ssr_model.json`` (the exact ModelSpec, written by ssr-train) when the adapter has one, else
+    ``adapter_config.json``'s ``base_model_name_or_path`` and ``revision`` over ``model_cfg``'s
+    other fields (dtype, attention, ...); an embedded-model cache dir maps back to its name. With
+    neither (a model built from a config), ``model_cfg`` itself.
+    """
+    adapter = Path(adapter)
+    config_file = adapter / "adapter_config.json"
+    if not config_file.is_file():
+        raise FileNotFoundError(f"{config_file} not found: not a PEFT adapter directory")
+    if (adapter / SPEC_FILE).is_file():
+        return ModelSpec(**json.loads((adapter / SPEC_FILE).read_text()))
+    name = json.loads(config_file.read_text()).get("base_model_name_or_path")
+    if not name:
+        if model_cfg is None:
+            raise ValueError(f"{config_file} names no base model (base_model_name_or_path): pass it")
+        log.warning(
+            "%s names no base model: using model.name_or_path=%s", config_file, model_cfg.get("name_or_path")
+        )
+        return ModelSpec(**model_cfg)
+    fields = {k: v for k, v in (model_cfg or {}).items() if k not in ("tiny_config", "seed")}
+    fields.update(
+        name_or_path=symbolic_name(name), revision=json.loads(config_file.read_text()).get("revision")
+    )
+    return ModelSpec(**fields)
+
+
 def load_tokenizer(spec: ModelSpec) -> PreTrainedTokenizerBase:
     source = spec.tokenizer or (
         str(embedded_tokenizer_dir()) if spec.name_or_path == TINY_RANDOM else resolve_path(spec.name_or_path)
@@ -116,6 +171,12 @@ def load_tokenizer(spec: ModelSpec) -> PreTrainedTokenizerBase:
         revision=spec.revision if not spec.tokenizer else None,
         trust_remote_code=spec.trust_remote_code,
     )
+    if spec.chat_template:
+        tokenizer.chat_template = read_chat_template(spec.chat_template)
+    if not tokenizer.chat_template:
+        raise ValueError(
+            f"tokenizer {source} has no chat template: set model.chat_template=<a file or a Jinja template>"
+        )
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     return tokenizer

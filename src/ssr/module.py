@@ -5,10 +5,12 @@ bf16 autocast comes from the Trainer's ``precision: bf16-mixed`` (CPU and GPU) o
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import time
 from contextlib import nullcontext
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +20,7 @@ import torch.nn.functional as F
 from transformers import PreTrainedModel
 
 from ssr.data.tokenize import IGNORE_INDEX
-from ssr.models import ModelSpec, apply_peft, cast_frozen_linear_weights, load_model
+from ssr.models import SPEC_FILE, ModelSpec, apply_peft, cast_frozen_linear_weights, load_model
 from ssr.precision import autocast_dtype, trainer_autocast
 
 log = logging.getLogger(__name__)
@@ -260,6 +262,8 @@ class SSRModule(L.LightningModule):
         state_dict = self._gathered_state_dict() if self._zero3 else None
         if self._is_global_zero:
             self.model.save_pretrained(path, safe_serialization=True, state_dict=state_dict)
+            # the exact base model (ssr-eval / ssr-export read it: adapter_base_spec)
+            (path / SPEC_FILE).write_text(json.dumps(asdict(self.spec), indent=1))
         return path
 
     def _gathered_state_dict(self) -> dict[str, torch.Tensor]:

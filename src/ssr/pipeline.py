@@ -22,7 +22,14 @@ from ssr.data.prompts import (
     render_prompt,
 )
 from ssr.files import atomic_write_text
-from ssr.generation import DecodingConfig, GenerationStats, cached_generate, hf_generate, vllm_generate
+from ssr.generation import (
+    DecodingConfig,
+    GenerationStats,
+    cached_generate,
+    hf_generate,
+    load_vllm,
+    vllm_generate,
+)
 from ssr.methods import Candidate, MethodConfig, Selection, SelectionStats, select_targets, selection_stats
 from ssr.models import (
     ModelSpec,
@@ -103,11 +110,11 @@ class BaseModelGenerator:
 
     def _backend(self, prompts: list[str], on_batch: Any) -> list[str]:
         if self.cfg.backend == "vllm":
-            texts = vllm_generate(
-                resolve_path(self.spec.name_or_path), prompts, self.cfg.decoding, **self.cfg.vllm_kwargs
+            if self._model is None:
+                self._model = load_vllm(resolve_path(self.spec.name_or_path), **self.cfg.vllm_kwargs)
+            return vllm_generate(
+                self._model, self.tokenizer, prompts, self.cfg.decoding, self.cfg.batch_size, on_batch
             )
-            on_batch(list(range(len(prompts))), texts)
-            return texts
         if self._model is None:
             self._model, _ = load_model(self.spec)
             self._model.to(self.device)

@@ -8,13 +8,17 @@ same numbers in one file, which ``find_runs`` reads back (the notebook draws fro
 
 from __future__ import annotations
 
+import importlib.util
 import json
+import logging
 import math
 import statistics
 from collections import defaultdict
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
+
+log = logging.getLogger(__name__)
 
 # Which metric stands for a benchmark in the table (lm-eval metric names).
 PRIMARY_METRIC = {"hellaswag": "acc_norm", "gsm8k": "exact_match", "self_drift": "nll_increase_rel"}
@@ -320,7 +324,11 @@ def write_report(paths: list[Path], out_dir: Path) -> Path:
     if not runs:
         raise FileNotFoundError(f"no run directories (with summary.json) under {[str(p) for p in paths]}")
     out_dir.mkdir(parents=True, exist_ok=True)
-    plots = [plot_summary(runs, out_dir), *plot_drift(runs, out_dir)]
+    if importlib.util.find_spec("matplotlib") is None:
+        log.warning("matplotlib is not installed (pip install 'ssr[report]'): writing the tables only")
+        plots = []
+    else:
+        plots = [plot_summary(runs, out_dir), *plot_drift(runs, out_dir)]
     export_runs(runs, out_dir / "runs.json")
     md = [
         "# SSR results",

@@ -18,14 +18,22 @@ log = logging.getLogger("ssr")
 
 
 def conf_dir() -> str:
-    """``$SSR_CONF_DIR`` or the repository's ``conf/`` (editable installs and checkouts)."""
+    """The Hydra config tree: ``$SSR_CONF_DIR``, else the one shipped in the package (``ssr/conf``,
+    mapped from the repository's ``conf/`` when a wheel is built), else the checkout's ``conf/``
+    (editable installs and ``PYTHONPATH=src``). Add your own groups with ``hydra.searchpath``."""
     env = os.environ.get("SSR_CONF_DIR")
-    path = Path(env) if env else Path(__file__).resolve().parents[3] / "conf"
-    if not (path / "train.yaml").is_file():
-        raise FileNotFoundError(
-            f"Hydra config tree not found at {path}; set SSR_CONF_DIR to the repo's conf/"
-        )
-    return str(path)
+    if env:
+        candidates = [Path(env)]
+    else:
+        package = Path(__file__).resolve().parents[1]
+        candidates = [package / "conf", package.parents[1] / "conf"]
+    for path in candidates:
+        if (path / "train.yaml").is_file():
+            return str(path)
+    raise FileNotFoundError(
+        f"Hydra config tree not found (looked in {', '.join(map(str, candidates))}); "
+        "set SSR_CONF_DIR to a directory holding train.yaml"
+    )
 
 
 CONF_DIR = conf_dir()

@@ -1,7 +1,8 @@
 """ssr-eval: evaluate a base model or a trained adapter on task metrics + the drift suite.
 
     ssr-eval                                  # the base model of the config (model=...)
-    ssr-eval +adapter=outputs/.../adapter     # a trained LoRA adapter on that base model
+    ssr-eval +adapter=outputs/.../adapter     # a trained LoRA adapter on the base it was trained on
+The adapter's base model comes from its run's config (or ``adapter_config.json``), not ``model=``.
 Writes ``eval.json`` next to the adapter (or into the run directory for a base model).
 """
 
@@ -21,7 +22,7 @@ from ssr.data.prompts import PromptConfig
 from ssr.eval.evaluate import evaluate_model
 from ssr.eval.grounded import evaluate_grounded
 from ssr.generation import DecodingConfig
-from ssr.models import ModelSpec, load_model
+from ssr.models import ModelSpec, adapter_base_spec, load_model
 
 log = logging.getLogger("ssr.eval")
 
@@ -30,9 +31,11 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     from ssr.cli.train import task_prompt_budget, task_sets
 
     precision = resolve_precision(cfg).precision
-    spec = ModelSpec(**to_dict(cfg.model))
-    model, tokenizer = load_model(spec)
     adapter = cfg.get("adapter")
+    spec = adapter_base_spec(adapter, to_dict(cfg.model)) if adapter else ModelSpec(**to_dict(cfg.model))
+    if adapter and spec.name_or_path != cfg.model.name_or_path:
+        log.info("adapter %s: base model %s (model.name_or_path ignored)", adapter, spec.name_or_path)
+    model, tokenizer = load_model(spec)
     if adapter:
         from peft import PeftModel
 

@@ -1,4 +1,6 @@
-"""Dataset adapters: SQuAD 2.0, QuAC, generic JSONL, hub datasets, the embedded set -> Records.
+"""Dataset adapters: SQuAD 2.0, QuAC, your JSONL, hub datasets, the embedded set -> Records.
+
+JSONL and hub rows go through the one row normaliser, ``ssr.data.formats``.
 
 Every adapter validates its rows: a bad row raises ``DataError`` naming the file, row and field,
 or, with ``on_error="skip"``, is skipped and counted (``LoadReport``).
@@ -14,14 +16,21 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ssr.data.formats import (
+    DataError,
+    RowFields,
+    check_unicode,
+    optional_bool,
+    optional_id,
+    require_str,
+    row_to_record,
+)
 from ssr.data.prompts import DEFAULT_UNANSWERABLE
 from ssr.records import Record, content_hash
 
+__all__ = ["DataError", "LoadReport", "embedded_grounded_qa", "hub", "jsonl", "quac", "squad_v2", "subsample"]
+
 log = logging.getLogger(__name__)
-
-
-class DataError(ValueError):
-    """A dataset row is malformed."""
 
 
 @dataclass
@@ -29,52 +38,6 @@ class LoadReport:
     source: str
     rows: int = 0
     skipped: list[str] = field(default_factory=list)
-
-
-def _require_str(row: dict[str, Any], key: str, where: str, allow_empty: bool = False) -> str:
-    if key not in row or row[key] is None:
-        raise DataError(f"{where}: missing field {key!r}")
-    value = row[key]
-    if not isinstance(value, str):
-        raise DataError(f"{where}: field {key!r} must be a string, got {type(value).__name__}")
-    if not allow_empty and not value.strip():
-        raise DataError(f"{where}: field {key!r} is empty")
-    return _check_unicode(value, key, where)
-
-
-def _check_unicode(value: str, key: str, where: str) -> str:
-    """JSON escapes can smuggle in lone surrogates, which no UTF-8 file (cache, tokenizer) accepts."""
-    try:
-        value.encode("utf-8")
-    except UnicodeEncodeError as err:
-        raise DataError(
-            f"{where}: field {key!r} is not valid Unicode (lone surrogate at character {err.start})"
-        ) from err
-    return value
-
-
-def _optional_id(row: dict[str, Any], key: str, where: str) -> str | None:
-    """A row id: a non-empty string or an integer; None when absent."""
-    value = row.get(key)
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, (str, int)):
-        raise DataError(f"{where}: field {key!r} must be a string or an integer, got {type(value).__name__}")
-    if isinstance(value, str) and not value.strip():
-        raise DataError(f"{where}: field {key!r} is empty")
-    return _check_unicode(str(value), key, where)
-
-
-def _optional_bool(row: dict[str, Any], key: str, where: str, default: bool) -> bool:
-    """A JSON boolean (``"false"`` or ``0`` would silently read as the wrong value); default when absent."""
-    value = row.get(key)
-    if value is None:
-        return default
-    if not isinstance(value, bool):
-        raise DataError(
-            f"{where}: field {key!r} must be a boolean (true/false), got {type(value).__name__} {value!r:.40}"
-        )
-    return value
 
 
 def _bad(message: str) -> Callable[[], Record]:
@@ -200,14 +163,14 @@ def squad_v2(
 
 
 def _squad_record(qa: dict, para: dict, where: str, title: str, unanswerable: str) -> Record:
-    context = _require_str(para, "context", where.rsplit(".qas", 1)[0])
-    question = _require_str(qa, "question", where)
-    qid = _require_str(qa, "id", where)
-    impossible = _optional_bool(qa, "is_impossible", where, default=False)
+    context = require_str(para, "context", where.rsplit(".qas", 1)[0])
+    question = require_str(qa, "question", where)
+    qid = require_str(qa, "id", where)
+    impossible = optional_bool(qa, "is_impossible", where, default=False)
     if not isinstance(qa.get("answers", []), list):
         raise DataError(f"{where}: field 'answers' must be a list")
     answers = [a.get("text", "") for a in qa.get("answers", []) if isinstance(a, dict)]
-    answers = [_check_unicode(a, "answers", where) for a in answers if isinstance(a, str) and a.strip()]
+    answers = [check_unicode(a, "answers", where) for a in answers if isinstance(a, str) and a.strip()]
     if not impossible and not answers:
         raise DataError(f"{where}: answerable question without answers")
     gold = unanswerable if impossible else answers[0]
@@ -238,8 +201,8 @@ def quac(
 
     def make(raw: bytes, where: str) -> Record:
         row = _parse_json_line(raw, where)
-        context = _require_str(row, "context", where)
-        answer = _require_str(row, "answer", where)
+        context = require_str(row, "context", where)
+        answer = require_str(row, "answer", where)
         head, sep, question = context.rpartition("Question:")
         question = question.strip().removesuffix("Answer:").strip()
         if not sep or not question:
@@ -248,7 +211,7 @@ def quac(
         impossible = answer.strip() == marker
         gold = unanswerable_sentence if impossible else answer.strip()
         return Record(
-            id=_optional_id(row, "id", where) or content_hash(context),
+            id=optional_id(row, "id", where) or content_hash(context),
             question=question,
             gold=gold,
             document=document,
@@ -266,71 +229,55 @@ def nq_open_book(path: str, on_error: str = "raise", **_: Any) -> list[Record]:
 
 def jsonl(
     path: str,
+    format: str = "auto",
     prompt_field: str = "prompt",
     response_field: str = "response",
     document_field: str | None = "document",
     id_field: str = "id",
     answerable_field: str | None = "answerable",
+    unanswerable_sentence: str = DEFAULT_UNANSWERABLE,
     on_error: str = "raise",
 ) -> list[Record]:
-    """Generic JSONL: prompt/response (+ optional document), or ``messages`` chat rows.
-
-    A row with ``messages`` must end with an assistant turn, which becomes the gold response.
-    """
+    """Your own JSONL in any format of ``ssr.data.formats`` (prompt/completion, messages,
+    prompt/response, alpaca, sharegpt), detected per row from its keys unless ``format`` names one."""
     file = Path(path)
+    fields = RowFields(prompt_field, response_field, document_field, id_field, answerable_field)
 
     def make(raw: bytes, where: str) -> Record:
         row = _parse_json_line(raw, where)
-        rid = _optional_id(row, id_field, where) or f"{file.name}:{where.rsplit(':', 1)[1]}"
-        answerable = _optional_bool(row, answerable_field, where, True) if answerable_field else True
-        if "messages" in row:
-            msgs = row["messages"]
-            if (
-                not isinstance(msgs, list)
-                or not msgs
-                or not all(
-                    isinstance(m, dict)
-                    and isinstance(m.get("role"), str)
-                    and isinstance(m.get("content"), str)
-                    for m in msgs
-                )
-            ):
-                raise DataError(
-                    f"{where}: field 'messages' must be a non-empty list of {{role, content}} strings"
-                )
-            if msgs[-1]["role"] != "assistant" or not msgs[-1]["content"].strip():
-                raise DataError(f"{where}: field 'messages' must end with a non-empty assistant turn")
-            for m in msgs:
-                _check_unicode(m["role"] + m["content"], "messages", where)
-            prefix = tuple({"role": m["role"], "content": m["content"]} for m in msgs[:-1])
-            question = next((m["content"] for m in reversed(prefix) if m["role"] == "user"), "")
-            return Record(
-                id=rid,
-                question=question,
-                gold=msgs[-1]["content"],
-                messages=prefix,
-                answerable=answerable,
-                meta={"source": str(file)},
-            )
-        document = ""
-        if document_field and row.get(document_field) is not None:
-            document = _require_str(row, document_field, where, allow_empty=True)
-        return Record(
-            id=rid,
-            question=_require_str(row, prompt_field, where),
-            gold=_require_str(row, response_field, where),
-            document=document,
-            answerable=answerable,
-            meta={"source": str(file)},
-        )
+        default_id = f"{file.name}:{where.rsplit(':', 1)[1]}"
+        return row_to_record(row, where, default_id, str(file), format, fields, unanswerable_sentence)
 
     return _collect(((w, lambda r=r, w=w: make(r, w)) for w, r in _read_jsonl(file)), str(file), on_error)
+
+
+def open_dataset(
+    name: str,
+    split: str = "train",
+    config: str | None = None,
+    data_files: Any = None,
+    revision: str | None = None,
+) -> Any:
+    """A ``datasets`` split: a hub id, a builder (``json``/``parquet`` + ``data_files``), a local
+    directory of data files, or a directory written by ``Dataset.save_to_disk``."""
+    import datasets
+
+    local = Path(name)
+    if local.is_dir() and ((local / "state.json").is_file() or (local / "dataset_dict.json").is_file()):
+        ds = datasets.load_from_disk(str(local))
+        if isinstance(ds, datasets.DatasetDict):
+            if split not in ds:
+                raise DataError(f"{name}: no split {split!r} (has {', '.join(ds)})")
+            ds = ds[split]
+        return ds
+    return datasets.load_dataset(name, config, split=split, data_files=data_files, revision=revision)
 
 
 def hub(
     name: str,
     split: str = "train",
     config: str | None = None,
+    format: str = "auto",
     question_field: str = "question",
     response_field: str = "answer",
     document_field: str | None = "context",
@@ -338,32 +285,24 @@ def hub(
     answerable_field: str | None = None,
     data_files: Any = None,
     revision: str | None = None,
+    unanswerable_sentence: str = DEFAULT_UNANSWERABLE,
     on_error: str = "raise",
 ) -> list[Record]:
-    """A Hugging Face ``datasets`` dataset by name (or a local builder like ``json`` + data_files)."""
-    import datasets
+    """A Hugging Face ``datasets`` dataset (see :func:`open_dataset`), rows read like :func:`jsonl`'s.
 
-    ds = datasets.load_dataset(name, config, split=split, data_files=data_files, revision=revision)
+    ``question_field`` / ``response_field`` / ``document_field`` name the ``prompt_response``
+    columns (SQuAD: question / answers / context; an empty ``answers.text`` is unanswerable).
+    """
+    ds = open_dataset(name, split, config, data_files, revision)
+    fields = RowFields(question_field, response_field, document_field, id_field, answerable_field)
+    source = f"{name}[{split}]"
 
     def make(i: int, row: dict[str, Any]) -> Record:
-        where = f"{name}[{split}] row {i}"
-        response = row.get(response_field)
-        if isinstance(response, dict):  # e.g. SQuAD-style {"text": [...]} answers
-            texts = response.get("text") or []
-            response = texts[0] if texts else None
-        row = {**row, response_field: response}
-        document = _require_str(row, document_field, where, allow_empty=True) if document_field else ""
-        return Record(
-            id=_optional_id(row, id_field, where) or str(i),
-            question=_require_str(row, question_field, where),
-            gold=_require_str(row, response_field, where),
-            document=document,
-            answerable=_optional_bool(row, answerable_field, where, True) if answerable_field else True,
-            meta={"source": name},
-        )
+        where = f"{source} row {i}"
+        return row_to_record(row, where, str(i), name, format, fields, unanswerable_sentence)
 
     return _collect(
-        ((f"{name} row {i}", lambda i=i, r=r: make(i, r)) for i, r in enumerate(ds)), name, on_error
+        ((f"{source} row {i}", lambda i=i, r=r: make(i, r)) for i, r in enumerate(ds)), source, on_error
     )
 
 
