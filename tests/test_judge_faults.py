@@ -41,6 +41,7 @@ class FakeServer:
     url: str
     requests: list[dict] = field(default_factory=list)
     times: list[float] = field(default_factory=list)
+    gets: list[str] = field(default_factory=list)  # GET paths (the endpoint preflight's /v1/models)
 
 
 @contextmanager
@@ -67,6 +68,15 @@ def fake_server(script: Callable[[int, dict], Reply]) -> Iterator[FakeServer]:
             self.send_header("Content-Length", str(len(reply.body)))
             self.end_headers()
             self.wfile.write(reply.body)
+
+        def do_GET(self) -> None:
+            state.gets.append(self.path)
+            body = json.dumps({"object": "list", "data": [{"id": "fake", "object": "model"}]}).encode()
+            self.send_response(200 if self.path.endswith("/models") else 404)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
 
         def log_message(self, *args: object) -> None:
             pass

@@ -17,6 +17,7 @@ import hydra
 from omegaconf import DictConfig
 
 from ssr.cli._hydra import CONF_DIR, load_records, to_dict
+from ssr.cli.guard import exits_on_config_error, preflight_stage
 from ssr.data.prompts import PromptConfig
 from ssr.eval.evaluate import evaluate_model
 from ssr.eval.grounded import evaluate_grounded
@@ -29,6 +30,7 @@ log = logging.getLogger("ssr.eval")
 def evaluate(cfg: DictConfig) -> dict[str, Any]:
     from ssr.cli.train import task_prompt_budget, task_sets
 
+    preflight_stage(cfg, endpoints=False)  # no judge in evaluation
     spec = ModelSpec(**to_dict(cfg.model))
     model, tokenizer = load_model(spec)
     adapter = cfg.get("adapter")
@@ -68,6 +70,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
 
 
 @hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="train")
+@exits_on_config_error
 def main(cfg: DictConfig) -> None:
     evaluate(cfg)
 
