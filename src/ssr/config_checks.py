@@ -208,7 +208,8 @@ def _shown(value: Any) -> str:
 
 def missing_values(cfg: DictConfig) -> list[str]:
     """Required keys still at ``???`` (Hydra's own keys excluded)."""
-    return sorted(k for k in OmegaConf.missing_keys(cfg) if not k.startswith("hydra."))
+    job = OmegaConf.masked_copy(cfg, [str(k) for k in cfg if k != "hydra"])
+    return sorted(OmegaConf.missing_keys(job))
 
 
 def problems(cfg: DictConfig, rules: tuple[Rule, ...] = RULES) -> list[str]:

@@ -171,7 +171,8 @@ def check_resume(cfg: DictConfig, run_dir: Path, ckpt: str | None) -> dict[str, 
             + "\n  ".join(changes)
         )
     log.warning(
-        "%s=true: resuming %s with a changed config (%d settings):\n  %s",
+        "%s=true: resuming %s with a changed config (%d settings; the optimizer and LR schedule "
+        "continue from the checkpoint's state):\n  %s",
         ALLOW_FLAG,
         source,
         len(changes),
