@@ -71,7 +71,7 @@ class ResumeState(L.Callback):
 
     ``run_record`` (:func:`ssr.run_fingerprint.make_record`) is written into every checkpoint as
     ``checkpoint["ssr_run"]``. ``SSR_FAULT_AT=train.step:<n>`` kills the process after its n-th
-    optimizer step, before that step's checkpoint (see :mod:`ssr.faults`).
+    training batch, before that batch's checkpoint is written (see :mod:`ssr.faults`).
     """
 
     def __init__(self, run_record: dict[str, Any] | None = None) -> None:

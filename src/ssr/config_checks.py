@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import InterpolationResolutionError
 
 # trainer.precision: Lightning's names, their short aliases, and `auto` (resolved by ssr-train).
@@ -207,9 +207,28 @@ def _shown(value: Any) -> str:
 
 
 def missing_values(cfg: DictConfig) -> list[str]:
-    """Required keys still at ``???`` (Hydra's own keys excluded)."""
-    job = OmegaConf.masked_copy(cfg, [str(k) for k in cfg if k != "hydra"])
-    return sorted(OmegaConf.missing_keys(job))
+    """Required keys still at ``???`` (Hydra's own keys excluded); nothing is resolved."""
+    out: list[str] = []
+
+    def walk(node: DictConfig | ListConfig, prefix: str) -> None:
+        keys = list(node.keys()) if isinstance(node, DictConfig) else range(len(node))
+        for key in keys:
+            full = f"{prefix}.{key}" if prefix else str(key)
+            if full == "hydra":
+                continue
+            if OmegaConf.is_missing(node, key):
+                out.append(full)
+                continue
+            child = node._get_node(key)
+            if (
+                isinstance(child, DictConfig | ListConfig)
+                and not child._is_none()
+                and not child._is_interpolation()
+            ):
+                walk(child, full)
+
+    walk(cfg, "")
+    return sorted(out)
 
 
 def problems(cfg: DictConfig, rules: tuple[Rule, ...] = RULES) -> list[str]:

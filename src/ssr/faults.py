@@ -6,7 +6,7 @@ exactly like ``kill -9``. Without the variable (always, outside tests) a point c
 
 Points: ``cache.<dir>`` (a :class:`ssr.cache.JsonlCache` append under ``<dir>``, i.e.
 ``cache.generations`` or ``cache.verdicts``; the kill leaves a torn last line); ``train.step``
-(after an optimizer step, before its checkpoint is written: :class:`ssr.callbacks.ResumeState`).
+(after a training batch, before its checkpoint is written: :class:`ssr.callbacks.ResumeState`).
 """
 
 from __future__ import annotations
