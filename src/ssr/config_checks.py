@@ -108,7 +108,7 @@ RULES: tuple[Rule, ...] = (
     # data
     _rule("data.batch_size", int_at_least(1), optional=False),
     _rule("data.val_batch_size", int_at_least(1)),
-    _rule("data.max_length", int_at_least(2), optional=False),
+    _rule("data.max_length", int_at_least(1), optional=False),
     _rule("data.num_workers", int_at_least(0)),
     _rule("data.max_train_rows", int_at_least(1)),
     _rule("data.max_val_rows", int_at_least(0)),  # 0 = no validation set
