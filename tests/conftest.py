@@ -81,3 +81,22 @@ def tiny_cfg(tmp_path):
         return cfg
 
     return make
+
+
+@pytest.fixture
+def no_model_loading(monkeypatch):
+    """Fail the test if a mistake is caught only after a tokenizer or model was loaded."""
+    import ssr.datamodule
+    import ssr.models
+    import ssr.pipeline
+
+    def forbidden(*args, **kwargs):
+        raise AssertionError("the config error must be raised before any model or tokenizer is loaded")
+
+    for module, name in [
+        (ssr.models, "load_model"),
+        (ssr.datamodule, "load_tokenizer"),
+        (ssr.pipeline, "load_model"),
+        (ssr.pipeline, "load_tokenizer"),
+    ]:
+        monkeypatch.setattr(module, name, forbidden)

@@ -41,11 +41,13 @@ class FakeServer:
     url: str
     requests: list[dict] = field(default_factory=list)
     times: list[float] = field(default_factory=list)
+    gets: list[str] = field(default_factory=list)  # GET paths (the endpoint preflight's /v1/models)
 
 
 @contextmanager
-def fake_server(script: Callable[[int, dict], Reply]) -> Iterator[FakeServer]:
-    """Serve ``script(n, request_json)`` for the n-th POST (0-based) on a free 127.0.0.1 port."""
+def fake_server(script: Callable[[int, dict], Reply], models_status: int = 200) -> Iterator[FakeServer]:
+    """Serve ``script(n, request_json)`` for the n-th POST (0-based) on a free 127.0.0.1 port;
+    ``GET .../models`` answers a one-model list with ``models_status``."""
     release = threading.Event()
     lock = threading.Lock()
     state: FakeServer
@@ -67,6 +69,15 @@ def fake_server(script: Callable[[int, dict], Reply]) -> Iterator[FakeServer]:
             self.send_header("Content-Length", str(len(reply.body)))
             self.end_headers()
             self.wfile.write(reply.body)
+
+        def do_GET(self) -> None:
+            state.gets.append(self.path)
+            body = json.dumps({"object": "list", "data": [{"id": "fake", "object": "model"}]}).encode()
+            self.send_response(models_status if self.path.endswith("/models") else 404)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
 
         def log_message(self, *args: object) -> None:
             pass
@@ -259,3 +270,123 @@ def test_key_is_read_at_request_time_and_never_stored(
     stored = repr(judge) + judge.fingerprint() + json.dumps(judge.__getstate__(), default=str)
     stored += cache_path.read_text() + caplog.text
     assert "secret-value" not in stored
+
+
+# --------------------------------------------------------------------------- backoff jitter, Retry-After dates
+def test_retry_after_as_an_http_date_is_honoured() -> None:
+    from email.utils import formatdate
+
+    def script(n: int, body: dict) -> Reply:
+        if n:
+            return chat_reply("Yes")
+        # an HTTP date 3 s ahead (whole seconds: 2-3 s from now)
+        return Reply(
+            status=429, body=b"slow down", headers={"Retry-After": formatdate(time.time() + 3, usegmt=True)}
+        )
+
+    with fake_server(script) as server:
+        (verdict,) = make_judge(server.url, backoff_s=0.01, backoff_jitter=0).judge_batch(items())
+    assert verdict.accept
+    assert 1.9 <= server.times[1] - server.times[0] < 5  # not the 10 ms backoff (the date used to be ignored)
+
+
+def test_retry_after_parsing() -> None:
+    from datetime import datetime, timezone
+
+    import httpx
+
+    from ssr.judges.openai import _retry_after_s
+
+    now = datetime(2026, 1, 1, 12, 0, 0, tzinfo=timezone.utc)
+
+    def parsed(value: str) -> float | None:
+        return _retry_after_s(httpx.Response(429, headers={"Retry-After": value}), now=now)
+
+    assert parsed("7") == 7.0
+    assert parsed("Thu, 01 Jan 2026 12:00:30 GMT") == 30.0
+    assert parsed("Thu, 01 Jan 2026 11:59:00 GMT") == 0.0  # in the past: retry now
+    assert parsed("soon") is None  # unparseable: our own backoff
+
+
+def test_backoff_has_jitter_and_never_undercuts_the_base_wait() -> None:
+    import random
+
+    from ssr.judges.openai import backoff_wait
+
+    rng = random.Random(0)
+    waits = [backoff_wait(2, 1.0, 0.5, None, rng) for _ in range(200)]
+    assert all(4.0 <= w <= 6.0 for w in waits) and max(waits) - min(waits) > 1.5
+    after = [backoff_wait(0, 1.0, 0.5, 10.0, rng) for _ in range(50)]
+    assert all(10.0 <= w <= 15.0 for w in after) and len({round(w, 3) for w in after}) > 40
+    assert backoff_wait(3, 0.5, 0.0, None, rng) == 4.0  # jitter 0: plain exponential backoff
+
+
+def test_threads_failing_together_do_not_retry_in_lockstep() -> None:
+    first: dict[str, float] = {}
+    gaps: dict[str, float] = {}
+    lock = threading.Lock()
+
+    def script(n: int, body: dict) -> Reply:
+        question = body["messages"][-1]["content"]
+        with lock:
+            if question not in first:
+                first[question] = time.monotonic()
+                return Reply(status=503, body=b"busy")
+            gaps[question] = time.monotonic() - first[question]
+        return chat_reply("Yes")
+
+    with fake_server(script) as server:
+        judge = make_judge(server.url, backoff_s=0.3, backoff_jitter=1.0, max_concurrency=12)
+        verdicts = judge.judge_batch(items(12))
+    assert all(v.accept for v in verdicts) and len(gaps) == 12
+    assert min(gaps.values()) >= 0.29  # never sooner than the backoff
+    assert max(gaps.values()) - min(gaps.values()) > 0.08, f"retries in lockstep: {sorted(gaps.values())}"
+
+
+# --------------------------------------------------------------------------- endpoint preflight
+def test_preflight_of_an_endpoint_with_nothing_listening_names_the_url_and_what_was_tried() -> None:
+    from ssr.http_preflight import EndpointError
+
+    url = f"http://127.0.0.1:{free_port()}/v1"
+    start = time.monotonic()
+    with pytest.raises(EndpointError) as err:
+        make_judge(url).preflight()
+    assert time.monotonic() - start < 5
+    text = str(err.value)
+    assert text.startswith(f"judge.base_url={url}: no server answered (tried GET {url}/models: ConnectError")
+    assert "\n" not in text
+
+
+def test_preflight_passes_on_a_model_list_and_sends_the_key(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SSR_TEST_JUDGE_KEY", "sk-test-preflight")
+    with fake_server(lambda n, body: chat_reply("Yes")) as server:
+        what = make_judge(server.url, api_key_env="SSR_TEST_JUDGE_KEY").preflight()
+    assert server.gets == ["/v1/models"] and not server.requests and "HTTP 200" in what
+
+
+def test_preflight_falls_back_to_a_one_token_completion() -> None:
+    """A server without GET /models (404) that answers chat completions passes; one that answers
+    neither fails, naming both requests."""
+    from ssr.http_preflight import EndpointError, check_endpoint
+
+    with fake_server(lambda n, body: chat_reply("Yes"), models_status=404) as server:
+        what = check_endpoint(server.url, key="generator.base_url", model="fake")
+    assert server.gets == ["/v1/models"] and len(server.requests) == 1
+    assert server.requests[0]["json"]["max_tokens"] == 1 and what.startswith("POST")
+    with (
+        fake_server(lambda n, body: Reply(status=404, body=b"no"), models_status=404) as server,
+        pytest.raises(
+            EndpointError, match=r"no OpenAI-compatible API there \(tried GET .*/v1/models: HTTP 404; POST"
+        ),
+    ):
+        check_endpoint(server.url, key="judge.base_url")
+
+
+def test_preflight_reports_a_rejected_key() -> None:
+    from ssr.http_preflight import EndpointError, check_endpoint
+
+    with (
+        fake_server(lambda n, body: chat_reply("Yes"), models_status=401) as server,
+        pytest.raises(EndpointError, match=r"rejected the API key \(check judge.api_key_env=K\)"),
+    ):
+        check_endpoint(server.url, key="judge.base_url", key_hint="judge.api_key_env=K")

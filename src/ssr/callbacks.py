@@ -1,4 +1,6 @@
-"""Training callbacks: stop on a non-finite loss; log progress lines that reach files and pipes."""
+"""Training callbacks: stop on a non-finite loss before it reaches the weights or a checkpoint;
+carry what an exact resume needs (RNG states, the run fingerprint) in every checkpoint; log
+progress lines that reach files and pipes."""
 
 from __future__ import annotations
 
@@ -9,6 +11,9 @@ from typing import Any
 
 import lightning as L
 import torch
+
+from ssr import rng
+from ssr.faults import fault_point
 
 log = logging.getLogger("ssr.train")
 
@@ -95,3 +100,49 @@ class FiniteLossGuard(L.Callback):
             return
         if not bool(torch.stack([torch.isfinite(g).all() for g in grads]).all()):
             raise NonFiniteLossError(f"non-finite gradients at {self._where(trainer)}")
+
+
+class ResumeState(L.Callback):
+    """Checkpoints carry the global RNG states and the run fingerprint.
+
+    Dropout draws from torch's global generator, which Lightning does not checkpoint: without it a
+    resumed run drew different dropout masks from the resume point on. The states saved with a
+    checkpoint are restored just before the first training batch after the resume, so whatever
+    runs between restoring the checkpoint and that batch (model set-up, the drift callback's base
+    evaluation) cannot shift them. Single-process runs only: with several ranks the checkpoint
+    holds rank 0's states, which would not be the other ranks' own, so they are not restored.
+
+    ``run_record`` (:func:`ssr.run_fingerprint.make_record`) is written into every checkpoint as
+    ``checkpoint["ssr_run"]``. ``SSR_FAULT_AT=train.step:<n>`` kills the process after its n-th
+    training batch, before that batch's checkpoint is written (see :mod:`ssr.faults`).
+    """
+
+    def __init__(self, run_record: dict[str, Any] | None = None) -> None:
+        self.run_record = run_record
+        self._restore: dict[str, Any] | None = None
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"rng": rng.to_checkpoint(rng.rng_states())}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self._restore = state_dict.get("rng")
+
+    def on_train_batch_start(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, batch_idx: int
+    ) -> None:
+        saved, self._restore = self._restore, None
+        if saved is not None and trainer.world_size == 1:
+            rng.set_rng_states(rng.from_checkpoint(saved))
+
+    def on_train_batch_end(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
+        fault_point("train.step")
+
+    def on_save_checkpoint(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict[str, Any]
+    ) -> None:
+        if self.run_record is not None:
+            from ssr.run_fingerprint import CHECKPOINT_KEY
+
+            checkpoint[CHECKPOINT_KEY] = {k: self.run_record[k] for k in ("fingerprint", "config")}

@@ -280,11 +280,15 @@ class SSRDataModule(L.LightningDataModule):
             [len(r.input_ids) for r in rows], batch_size, shuffle, epoch_seed, rank, world
         )
         pad = self.tokenizer.pad_token_id
+        # A private generator: by default every new loader iterator draws its base seed from
+        # torch's global RNG, which shifts the dropout masks of all later steps, and a resumed
+        # run creates its iterators at other points than the run it continues.
         return (ResumableDataLoader if shuffle else DataLoader)(
             _ListDataset(rows),
             batch_sampler=sampler,
             num_workers=self.num_workers,
             collate_fn=partial(collate, pad_id=pad, packing=self.packing),
+            generator=torch.Generator().manual_seed(self.seed),
         )
 
     def train_dataloader(self) -> DataLoader:

@@ -5,7 +5,8 @@ The n-th time the process reaches ``fault_point(<point>)`` it runs the point's `
 exactly like ``kill -9``. Without the variable (always, outside tests) a point costs one lookup.
 
 Points: ``cache.<dir>`` (a :class:`ssr.cache.JsonlCache` append under ``<dir>``, i.e.
-``cache.generations`` or ``cache.verdicts``; the kill leaves a torn last line).
+``cache.generations`` or ``cache.verdicts``; the kill leaves a torn last line); ``train.step``
+(after a training batch, before its checkpoint is written: :class:`ssr.callbacks.ResumeState`).
 """
 
 from __future__ import annotations

@@ -18,6 +18,7 @@ import hydra
 from omegaconf import DictConfig
 
 from ssr.cli._hydra import CONF_DIR, load_records, resolve_precision, to_dict
+from ssr.cli.guard import exits_on_config_error, preflight_stage
 from ssr.data.prompts import PromptConfig
 from ssr.eval.evaluate import evaluate_model
 from ssr.eval.grounded import evaluate_grounded
@@ -30,6 +31,7 @@ log = logging.getLogger("ssr.eval")
 def evaluate(cfg: DictConfig) -> dict[str, Any]:
     from ssr.cli.train import task_prompt_budget, task_sets
 
+    preflight_stage(cfg, endpoints=False)  # no judge in evaluation
     precision = resolve_precision(cfg).precision
     adapter = cfg.get("adapter")
     spec = adapter_base_spec(adapter, to_dict(cfg.model)) if adapter else ModelSpec(**to_dict(cfg.model))
@@ -89,6 +91,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
 
 
 @hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="train")
+@exits_on_config_error
 def main(cfg: DictConfig) -> None:
     evaluate(cfg)
 

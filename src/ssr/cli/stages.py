@@ -15,6 +15,7 @@ import hydra
 from omegaconf import DictConfig
 
 from ssr.cli._hydra import CONF_DIR, resolve_precision
+from ssr.cli.guard import exits_on_config_error, preflight_stage
 from ssr.cli.train import build_datamodule
 from ssr.pipeline import BaseModelGenerator, StageCounters, generate_candidates
 
@@ -22,6 +23,7 @@ log = logging.getLogger("ssr.stages")
 
 
 def generate(cfg: DictConfig) -> StageCounters:
+    preflight_stage(cfg, endpoints=False)  # the judge is not called here
     resolve_precision(cfg)
     dm = build_datamodule(cfg, Path(cfg.paths.output_dir))
     if not dm.method.needs_judge:
@@ -35,6 +37,7 @@ def generate(cfg: DictConfig) -> StageCounters:
 
 
 def judge(cfg: DictConfig) -> dict:
+    preflight_stage(cfg)
     resolve_precision(cfg)
     dm = build_datamodule(cfg, Path(cfg.paths.output_dir))
     dm.prepare_data()
@@ -45,10 +48,12 @@ def judge(cfg: DictConfig) -> dict:
 
 
 @hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="train")
+@exits_on_config_error
 def generate_main(cfg: DictConfig) -> None:
     generate(cfg)
 
 
 @hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="train")
+@exits_on_config_error
 def judge_main(cfg: DictConfig) -> None:
     judge(cfg)

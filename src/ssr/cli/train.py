@@ -19,7 +19,9 @@ import lightning as L
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 
+from ssr.callbacks import ResumeState
 from ssr.cli._hydra import CONF_DIR, load_records, resolve_precision, to_dict
+from ssr.cli.guard import exits_on_config_error, preflight_train
 from ssr.data.adapters import subsample
 from ssr.datamodule import SSRDataModule
 from ssr.hardware import configure_threads, process_age_s
@@ -201,18 +203,22 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     """Run one training job; returns (and writes) its summary."""
     t0 = time.perf_counter()
     check_trainer_config(cfg.trainer, export_merged=bool(cfg.get("export_merged")))
-    precision = resolve_precision(cfg)
     run_dir = Path(cfg.paths.output_dir)
+    ckpt = resume_checkpoint(cfg, run_dir)
+    run_record = preflight_train(cfg, run_dir, ckpt)  # bad settings / a changed resume stop here
+    # after the fingerprint: it keeps the setting (`auto`), so a requeue onto another CPU resumes
+    precision = resolve_precision(cfg)
     L.seed_everything(cfg.seed, workers=True)
     datamodule = build_datamodule(cfg, run_dir)
     module = SSRModule(model=to_dict(cfg.model), peft=to_dict(cfg.get("peft")), **to_dict(cfg.optim))
     drift = build_drift_callback(cfg, datamodule, run_dir)
     trackers = TrackerLogging(to_dict(cfg), run_dir / "selection_stats.json")
-    trainer = build_trainer(cfg, extra_callbacks=[trackers] + ([drift] if drift else []))
+    extra = [trackers, ResumeState(run_record)] + ([drift] if drift else [])
+    trainer = build_trainer(cfg, extra_callbacks=extra)
     check_launch(trainer)
     threads = configure_threads(local_processes(trainer))
     t_fit = time.perf_counter()
-    trainer.fit(module, datamodule=datamodule, ckpt_path=resume_checkpoint(cfg, run_dir))
+    trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt)
     fit_s = time.perf_counter() - t_fit
     adapter = module.save_adapter(run_dir / "adapter")  # every rank: ZeRO-3 gathers the shards
     summary: dict[str, Any] = {}
@@ -297,6 +303,7 @@ def release_memory() -> None:
 
 
 @hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="train")
+@exits_on_config_error
 def main(cfg: DictConfig) -> None:
     try:
         train(cfg)

@@ -81,9 +81,22 @@ def _collect(rows: Iterable[tuple[str, Callable[[], Record]]], source: str, on_e
     return out
 
 
+def _open_data_file(path: Path) -> Any:
+    """``open(path, "rb")``; a file that cannot be opened is a ``DataError`` naming the path
+    (``FileNotFoundError``'s repr, which Hydra shows, names only the errno)."""
+    try:
+        return open(path, "rb")
+    except FileNotFoundError as err:
+        raise DataError(f"{path}: no such file") from err
+    except IsADirectoryError as err:
+        raise DataError(f"{path}: is a directory, not a data file") from err
+    except OSError as err:
+        raise DataError(f"{path}: cannot be read ({err.strerror or err})") from err
+
+
 def _read_jsonl(path: Path) -> Iterator[tuple[str, Any]]:
     """Yield (location, parsed row); undecodable or invalid lines raise inside the thunk."""
-    with open(path, "rb") as fh:
+    with _open_data_file(path) as fh:
         for lineno, raw in enumerate(fh, start=1):
             if not raw.strip():
                 continue
@@ -104,7 +117,8 @@ def _parse_json_line(raw: bytes, where: str) -> dict[str, Any]:
 
 def _load_json_file(path: Path) -> Any:
     try:
-        return json.loads(path.read_bytes().decode("utf-8"))
+        with _open_data_file(path) as fh:
+            return json.loads(fh.read().decode("utf-8"))
     except UnicodeDecodeError as err:
         raise DataError(f"{path}: not valid UTF-8 ({err.reason} at byte {err.start})") from err
     except json.JSONDecodeError as err:

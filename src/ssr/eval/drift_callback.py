@@ -17,14 +17,12 @@ import json
 import logging
 import math
 import os
-import random
 import time
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
 import lightning.pytorch as pl
-import numpy as np
 import torch
 from lightning.pytorch.loggers import WandbLogger
 
@@ -41,6 +39,7 @@ from ssr.files import atomic_write_text
 from ssr.paths import cache_root
 from ssr.precision import trainer_autocast
 from ssr.records import content_hash
+from ssr.rng import rng_states, set_rng_states
 
 log = logging.getLogger(__name__)
 
@@ -51,25 +50,6 @@ TABLE_COLUMNS = ["stage", "epoch", "step", "task", "metric", "value", "base", "d
 
 
 # --- state that evaluation must not disturb -------------------------------------------------------
-
-
-def rng_states() -> dict[str, Any]:
-    states: dict[str, Any] = {
-        "python": random.getstate(),
-        "numpy": np.random.get_state(),
-        "torch": torch.get_rng_state(),
-    }
-    if torch.cuda.is_available():
-        states["cuda"] = torch.cuda.get_rng_state_all()
-    return states
-
-
-def set_rng_states(states: Mapping[str, Any]) -> None:
-    random.setstate(states["python"])
-    np.random.set_state(states["numpy"])
-    torch.set_rng_state(states["torch"])
-    if "cuda" in states:
-        torch.cuda.set_rng_state_all(states["cuda"])
 
 
 @contextlib.contextmanager

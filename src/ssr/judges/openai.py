@@ -1,7 +1,9 @@
 """LLM judge behind any OpenAI-compatible chat-completions endpoint (OpenAI, vLLM, llama.cpp...).
 
 Requests run on a thread pool bounded by ``max_concurrency``; connect errors, timeouts, 5xx,
-429 (honouring ``Retry-After``) and malformed replies are retried with exponential backoff.
+429 (honouring ``Retry-After``, in seconds or as an HTTP date) and malformed replies are retried
+with exponential backoff plus random jitter (so threads that failed together do not retry in
+lockstep). :meth:`OpenAIJudge.preflight` checks the endpoint before any work.
 The API key is read from the environment variable ``api_key_env`` at request time only: it is
 never stored on the judge, in its fingerprint, repr, logs or errors.
 """
@@ -10,9 +12,12 @@ from __future__ import annotations
 
 import logging
 import os
+import random
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
+from datetime import datetime, timezone
+from email.utils import parsedate_to_datetime
 from typing import Any
 
 import httpx
@@ -34,14 +39,31 @@ class _Retryable(Exception):
         self.wait_s = wait_s
 
 
-def _retry_after_s(response: httpx.Response) -> float | None:
+def _retry_after_s(response: httpx.Response, now: datetime | None = None) -> float | None:
+    """``Retry-After`` in seconds: a number of seconds, or an HTTP date (RFC 9110 section 10.2.3)."""
     value = response.headers.get("retry-after")
     if value is None:
         return None
     try:
         return max(0.0, float(value))
-    except ValueError:  # an HTTP date: fall back to our own backoff
-        return None
+    except ValueError:
+        pass
+    try:
+        when = parsedate_to_datetime(value)
+    except (TypeError, ValueError, IndexError):
+        return None  # unparseable: our own backoff
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=timezone.utc)
+    return max(0.0, (when - (now or datetime.now(timezone.utc))).total_seconds())
+
+
+def backoff_wait(
+    attempt: int, backoff_s: float, jitter: float, retry_after_s: float | None, rng: random.Random
+) -> float:
+    """Seconds before retry ``attempt + 1``: ``Retry-After`` if the server gave one, else
+    ``backoff_s * 2**attempt``; plus up to ``jitter`` times that at random (never less)."""
+    base = retry_after_s if retry_after_s is not None else backoff_s * 2**attempt
+    return min(base * (1.0 + jitter * rng.random()), max(_MAX_BACKOFF_S, base))
 
 
 def _reply_text(response: httpx.Response) -> str:
@@ -71,6 +93,7 @@ class OpenAIJudge(Judge):
         timeout_s: float = 60.0,
         max_retries: int = 5,
         backoff_s: float = 1.0,
+        backoff_jitter: float = 0.5,
         temperature: float = 0.0,
         max_tokens: int = 8,
         prompt_template: str | None = None,
@@ -79,9 +102,10 @@ class OpenAIJudge(Judge):
     ) -> None:
         if not base_url:
             raise ValueError("judge.base_url must be set (e.g. https://api.openai.com/v1)")
-        if max_concurrency < 1 or max_retries < 0 or timeout_s <= 0 or backoff_s < 0:
+        if max_concurrency < 1 or max_retries < 0 or timeout_s <= 0 or backoff_s < 0 or backoff_jitter < 0:
             raise ValueError(
-                "judge needs max_concurrency >= 1, max_retries >= 0, timeout_s > 0, backoff_s >= 0"
+                "judge needs max_concurrency >= 1, max_retries >= 0, timeout_s > 0, backoff_s >= 0, "
+                "backoff_jitter >= 0"
             )
         if api_key_env is not None and not os.environ.get(api_key_env):
             raise JudgeError(
@@ -95,6 +119,8 @@ class OpenAIJudge(Judge):
         self.timeout_s = float(timeout_s)
         self.max_retries = max_retries
         self.backoff_s = float(backoff_s)
+        self.backoff_jitter = float(backoff_jitter)
+        self._rng = random.Random()
         self.temperature = temperature
         self.max_tokens = max_tokens
         self.prompt = JudgePrompt.build(prompt_template, system_prompt, max_document_chars)
@@ -148,6 +174,20 @@ class OpenAIJudge(Judge):
             raise JudgeError(f"environment variable {self.api_key_env!r} (judge.api_key_env) is not set")
         return {"Authorization": f"Bearer {key}"}
 
+    def preflight(self) -> str:
+        """Check that the endpoint answers and takes the key (``ssr.http_preflight``)."""
+        from ssr.http_preflight import check_endpoint
+
+        hint = f"judge.api_key_env={self.api_key_env}" if self.api_key_env else "judge.api_key_env"
+        return check_endpoint(
+            self.base_url,
+            key="judge.base_url",
+            model=self.model,
+            headers=self._headers(),
+            timeout_s=min(self.timeout_s, 15.0),
+            key_hint=hint,
+        )
+
     def _payload(self, item: JudgeItem) -> dict[str, Any]:
         return {
             "model": self.model,
@@ -185,8 +225,7 @@ class OpenAIJudge(Judge):
                         f"item {item.id!r}: POST {self.base_url}/chat/completions failed on "
                         f"{attempt + 1} of {attempts} attempts; last error: {err}"
                     ) from err
-                wait = err.wait_s if err.wait_s is not None else self.backoff_s * 2**attempt
-                wait = min(wait, _MAX_BACKOFF_S)
+                wait = backoff_wait(attempt, self.backoff_s, self.backoff_jitter, err.wait_s, self._rng)
                 log.warning(
                     "judge %s: item %r attempt %d/%d failed (%s); retrying in %.2fs",
                     self.name,

@@ -1,0 +1,194 @@
+"""Run fingerprint: what a run trains, so that a resume cannot quietly continue a different run.
+
+The fingerprint is a hash of the resolved config minus the keys that may change on resume (where
+to resume from, where logs and outputs go, how progress is shown: :data:`VOLATILE`). It is stored,
+with the config it was made from, in every checkpoint (``checkpoint["ssr_run"]``, written by
+:class:`ssr.callbacks.ResumeState`) and in the run directory (``run_fingerprint.json``).
+
+A resume (``ckpt_path=last`` or a checkpoint path) compares the checkpoint's fingerprint (or the
+run directory's, when no checkpoint was written yet) with the new config's and stops with the
+differing keys (old -> new) unless ``resume.allow_config_change=true``; then the run directory
+keeps both configs (``history``).
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import logging
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf, open_dict
+
+from ssr.config_checks import ConfigError
+
+log = logging.getLogger(__name__)
+
+FILE = "run_fingerprint.json"
+CHECKPOINT_KEY = "ssr_run"
+ALLOW_FLAG = "resume.allow_config_change"
+
+# Keys that may differ between a run and its resume: they change where things are written, how
+# progress is shown or watched, never what is trained.
+VOLATILE = (
+    "ckpt_path",
+    "resume",
+    "hydra",
+    "logger",
+    "paths",
+    "experiment_name",
+    "trainer.enable_progress_bar",
+    "trainer.default_root_dir",
+    "trainer.log_every_n_steps",
+    "callbacks",  # checkpoint cadence and place, LR monitor, loss guard, test hooks
+    "eval.callback.run_dir",
+    "data.num_workers",
+)
+
+
+class ResumeMismatchError(ConfigError):
+    """A resume whose config differs from the checkpoint's (the message lists old -> new)."""
+
+
+def run_config(cfg: DictConfig) -> dict[str, Any]:
+    """The resolved config that defines a run: ``cfg`` without the :data:`VOLATILE` keys."""
+    work = copy.deepcopy(cfg)
+    OmegaConf.set_readonly(work, False)
+    nested = [k for k in VOLATILE if "." in k]
+    with open_dict(work):
+        for key in nested:
+            parent, _, leaf = key.rpartition(".")
+            node = OmegaConf.select(work, parent)
+            if isinstance(node, DictConfig) and leaf in node:
+                del node[leaf]
+    top = {k for k in VOLATILE if "." not in k}
+    out: dict[str, Any] = {}
+    for key in work:
+        if key in top:
+            continue
+        node = work._get_node(key)
+        out[str(key)] = (
+            OmegaConf.to_container(node, resolve=True) if isinstance(node, DictConfig) else work[key]
+        )
+    return out
+
+
+def fingerprint_of(config: dict[str, Any]) -> str:
+    text = json.dumps(config, sort_keys=True, default=str, ensure_ascii=False)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def make_record(cfg: DictConfig) -> dict[str, Any]:
+    """``{"fingerprint", "config"}`` for this config (what checkpoints and the run dir store)."""
+    config = run_config(cfg)
+    return {"fingerprint": fingerprint_of(config), "config": config}
+
+
+def _flat(tree: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(tree, dict) and tree:
+        out: dict[str, Any] = {}
+        for k, v in tree.items():
+            out.update(_flat(v, f"{prefix}.{k}" if prefix else str(k)))
+        return out
+    return {prefix: tree}
+
+
+_ABSENT = object()
+
+
+def _shown(value: Any) -> str:
+    if value is _ABSENT:
+        return "(absent)"
+    text = json.dumps(value, default=str, ensure_ascii=False)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+def config_diff(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
+    """``key: old -> new`` for every leaf that differs (sorted by key)."""
+    a, b = _flat(old), _flat(new)
+    return [
+        f"{key}: {_shown(a.get(key, _ABSENT))} -> {_shown(b.get(key, _ABSENT))}"
+        for key in sorted(a.keys() | b.keys())
+        if a.get(key, _ABSENT) != b.get(key, _ABSENT)
+    ]
+
+
+def checkpoint_record(ckpt: str | Path) -> dict[str, Any] | None:
+    """The record stored in a Lightning checkpoint file (None: none stored, or a directory)."""
+    path = Path(ckpt)
+    if not path.is_file():
+        return None  # DeepSpeed writes a directory; the run directory's record stands in
+    import torch
+
+    saved = torch.load(path, map_location="cpu", weights_only=False, mmap=True)
+    record = saved.get(CHECKPOINT_KEY) if isinstance(saved, dict) else None
+    return record if isinstance(record, dict) and "fingerprint" in record else None
+
+
+def run_dir_record(run_dir: Path) -> dict[str, Any] | None:
+    path = Path(run_dir) / FILE
+    if not path.is_file():
+        return None
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError) as err:
+        raise ConfigError(f"{path} is unreadable ({err}); delete it to resume without the check") from err
+
+
+def check_resume(cfg: DictConfig, run_dir: Path, ckpt: str | None) -> dict[str, Any]:
+    """The record of this run; raises :class:`ResumeMismatchError` if a resume changed its config.
+
+    ``ckpt`` is the checkpoint the resume starts from (``ckpt_path`` resolved; None when nothing
+    was saved yet). Without ``ckpt_path`` the run is a fresh start and nothing is compared.
+    """
+    record = make_record(cfg)
+    if not cfg.get("ckpt_path"):
+        return record
+    in_run_dir = run_dir_record(run_dir)
+    history = list((in_run_dir or {}).get("history") or [])
+    if history:
+        record["history"] = history
+    source, previous = ckpt, checkpoint_record(ckpt) if ckpt else None
+    if previous is None:
+        source, previous = str(Path(run_dir) / FILE), in_run_dir
+    if previous is None:
+        if ckpt:
+            log.warning(
+                "resume: %s holds no run fingerprint (an older checkpoint); config not compared", ckpt
+            )
+        return record
+    if previous["fingerprint"] == record["fingerprint"]:
+        return record
+    changes = config_diff(previous.get("config") or {}, record["config"])
+    if not OmegaConf.select(cfg, ALLOW_FLAG, default=False):
+        raise ResumeMismatchError(
+            f"ckpt_path={cfg.ckpt_path}: {source} was made by a different config "
+            f"({len(changes)} setting{'s' if len(changes) != 1 else ''} changed); resume with the "
+            f"original settings, or set {ALLOW_FLAG}=true to continue it with the new ones:\n  "
+            + "\n  ".join(changes)
+        )
+    log.warning(
+        "%s=true: resuming %s with a changed config (%d settings; the optimizer and LR schedule "
+        "continue from the checkpoint's state):\n  %s",
+        ALLOW_FLAG,
+        source,
+        len(changes),
+        "\n  ".join(changes),
+    )
+    replaced = {"fingerprint": previous["fingerprint"], "config": previous.get("config")}
+    now = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    record["history"] = [*history, {**replaced, "replaced_at": now, "changes": changes}]
+    return record
+
+
+def write_run_record(run_dir: Path, record: dict[str, Any]) -> Path:
+    """Write ``run_fingerprint.json`` (atomically) into the run directory."""
+    from ssr.pipeline import _atomic_write
+
+    path = Path(run_dir) / FILE
+    path.parent.mkdir(parents=True, exist_ok=True)
+    _atomic_write(path, json.dumps(record, indent=1, default=str, ensure_ascii=False))
+    return path
