@@ -58,7 +58,7 @@ def llama_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LlamaServ
         embedded_gguf_path(),
         alias=MODEL_ALIAS,
         n_ctx=2048,
-        n_threads=2,
+        n_threads=1,  # 2 threads spin-wait on each other on a busy 2-core machine: ~20x slower
         api_key=SERVER_KEY,
         startup_timeout_s=STARTUP_TIMEOUT_S,
         log_dir=tmp_path_factory.mktemp("llama_server"),

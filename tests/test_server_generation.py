@@ -35,7 +35,7 @@ from ssr.pipeline import (
     fidelity_sample_indices,
     run_selection,
 )
-from ssr.server_generation import ServerGenerationError, end_of_turn_stops
+from ssr.server_generation import ServerGenerationError, end_of_turn_stops, llama_cpp_layout
 
 if TYPE_CHECKING:
     from llama_server_fixtures import LlamaServer
@@ -90,6 +90,14 @@ def server_key(llama_server: LlamaServer, monkeypatch: pytest.MonkeyPatch) -> No
 
 def test_stops_are_the_chat_templates_end_of_turn_and_eos(tokenizer) -> None:
     assert end_of_turn_stops(tokenizer) == ["<|im_end|>"]  # SmolLM2: eos is the end of turn
+
+
+def test_llama_cpp_layout_is_one_thread_per_server_by_default(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("ssr.server_generation.available_cores", lambda: 8)
+    assert llama_cpp_layout(None, None) == (8, 1)
+    assert llama_cpp_layout(2, None) == (2, 4)
+    assert llama_cpp_layout(None, 4) == (2, 4)
+    assert llama_cpp_layout(3, 2) == (3, 2)
 
 
 def test_fidelity_sample_is_spread_and_bounded() -> None:
@@ -189,6 +197,20 @@ def test_preflight_names_the_url_when_nothing_answers(
     with pytest.raises(ServerGenerationError, match="served_model='nope' is not served"):
         monkeypatch.setenv(llama_server.key_env, llama_server.key)
         _ = BaseModelGenerator(SPEC, external_cfg(llama_server, served_model="nope"), tmp_path).fingerprint
+
+
+@pytest.mark.server
+def test_a_failing_request_is_retried_then_fails_naming_the_row(
+    llama_server: LlamaServer, server_key: None, tokenizer, tmp_path: Path
+) -> None:
+    # llama-cpp-python's server takes text prompts only; it answers token ids with HTTP 500
+    cfg = replace(external_cfg(llama_server), prompt_format="token_ids", max_retries=1, backoff_s=0.1)
+    before = llama_server.requests()
+    failed = r"row 0: POST .+/completions failed on 2 of 2 attempts; last error: HTTP 500: .+valid string"
+    with pytest.raises(ServerGenerationError, match=failed), BaseModelGenerator(SPEC, cfg, tmp_path) as gen:
+        gen.generate(prompts(tokenizer, 1))
+    assert llama_server.requests() - before == 2
+    assert not gen.cache_path.exists() or gen.cache_path.read_text() == ""
 
 
 @pytest.mark.server
