@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -18,7 +19,7 @@ from typing import TYPE_CHECKING
 import httpx
 import pytest
 
-from cli_runs import cli_env
+from cli_runs import cli_env, run_train
 from conftest import compose
 from ssr.data.adapters import embedded_grounded_qa
 from ssr.data.prompts import PromptConfig
@@ -328,3 +329,24 @@ def test_fidelity_line_in_selection_stats(
     assert len(hf.cache_path.read_text().splitlines()) == 3
     assert counters.stages["fidelity_hf_self"]["computed"] == 3
     assert os.path.exists(tmp_path / "cache" / "generations" / f"{gen.fingerprint}.jsonl")
+
+
+@pytest.mark.server
+def test_ssr_train_with_a_llama_cpp_generator_writes_the_fidelity_line(
+    llama_cpp_installed: None, tmp_path: Path
+) -> None:
+    run = tmp_path / "run"
+    proc = run_train(
+        "generator=openai", "generator.fidelity_sample=2", "generator.decoding.max_new_tokens=8",
+        "data.max_length=200", "generator.llama_cpp.n_ctx=1024",
+        f"hydra.run.dir={run}", f"paths.cache_dir={tmp_path / 'cache'}", cwd=tmp_path,
+    )  # fmt: skip
+    extra = json.loads((run / "selection_stats.json").read_text())["extra"]
+    assert extra["stages"]["generate_self"]["computed"] == 16
+    assert extra["fidelity"]["rows"] == 2 and 0 <= extra["fidelity"]["self"]["identical_to_hf"] <= 1
+    assert extra["stages"]["fidelity_hf_self"]["computed"] == 2
+    logs = proc.stdout + proc.stderr
+    started = re.findall(r"llama_cpp server on http://127.0.0.1:(\d+)/v1", logs)
+    stopped = re.findall(r"llama_cpp server on port (\d+) stopped", logs)
+    assert started and sorted(stopped) == sorted(started)  # every server it started was stopped
+    assert (run / "adapter").is_dir()
