@@ -12,6 +12,7 @@ import re
 import signal
 import subprocess
 import sys
+import time
 from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -285,6 +286,7 @@ def test_llama_cpp_server_starts_per_stage_and_stops_afterwards(
         servers = list(gen.server.servers)
         procs = [s._proc for s in servers]
         assert len(servers) == 2 and all(p is not None and p.poll() is None for p in procs)
+        assert not any(port_is_free(s.port) for s in servers)  # the check sees a listening server
         per_server = [s.log_path.read_text().count('"POST /v1/completions HTTP') for s in servers]
     assert stats.generated == 4 and all(texts)
     assert sum(per_server) == 4 and min(per_server) >= 1  # the rows were spread over both
@@ -299,6 +301,28 @@ def test_llama_cpp_server_starts_per_stage_and_stops_afterwards(
         ports = [s.port for s in gen.server.servers]
         raise KeyboardInterrupt  # Ctrl-C in the middle of the stage
     assert ports and all(port_is_free(p) for p in ports)
+
+
+@pytest.mark.server
+def test_a_kill_9_of_the_stage_takes_its_llama_cpp_server_down(
+    llama_cpp_installed: None, tmp_path: Path
+) -> None:
+    cache = tmp_path / "cache"
+    cmd = [
+        sys.executable, "-c", "from ssr.cli.stages import generate_main; generate_main()",
+        "generator=openai", "generator.llama_cpp.replicas=1", "generator.llama_cpp.n_ctx=1024",
+        "generator.decoding.max_new_tokens=8", "model=tiny_random", "method=ssr", "data.max_train_rows=4",
+        "data.max_val_rows=2", "data.max_length=200", f"paths.cache_dir={cache}", f"hydra.run.dir={tmp_path / 'run'}",
+    ]  # fmt: skip
+    env = cli_env(SSR_FAULT_AT="cache.generations:2")
+    killed = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-3000:]
+    (log,) = (cache / "servers").glob("llama_cpp-*.log")
+    port = int(log.stem.split("-")[1])
+    deadline = time.monotonic() + 20
+    while not port_is_free(port) and time.monotonic() < deadline:  # SIGTERM as its parent dies
+        time.sleep(0.2)
+    assert port_is_free(port)
 
 
 @pytest.mark.server
