@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import json
 import logging
-from dataclasses import asdict, dataclass, field
+import os
+from dataclasses import asdict, dataclass, field, replace
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -41,16 +43,17 @@ from ssr.models import (
 )
 from ssr.precision import autocast_dtype
 from ssr.records import Record, content_hash
+from ssr.server_generation import ServerGenerator, check_server_options
 
 log = logging.getLogger(__name__)
-BACKENDS = ("hf", "vllm")
+BACKENDS = ("hf", "vllm", "openai")
 
 
 @dataclass
 class GeneratorConfig:
-    """How the base model writes its own answers and rewrites."""
+    """How the base model writes its own answers and rewrites (``openai``: see ssr.server_generation)."""
 
-    backend: str = "hf"  # hf | vllm
+    backend: str = "hf"  # hf | vllm | openai
     batch_size: int = 32
     # hf: autocast setting (ssr.precision): auto = measured on this machine; or bf16-mixed, 32-true...
     precision: str = "auto"
@@ -61,12 +64,29 @@ class GeneratorConfig:
     # documents are cut so a prompt has at most this many tokens; null: SSRDataModule sets
     # data.max_length - decoding.max_new_tokens (what training can hold)
     max_prompt_tokens: int | None = None
+    # openai: OpenAI-compatible completions servers (conf/generator/openai.yaml documents each key)
+    server: str = "llama_cpp"  # llama_cpp (started here over `gguf`) | external (at base_urls)
+    base_urls: list[str] = field(default_factory=list)
+    served_model: str | None = None
+    gguf: str | None = None
+    api_key_env: str | None = None
+    max_concurrency: int = 4
+    timeout_s: float = 300.0
+    max_retries: int = 3
+    backoff_s: float = 1.0
+    prompt_format: str = "text"  # text | token_ids
+    extra_body: dict[str, Any] = field(default_factory=dict)
+    llama_cpp: dict[str, Any] = field(default_factory=dict)
+    # rows also generated with generator=hf to report what the server changes (0: off; not for hf)
+    fidelity_sample: int = 0
 
     def __post_init__(self) -> None:
         if self.backend not in BACKENDS:
             raise ValueError(
                 f"unknown generator backend {self.backend!r}; valid choices: {', '.join(BACKENDS)}"
             )
+        if self.backend == "openai":
+            check_server_options(self)
 
 
 @dataclass
@@ -91,24 +111,40 @@ class StageCounters:
 
 
 class BaseModelGenerator:
-    """Generates with the *base* model (loaded lazily, once) through the shared generation cache."""
+    """Generates with the *base* model (loaded lazily, once) through the shared generation cache.
+
+    ``backend: openai`` generates through completions servers instead (started lazily, only when
+    rows are missing, and stopped by :meth:`release`); use it as a context manager.
+    """
 
     def __init__(self, spec: ModelSpec, cfg: GeneratorConfig, cache_dir: Path) -> None:
         self.spec, self.cfg, self.cache_dir = spec, cfg, Path(cache_dir)
         self.device = "cuda" if _cuda_available() else "cpu"
         self.autocast = autocast_dtype(cfg.precision, self.device) if cfg.backend == "hf" else None
-        # the compute dtype changes greedy answers: it is part of the weights' identity here
-        self.fingerprint = model_fingerprint(spec)
-        if self.autocast is not None:
-            self.fingerprint = content_hash(self.fingerprint, "autocast", str(self.autocast))
         self._model = None
         self.tokenizer = load_tokenizer(spec)
+        self.server: ServerGenerator | None = (
+            ServerGenerator(cfg, self.tokenizer, log_dir=self.cache_dir / "servers")
+            if cfg.backend == "openai"
+            else None
+        )
+
+    @cached_property
+    def fingerprint(self) -> str:
+        """The cache identity: the served model for backend=openai, else the weights (and, for hf,
+        the autocast dtype: it changes greedy answers)."""
+        if self.server:
+            return self.server.fingerprint
+        weights = model_fingerprint(self.spec)
+        return weights if self.autocast is None else content_hash(weights, "autocast", str(self.autocast))
 
     @property
     def cache_path(self) -> Path:
         return self.cache_dir / "generations" / f"{self.fingerprint}.jsonl"
 
     def _backend(self, prompts: list[str], on_batch: Any) -> list[str]:
+        if self.server is not None:
+            return self.server.generate(prompts, on_batch)
         if self.cfg.backend == "vllm":
             if self._model is None:
                 self._model = load_vllm(resolve_path(self.spec.name_or_path), **self.cfg.vllm_kwargs)
@@ -139,8 +175,16 @@ class BaseModelGenerator:
             )
 
     def release(self) -> None:
-        """Free the generation model before training starts."""
+        """Free the generation model (stop its servers) before training starts."""
         self._model = None
+        if self.server is not None:
+            self.server.close()
+
+    def __enter__(self) -> BaseModelGenerator:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
 
 
 def _cuda_available() -> bool:
@@ -241,6 +285,55 @@ def generate_candidates(
     return out
 
 
+def fidelity_sample_indices(n_rows: int, sample: int) -> list[int]:
+    """``sample`` row indices spread evenly over ``n_rows`` (the same rows on every run)."""
+    k = min(sample, n_rows)
+    return sorted({i * n_rows // k for i in range(k)}) if k > 0 else []
+
+
+def fidelity_against_hf(
+    generator: BaseModelGenerator,
+    records: list[Record],
+    prompt_cfg: PromptConfig,
+    method: MethodConfig,
+    judge: Any,
+    judged: dict[str, list[Candidate] | None],
+    cache_dir: Path,
+    counters: StageCounters,
+) -> dict[str, Any]:
+    """What the server changes: on ``generator.fidelity_sample`` rows, the share of texts identical
+    to generator=hf's (generated through the hf cache) and the judge's accept rate under each."""
+    idx = fidelity_sample_indices(len(records), generator.cfg.fidelity_sample)
+    if not idx:
+        return {}
+    sample = [records[i] for i in idx]
+    hf_cfg = replace(generator.cfg, backend="hf", fidelity_sample=0)
+    hf_counters = StageCounters()
+    with BaseModelGenerator(generator.spec, hf_cfg, generator.cache_dir) as hf:
+        hf_texts = generate_candidates(hf, sample, prompt_cfg, method, hf_counters)
+    out: dict[str, Any] = {"backend": generator.cfg.backend, "rows": len(idx)}
+    for name, hf_rows in hf_texts.items():
+        served = judged.get(name)
+        if served is None:
+            continue
+        counters.stages[f"fidelity_hf_{name}"] = hf_counters.stages[f"generate_{name}"]
+        hf_judged = judge_candidates(judge, sample, hf_rows, cache_dir, counters, f"fidelity_judge_{name}")
+        mine = [served[i] for i in idx]
+        share = lambda xs: round(sum(xs) / len(xs), 4)  # noqa: E731
+        out[name] = {
+            "identical_to_hf": share([a.text == b for a, b in zip(mine, hf_rows)]),
+            "accept_rate": share([c.accept for c in mine]),
+            "accept_rate_hf": share([c.accept for c in hf_judged]),
+            "same_verdict": share([a.accept == b.accept for a, b in zip(mine, hf_judged)]),
+        }
+        log.info(
+            "fidelity (%s, %d rows): %.0f%% identical to generator=hf; judge accepts %.0f%% (%s) vs %.0f%% (hf)",
+            name, len(idx), 100 * out[name]["identical_to_hf"], 100 * out[name]["accept_rate"],
+            generator.cfg.backend, 100 * out[name]["accept_rate_hf"],
+        )  # fmt: skip
+    return out
+
+
 def run_selection(
     records: list[Record],
     method: MethodConfig,
@@ -258,8 +351,8 @@ def run_selection(
             raise ValueError(f"method={method.name} needs a judge (set judge=rule_qa|hf|openai)")
         if generator is None:
             raise ValueError(f"method={method.name} needs a generator for the base model's own texts")
-        texts = generate_candidates(generator, records, prompt_cfg, method, counters)
-        generator.release()
+        with generator:
+            texts = generate_candidates(generator, records, prompt_cfg, method, counters)
         if "self" in texts:
             own = judge_candidates(judge, records, texts["self"], cache_dir, counters, "judge_self")
         if "rewrite" in texts:
@@ -268,6 +361,19 @@ def run_selection(
             )
     selections = select_targets(method, records, own, rewrites)
     stats = selection_stats(method, selections, own, rewrites)
+    if generator is not None and method.needs_judge and generator.cfg.backend != "hf":
+        fidelity = fidelity_against_hf(
+            generator,
+            records,
+            prompt_cfg,
+            method,
+            judge,
+            {"self": own, "rewrite": rewrites},
+            cache_dir,
+            counters,
+        )
+        if fidelity:
+            stats.extra["fidelity"] = fidelity
     stats.extra["stages"] = counters.stages
     write_selection(out_dir, selections, stats)
     log.info("selection (%s): %s", method.name, json.dumps(stats.by_source))

@@ -30,8 +30,8 @@ def generate(cfg: DictConfig) -> StageCounters:
         log.info("method=%s needs no generated targets; nothing to do", dm.method.name)
         return StageCounters()
     counters = StageCounters()
-    generator = BaseModelGenerator(dm.spec, dm.generator_cfg, dm.cache_dir)
-    generate_candidates(generator, dm.train_records, dm.prompt, dm.method, counters)
+    with BaseModelGenerator(dm.spec, dm.generator_cfg, dm.cache_dir) as generator:  # stops its servers
+        generate_candidates(generator, dm.train_records, dm.prompt, dm.method, counters)
     log.info("generation: %s", counters.summary())
     return counters
 
