@@ -176,7 +176,7 @@ def test_from_eval_config(tokenizer):
     with initialize_config_dir(config_dir=str(conf), version_base=None):
         cfg = compose(config_name=None, overrides=["+eval=default", "eval.callback.every_n_epochs=2"])
     cb = GeneralizationDriftCallback.from_config(cfg.eval, tokenizer=tokenizer)
-    assert cb.every_n_epochs == 2 and cb.suite.name == "local" and cb.self_drift.max_new_tokens == 64
+    assert cb.every_n_epochs == 2 and cb.suite.name == "local" and cb.self_drift.max_new_tokens == 48
     assert cb.tokenizer is tokenizer and cb.mixed_precision == "auto" and cb.enabled
     with initialize_config_dir(config_dir=str(conf), version_base=None):
         off = compose(config_name=None, overrides=["+eval=default", "eval.callback.enabled=false"])

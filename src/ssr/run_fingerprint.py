@@ -82,8 +82,12 @@ def fingerprint_of(config: dict[str, Any]) -> str:
 
 
 def make_record(cfg: DictConfig) -> dict[str, Any]:
-    """``{"fingerprint", "config"}`` for this config (what checkpoints and the run dir store)."""
-    config = run_config(cfg)
+    """``{"fingerprint", "config"}`` for this config (what checkpoints and the run dir store).
+
+    Credentials are redacted first (they must reach no file, and a rotated key is no new run)."""
+    from ssr.logging_utils import redact
+
+    config = redact(run_config(cfg))
     return {"fingerprint": fingerprint_of(config), "config": config}
 
 
