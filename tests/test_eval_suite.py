@@ -120,3 +120,30 @@ def test_real_smollm2_two_tasks_and_hub_mirror_agree(data_root):
     # SmolLM2-135M-Instruct is far above chance (0.25 / 0.5) on these easy items
     assert scores["ssr_arc_easy"]["acc_norm"] >= 0.3
     assert scores["ssr_piqa"]["acc_norm"] >= 0.5
+
+
+def test_built_tasks_are_reused_across_evaluations_with_the_scores_of_a_fresh_build(
+    tokenizer, tiny_model, data_root, monkeypatch
+):
+    """The drift callback evaluates the same suite at fit start and after every epoch: lm-eval's
+    task objects are built once per process, and reusing them changes no score (other limits too)."""
+    from lm_eval.api.task import ConfigurableTask
+
+    from ssr.eval import suite as suite_mod
+
+    tasks = ["ssr_piqa", "ssr_mmlu"]
+    built = []
+    init = ConfigurableTask.__init__
+    monkeypatch.setattr(
+        ConfigurableTask, "__init__", lambda self, *a, **k: (built.append(1), init(self, *a, **k))[1]
+    )
+    suite_mod._BUILT.clear()
+    first = suite_mod.run_suite(tiny_model, tokenizer, tasks, limits=3, data_root=data_root)
+    n_built = len(built)
+    assert n_built == 6  # piqa + 5 mmlu subjects, once (not twice: doc counts and evaluation)
+    again = suite_mod.run_suite(tiny_model, tokenizer, tasks, limits=3, data_root=data_root)
+    other = suite_mod.run_suite(tiny_model, tokenizer, tasks, limits=5, data_root=data_root)
+    assert len(built) == n_built and again == first
+    suite_mod._BUILT.clear()
+    assert suite_mod.run_suite(tiny_model, tokenizer, tasks, limits=5, data_root=data_root) == other
+    assert suite_mod.run_suite(tiny_model, tokenizer, tasks, limits=3, data_root=data_root) == first

@@ -714,9 +714,9 @@ def main() -> None:
     res["elapsed_s"] = time.perf_counter() - t_start
     res["agreement"] = agreement(res)
     res["targets"] = targets(res, opts)
-    Path(opts.out).write_text(render(res) + "\n")
     json_path = Path(opts.json) if opts.json else Path(opts.out).with_suffix(".json")
-    json_path.write_text(json.dumps(res, indent=1, default=str))
+    json_path.write_text(json.dumps(res, indent=1, default=str))  # first: --render-only can redo the rest
+    Path(opts.out).write_text(render(res) + "\n")
     runner._say(f"wrote {opts.out} and {json_path} in {res['elapsed_s'] / 60:.1f} min\n")
 
 
@@ -794,15 +794,21 @@ def targets(res: dict[str, Any], opts: argparse.Namespace) -> list[tuple[str, st
         )
     else:
         rows.append(("self-generation vs the bf16-autocast HF path", "n/a", status(None)))
-    epochs = ((pipe.get("main_job") or {}).get("stages") or {}).get("epochs") or []
-    if epochs and all(e["train"] for e in epochs):
-        share = sum(e["eval"] for e in epochs) / sum(e["train"] for e in epochs)
-        res["drift_share"] = share
+    drift_epochs = (((pipe.get("main_job") or {}).get("drift") or {}).get("epochs")) or []
+    if drift_epochs and all(e.get("epoch") for e in drift_epochs):
+        # suite + self-drift after each epoch vs that epoch's training (task metrics, run once after
+        # the last epoch, are shown beside it)
+        drift_s = sum(e["drift"] for e in drift_epochs)
+        train_s = sum(e["epoch"] for e in drift_epochs)
+        tasks_s = sum(e.get("tasks", 0.0) for e in drift_epochs)
+        res["drift_share"] = drift_s / train_s
         rows.append(
             (
-                f"drift evaluation <= {TARGETS['drift_share']:.0%} of an epoch (the main job's own records)",
-                f"{share:.0%} ({sum(e['eval'] for e in epochs):.0f} s eval / {sum(e['train'] for e in epochs):.0f} s train)",
-                status(share <= TARGETS["drift_share"]),
+                f"drift evaluation (suite + self-drift) <= {TARGETS['drift_share']:.0%} of an epoch "
+                "(the main job's own records)",
+                f"{res['drift_share']:.0%} ({drift_s:.1f} s / {train_s:.1f} s train; task metrics "
+                f"after the last epoch {tasks_s:.1f} s more)",
+                status(res["drift_share"] <= TARGETS["drift_share"]),
             )
         )
     else:
