@@ -172,7 +172,7 @@ class DtypeRecorder:
 
 @pytest.mark.parametrize(("bf16_gflops", "expect_bf16"), [(0.9, False), (400.0, True)])
 def test_a_run_under_auto_uses_bf16_on_no_path_where_the_probe_says_fp32(
-    tiny_cfg, tmp_path, monkeypatch, bf16_gflops, expect_bf16
+    tiny_cfg, tmp_path, monkeypatch, bf16_gflops, expect_bf16, data_root
 ):
     """ssr-train with precision=auto: generation, training, self-drift, task metrics and the
     lm-eval suite all run in the dtype the (injected) probe chose; the hook sees every forward."""
