@@ -95,7 +95,7 @@ def test_stops_are_the_chat_templates_end_of_turn_and_eos(tokenizer) -> None:
 
 
 def test_llama_cpp_layout_is_one_thread_per_server_by_default(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr("ssr.server_generation.available_cores", lambda: 8)
+    monkeypatch.setattr("ssr.server_generation.usable_cores", lambda: 8)
     assert llama_cpp_layout(None, None) == (8, 1)
     assert llama_cpp_layout(2, None) == (2, 4)
     assert llama_cpp_layout(None, 4) == (2, 4)

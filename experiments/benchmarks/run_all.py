@@ -234,14 +234,9 @@ def fmt(x: float, nd: int = 1) -> str:
 def machine_info() -> dict[str, Any]:
     import importlib.metadata as md
 
-    cpu = platform.processor()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
+    sys.path.insert(0, str(REPO / "src"))
+    from ssr.hardware import cpu_isa, cpu_name, isa_env, usable_cores
+
     versions = {}
     for pkg in ("torch", "transformers", "trl", "lightning", "peft", "accelerate", "datasets"):
         try:
@@ -249,14 +244,11 @@ def machine_info() -> dict[str, Any]:
         except md.PackageNotFoundError:
             versions[pkg] = "not installed"
     mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
-    sys.path.insert(0, str(REPO / "src"))
-    from ssr.hardware import cpu_isa, isa_env
-
     return {
         "isa": cpu_isa(),
         "isa_env": isa_env(),
-        "cpu": cpu,
-        "cores": os.cpu_count(),
+        "cpu": cpu_name(),
+        "cores": usable_cores(),
         "memory_gib": round(mem, 1),
         "python": platform.python_version(),
         "platform": platform.platform(),

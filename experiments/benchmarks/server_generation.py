@@ -27,15 +27,11 @@ import torch
 from ssr.cli._hydra import load_records
 from ssr.data.prompts import PromptConfig
 from ssr.generation import DecodingConfig, hf_generate
+from ssr.hardware import cpu_isa
 from ssr.judges.rule_qa import RuleQAJudge
 from ssr.llama_server import LlamaCppServer
 from ssr.models import EMBEDDED, ModelSpec, embedded_gguf_path, load_model, load_tokenizer
 from ssr.pipeline import BaseModelGenerator, GeneratorConfig, StageCounters, answer_prompts, judge_candidates
-
-
-def cpu_flags() -> list[str]:
-    text = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
-    return sorted(set(re.findall(r"\b(avx2|avx512f|avx512_bf16|amx_bf16)\b", text)))
 
 
 def records_and_prompts(rows: int, tokenizer) -> tuple[list, list[str], int]:
@@ -167,7 +163,7 @@ def main() -> None:
         )
     machine = {
         "cpu": platform.processor() or platform.machine(),
-        "flags": cpu_flags(),
+        "flags": cpu_isa(),
         "cores": len(os.sched_getaffinity(0)),
         "loadavg_at_end": os.getloadavg(),
         "torch": torch.__version__,

@@ -23,20 +23,10 @@ from typing import Any
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import InterpolationResolutionError
 
+from ssr.precision import PRECISION_CHOICES
+
 # trainer.precision: Lightning's names, their short aliases, and `auto` (resolved by ssr-train).
-PRECISIONS = (
-    "auto",
-    "32-true",
-    "32",
-    "bf16-mixed",
-    "16-mixed",
-    "bf16-true",
-    "16-true",
-    "64-true",
-    "64",
-    "16",
-    "bf16",
-)
+PRECISIONS = PRECISION_CHOICES
 
 
 class ConfigError(ValueError):

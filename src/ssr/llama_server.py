@@ -13,7 +13,6 @@ import ctypes
 import importlib.metadata
 import importlib.util
 import logging
-import os
 import signal
 import socket
 import subprocess
@@ -24,6 +23,8 @@ from pathlib import Path
 from types import TracebackType
 
 import httpx
+
+from ssr.hardware import usable_cores
 
 log = logging.getLogger(__name__)
 
@@ -50,11 +51,6 @@ def port_is_free(port: int) -> bool:
         except OSError:
             return False
     return True
-
-
-def available_cores() -> int:
-    """The cores this process may run on (its CPU affinity), not the machine's count."""
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
 def llama_cpp_version() -> str:
@@ -100,7 +96,7 @@ class LlamaCppServer:
         if not self.gguf.is_file():
             raise FileNotFoundError(f"generator.gguf: GGUF file {self.gguf} does not exist")
         self.alias, self.n_ctx, self.n_batch = alias, n_ctx, n_batch
-        self.n_threads = n_threads or available_cores()
+        self.n_threads = n_threads or usable_cores()
         self.api_key = api_key
         self.startup_timeout_s = startup_timeout_s
         self.log_dir = Path(log_dir) if log_dir else Path(tempfile.gettempdir())

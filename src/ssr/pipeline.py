@@ -384,19 +384,16 @@ def run_selection(
 def write_selection(out_dir: Path, selections: list[Selection], stats: SelectionStats) -> None:
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    _atomic_write(
+    atomic_write_text(
         out_dir / "selection.jsonl",
         "".join(json.dumps(s.to_dict(), ensure_ascii=False) + "\n" for s in selections),
     )
-    _atomic_write(out_dir / "selection_stats.json", json.dumps(stats.to_dict(), indent=2))
+    atomic_write_text(out_dir / "selection_stats.json", json.dumps(stats.to_dict(), indent=2))
 
 
 def read_selection(path: Path) -> list[Selection]:
     with open(path, encoding="utf-8") as fh:
         return [Selection(**json.loads(line)) for line in fh if line.strip()]
-
-
-_atomic_write = atomic_write_text
 
 
 def stats_dict(stats: SelectionStats) -> dict[str, Any]:

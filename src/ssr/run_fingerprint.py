@@ -190,9 +190,8 @@ def check_resume(cfg: DictConfig, run_dir: Path, ckpt: str | None) -> dict[str, 
 
 def write_run_record(run_dir: Path, record: dict[str, Any]) -> Path:
     """Write ``run_fingerprint.json`` (atomically) into the run directory."""
-    from ssr.pipeline import _atomic_write
+    from ssr.files import atomic_write_text
 
-    path = Path(run_dir) / FILE
-    path.parent.mkdir(parents=True, exist_ok=True)
-    _atomic_write(path, json.dumps(record, indent=1, default=str, ensure_ascii=False))
-    return path
+    return atomic_write_text(
+        Path(run_dir) / FILE, json.dumps(record, indent=1, default=str, ensure_ascii=False)
+    )

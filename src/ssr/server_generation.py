@@ -30,7 +30,8 @@ import httpx
 from tqdm.auto import tqdm
 
 from ssr.generation import DecodingConfig
-from ssr.llama_server import LlamaCppServer, available_cores, llama_cpp_version
+from ssr.hardware import usable_cores
+from ssr.llama_server import LlamaCppServer, llama_cpp_version
 from ssr.records import content_hash
 
 if TYPE_CHECKING:
@@ -82,7 +83,7 @@ def llama_cpp_layout(replicas: int | None, n_threads: int | None) -> tuple[int, 
     rows: 2 servers x 1 thread 33.6 s, 1 server x 2 threads 43.3 s; a lone request on a loaded
     2-core machine: 0.6 s vs 12.6 s). Given only one of the two, the cores are split by it.
     """
-    cores = available_cores()
+    cores = usable_cores()
     if replicas and n_threads:
         return int(replicas), int(n_threads)
     if replicas:
