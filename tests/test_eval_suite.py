@@ -147,3 +147,15 @@ def test_built_tasks_are_reused_across_evaluations_with_the_scores_of_a_fresh_bu
     suite_mod._BUILT.clear()
     assert suite_mod.run_suite(tiny_model, tokenizer, tasks, limits=5, data_root=data_root) == other
     assert suite_mod.run_suite(tiny_model, tokenizer, tasks, limits=3, data_root=data_root) == first
+
+
+def test_run_suite_skips_lm_eval_env_info(tiny_model, tokenizer, data_root, monkeypatch):
+    import lm_eval.evaluator as evaluator
+
+    def collect_env(results):
+        raise AssertionError("add_env_info runs collect_env subprocesses; run_suite must skip it")
+
+    monkeypatch.setattr(evaluator, "add_env_info", collect_env)
+    scores = run_suite(tiny_model, tokenizer, ["ssr_boolq"], limits=2, data_root=data_root)
+    assert "ssr_boolq" in scores
+    assert evaluator.add_env_info is collect_env  # restored

@@ -27,7 +27,7 @@ HERE = Path(__file__).resolve().parent
 REPO = HERE.parents[1]
 sys.path.insert(0, str(HERE))
 from common import OFFLINE_ENV, loadavg  # noqa: E402
-from pipeline import VARIANTS, agreement, render_pipeline, run_pipeline  # noqa: E402
+from pipeline import AVX2_ENV, VARIANTS, agreement, render_pipeline, run_pipeline  # noqa: E402
 
 EMBEDDED = "embedded:smollm2-135m-instruct"
 CONTENDERS = ("ssr", "trl", "hf")
@@ -129,13 +129,13 @@ class Runner:
         self.work, self.timeout, self.verbose = work, timeout, verbose
         self.n = 0
 
-    def task(self, task: str, args: dict[str, Any]) -> dict[str, Any]:
+    def task(self, task: str, args: dict[str, Any], env: dict[str, str] | None = None) -> dict[str, Any]:
         self.n += 1
         out = self.work / f"{self.n:02d}_{task}.json"
         log = self.work / f"{self.n:02d}_{task}.log"
         cmd = [sys.executable, str(HERE / "worker.py"), task, json.dumps(args), str(out)]
         self._say(f"[{time.strftime('%H:%M:%S')}] {task} ... ")
-        proc = run_child(cmd, log, child_env(), self.timeout)
+        proc = run_child(cmd, log, child_env(env), self.timeout)
         if proc["rc"] != 0 or not out.exists():
             tail = Path(log).read_text(errors="replace")[-3000:]
             self._say(f"FAILED (rc {proc['rc']}) after {proc['wall_s']:.0f}s\n{tail}\n")
@@ -407,35 +407,10 @@ def render(res: dict[str, Any]) -> str:
         if lv.get("compile_s"):
             lines.append(f"\ntorch.compile: first (compiling) call took {fmt(lv['compile_s'])} s.")
         lines.append("")
-    gen = res.get("generation")
-    if gen and "error" not in gen:
-        lines += [
-            "## Self-generation throughput",
-            "",
-            f"`ssr.generation.hf_generate` on {gen['prompts']} {'of the main job' + chr(39) + 's own' if gen.get('data') == 'embedded' else 'SQuAD'} "
-            f"grounded prompts ({gen['prompt_tokens']:,} prompt tokens), greedy, "
-            f"max_new_tokens={gen['max_new_tokens']}; generated tokens counted from the decoded texts "
-            "(+1 end-of-turn each). **auto** marks the row the generator runs on this machine.",
-            "",
-            f"Prompt forward passes alone (batches of {gen.get('prefill_batch_size')}, auto precision): "
-            f"{fmt(gen.get('prefill_s'))} s. 'same text': share of outputs identical to the batched fp32 "
-            "row's (bf16 rounding, batch shape and left padding change greedy paths).",
-            "",
-            "| variant | generated tokens | wall s | rows/s | tokens/s | vs shipped before | same text as fp32 |",
-            "|---|---|---|---|---|---|---|",
-        ]
-        before = gen["variants"].get(gen.get("before_variant") or "", {}).get("wall_s")
-        for k, v in gen["variants"].items():
-            if "error" in v:
-                lines.append(f"| {k} | failed: {v['error']} | | | | | |")
-                continue
-            sp = before / v["wall_s"] if before else float("nan")
-            mark = " **(auto)**" if k == gen.get("auto_variant") else ""
-            lines.append(
-                f"| {k}{mark} | {v['generated_tokens']} | {fmt(v['wall_s'])} | {fmt(v.get('rows_per_s'), 2)} | "
-                f"{fmt(v['tokens_per_s'])} | {fmt(sp, 2)}x | {fmt(100 * v.get('same_text_as_fp32', float('nan')), 0)}% |"
-            )
-        lines.append("")
+    for key, where in (("generation", "this CPU"), ("generation_avx2", "AVX2-only CPU emulated")):
+        gen = res.get(key)
+        if gen and "error" not in gen:
+            lines += render_generation(gen, where)
     jd = res.get("judges")
     if jd and "error" not in jd:
         h = jd["hf"]
@@ -521,6 +496,41 @@ def render(res: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def render_generation(gen: dict[str, Any], where: str) -> list[str]:
+    """The generation section's table (``where``: this CPU, or the emulated AVX2 one)."""
+    env = " ".join(f"{k}={v}" for k, v in (gen.get("env") or {}).items())
+    lines = [
+        f"## Self-generation throughput ({where})",
+        "",
+        f"`ssr.generation.hf_generate` on {gen['prompts']} {'of the main job' + chr(39) + 's own' if gen.get('data') == 'embedded' else 'SQuAD'} "
+        f"grounded prompts ({gen['prompt_tokens']:,} prompt tokens), greedy, "
+        f"max_new_tokens={gen['max_new_tokens']}; generated tokens counted from the decoded texts "
+        "(+1 end-of-turn each). **auto** marks the row the generator runs on this machine.",
+        "",
+        f"Prompt forward passes alone (batches of {gen.get('prefill_batch_size')}, auto precision): "
+        f"{fmt(gen.get('prefill_s'))} s. 'same text': share of outputs identical to the batched fp32 "
+        "row's (bf16 rounding, batch shape and left padding change greedy paths).",
+        "",
+        "| variant | generated tokens | wall s | rows/s | tokens/s | vs shipped before | same text as fp32 |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    before = gen["variants"].get(gen.get("before_variant") or "", {}).get("wall_s")
+    for k, v in gen["variants"].items():
+        if "error" in v:
+            lines.append(f"| {k} | failed: {v['error']} | | | | | |")
+            continue
+        sp = before / v["wall_s"] if before else float("nan")
+        mark = " **(auto)**" if k == gen.get("auto_variant") else ""
+        lines.append(
+            f"| {k}{mark} | {v['generated_tokens']} | {fmt(v['wall_s'])} | {fmt(v.get('rows_per_s'), 2)} | "
+            f"{fmt(v['tokens_per_s'])} | {fmt(sp, 2)}x | {fmt(100 * v.get('same_text_as_fp32', float('nan')), 0)}% |"
+        )
+    lines.append("")
+    if env:
+        lines.insert(3, f"Environment: `{env}`. ")
+    return lines
+
+
 def summarize_train(train_runs: dict[str, list[dict[str, Any]]], peak: float) -> dict[str, Any]:
     out: dict[str, Any] = {"summary": {}, "ratios": {}, "errors": {}}
     for c, runs in train_runs.items():
@@ -578,6 +588,9 @@ def main() -> None:
         default="main_job,main_job_avx2",
         help=f"main-job variants to run: {', '.join(VARIANTS)}",
     )
+    p.add_argument(
+        "--gen-avx2-prompts", type=int, default=8, help="prompts of the emulated-AVX2 generation section"
+    )
     p.add_argument("--judge-items", type=int, default=32)
     p.add_argument("--e2e-rows", type=int, default=32)
     p.add_argument("--e2e-epochs", type=int, default=2)
@@ -590,7 +603,9 @@ def main() -> None:
         help="run the local suite on this share of its docs and scale the time (default: the full suite)",
     )
     p.add_argument(
-        "--skip", default="", help="comma list: pipeline,train,levers,padding,generation,judges,drift,e2e"
+        "--skip",
+        default="",
+        help="comma list: pipeline,train,levers,padding,generation,generation_avx2,judges,drift,e2e",
     )
     p.add_argument(
         "--reuse",
@@ -681,6 +696,21 @@ def main() -> None:
                 "data": opts.gen_data,
             },
         )
+    if "generation_avx2" not in skip and not opts.quick:
+        # the slow-bf16 case on this CPU: oneDNN/MKL capped at AVX2 (few prompts: the bf16 path
+        # being compared against runs at a few GFLOP/s there)
+        res["generation_avx2"] = runner.task(
+            "generation",
+            {
+                **base,
+                "precision": "32-true",
+                "prompts": opts.gen_avx2_prompts,
+                "max_new_tokens": opts.gen_max_new,
+                "data": opts.gen_data,
+            },
+            env=AVX2_ENV,
+        )
+        res["generation_avx2"]["env"] = AVX2_ENV
     if "judges" not in skip:
         res["judges"] = runner.task(
             "judges", {**base, "hf_items": opts.judge_items, "hf_batch_size": 8, "rule_items": 5000}
@@ -786,6 +816,20 @@ def targets(res: dict[str, Any], opts: argparse.Namespace) -> list[tuple[str, st
         )
     else:
         rows.append(("self-generation vs the bf16-autocast HF path", "n/a", status(None)))
+    slow = res.get("generation_avx2") or {}
+    slow_variants = slow.get("variants") or {}
+    slow_before = slow_variants.get(slow.get("before_variant") or "", {}).get("wall_s")
+    slow_auto = slow_variants.get(slow.get("auto_variant") or "", {}).get("wall_s")
+    if slow_before and slow_auto:
+        target = TARGETS["generation_slow_bf16"]
+        rows.append(
+            (
+                f"self-generation >= {target}x the bf16-autocast HF path (AVX2-only CPU emulated, "
+                f"{slow['prompts']} prompts)",
+                f"{slow_before / slow_auto:.1f}x ({slow_auto:.1f} s fp32 vs {slow_before:.1f} s)",
+                status(slow_before / slow_auto >= target),
+            )
+        )
     drift_epochs = (((pipe.get("main_job") or {}).get("drift") or {}).get("epochs")) or []
     if drift_epochs and all(e.get("epoch") for e in drift_epochs):
         # suite + self-drift after each epoch vs that epoch's training (task metrics, run once after

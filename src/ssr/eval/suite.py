@@ -192,6 +192,20 @@ def _one_bar_tqdm(original: Any) -> Any:
 
 
 @contextlib.contextmanager
+def without_env_info() -> Iterator[None]:
+    """Skip lm-eval's ``add_env_info`` (it runs torch's ``collect_env`` subprocesses, ~0.4 s per
+    evaluation, for metadata that ssr does not keep)."""
+    import lm_eval.evaluator as evaluator
+
+    original = evaluator.add_env_info
+    evaluator.add_env_info = lambda results: None
+    try:
+        yield
+    finally:
+        evaluator.add_env_info = original
+
+
+@contextlib.contextmanager
 def quiet_lm_eval(level: int = logging.ERROR) -> Iterator[None]:
     """Silence lm-eval's per-task chatter: its warnings, and the per-task "building requests" bars
     (~60 per evaluation of the local suite), leaving one bar per request type."""
@@ -243,11 +257,14 @@ def run_suite(
     from lm_eval import simple_evaluate
     from lm_eval.models.huggingface import HFLM
 
+    from ssr.eval.shared_context import SharedContextHFLM, supports_shared_context
+
     manager = task_manager(needs_hub_tasks(tasks), str(data_root) if data_root else None)
-    with quiet_lm_eval() if quiet else contextlib.nullcontext():
+    with quiet_lm_eval() if quiet else contextlib.nullcontext(), without_env_info():
         built = loaded_tasks(manager, tasks)
         samples = sample_indices(manager.load(built), limits)
-        lm = HFLM(
+        lm_class = SharedContextHFLM if supports_shared_context(model) else HFLM
+        lm = lm_class(
             pretrained=model,
             tokenizer=tokenizer,
             batch_size=batch_size,

@@ -1,0 +1,170 @@
+"""lm-eval's HFLM with each context forwarded once for all of its continuations.
+
+A multiple-choice document becomes one loglikelihood request per choice, all with the same context
+(ARC: 4-5, HellaSwag: 4, TruthfulQA MC2: ~7 choices after a 6-shot primer of ~200 tokens). HFLM
+forwards ``context + continuation`` for every request, so the context is computed once per choice,
+and it computes full-vocabulary logits at every position. Here the requests that share a context are
+packed into one row: the context once, then each continuation's tokens (minus its last one) with
+positions restarting at the context length and a 4D mask so that each continuation attends to the
+context and to itself only (a tree). Logits are computed only where a continuation token is predicted.
+The results are HFLM's (same log-probabilities up to float noise, same greedy flags; tested against
+HFLM itself); groups that would be truncated to the model's length go through HFLM's own path.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from lm_eval.models import huggingface as lm_eval_hf
+from lm_eval.models.huggingface import HFLM
+
+Request = tuple[tuple[str, str], list[int], list[int]]
+
+
+@dataclass
+class PackedRow:
+    """One context and its continuations as one sequence; ``targets[i]`` = (position, token) pairs."""
+
+    tokens: list[int]
+    positions: list[int]
+    segments: list[int]  # 0 = context, j+1 = continuation j
+    members: list[int]  # request indices, one per continuation
+    targets: list[list[tuple[int, int]]]
+
+
+def pack_group(context: list[int], continuations: list[list[int]], members: list[int]) -> PackedRow:
+    """Lay out ``context`` + each continuation but its last token; record where each token is predicted."""
+    tokens, positions, segments = list(context), list(range(len(context))), [0] * len(context)
+    targets: list[list[tuple[int, int]]] = []
+    last_context = len(context) - 1
+    for j, cont in enumerate(continuations):
+        start = len(tokens)
+        row_targets = [(last_context, cont[0])]
+        for k, token in enumerate(cont[:-1]):
+            tokens.append(token)
+            positions.append(len(context) + k)
+            segments.append(j + 1)
+            row_targets.append((start + k, cont[k + 1]))
+        targets.append(row_targets)
+    return PackedRow(tokens, positions, segments, members, targets)
+
+
+def tree_mask(segments: list[int], length: int) -> torch.Tensor:
+    """``[length, length]`` bool: causal, and a continuation sees the context and its own segment only.
+
+    Padding positions (beyond ``len(segments)``) see only themselves, so no attention row is empty.
+    """
+    seg = torch.full((length,), -1, dtype=torch.long)
+    seg[: len(segments)] = torch.tensor(segments, dtype=torch.long)
+    causal = torch.ones(length, length, dtype=torch.bool).tril()
+    same = seg[:, None] == seg[None, :]
+    sees_context = (seg[None, :] == 0) & (seg[:, None] >= 0)
+    return (causal & (same | sees_context)) | torch.eye(length, dtype=torch.bool)
+
+
+class SharedContextHFLM(HFLM):
+    """``HFLM`` whose ``_loglikelihood_tokens`` forwards each distinct context once (see module doc)."""
+
+    def _loglikelihood_tokens(
+        self,
+        requests: list[Request],
+        disable_tqdm: bool = False,
+        override_bs: int | None = None,
+    ) -> list[tuple[float, bool]]:
+        if self.backend != "causal" or not requests:
+            return super()._loglikelihood_tokens(requests, disable_tqdm, override_bs)
+        groups: dict[tuple[int, ...], list[int]] = {}
+        for i, (_, context, _) in enumerate(requests):
+            groups.setdefault(tuple(context), []).append(i)
+        rows, too_long = [], []
+        for context, members in groups.items():
+            conts = [requests[i][2] for i in members]
+            if len(context) + max(len(c) for c in conts) > self.max_length + 1:
+                too_long.extend(members)
+            else:
+                rows.append(pack_group(list(context), conts, members))
+        results: list[tuple[float, bool] | None] = [None] * len(requests)
+        if too_long:
+            fallback = super()._loglikelihood_tokens([requests[i] for i in too_long], True, override_bs)
+            for i, answer in zip(too_long, fallback, strict=True):
+                results[i] = answer
+        rows.sort(key=lambda row: -len(row.tokens))
+        size = int(override_bs or (self.batch_size if self.batch_size != "auto" else 16)) or 16
+        pbar = lm_eval_hf.tqdm(
+            total=len(requests), disable=disable_tqdm or self.rank != 0, desc="Running loglikelihood requests"
+        )
+        pbar.update(len(too_long))
+        for start in range(0, len(rows), size):
+            batch = rows[start : start + size]
+            for row, answers in zip(batch, self._score_rows(batch), strict=True):
+                for i, answer in zip(row.members, answers, strict=True):
+                    results[i] = answer
+                    self.cache_hook.add_partial("loglikelihood", requests[i][0], answer)
+                pbar.update(len(row.members))
+        pbar.close()
+        return [answer for answer in results if answer is not None]
+
+    def _score_rows(self, batch: list[PackedRow]) -> list[list[tuple[float, bool]]]:
+        """One forward over right-padded packed rows; logits only at the predicting positions."""
+        length = max(len(row.tokens) for row in batch)
+        pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
+        ids = torch.full((len(batch), length), pad, dtype=torch.long)
+        positions = torch.zeros((len(batch), length), dtype=torch.long)
+        mask = torch.zeros((len(batch), 1, length, length), dtype=torch.bool)
+        for b, row in enumerate(batch):
+            ids[b, : len(row.tokens)] = torch.tensor(row.tokens)
+            positions[b, : len(row.positions)] = torch.tensor(row.positions)
+            mask[b, 0] = tree_mask(row.segments, length)
+        hidden = self._final_hidden(ids.to(self.device), positions.to(self.device), mask.to(self.device))
+        where = [
+            (b, pos, tok) for b, row in enumerate(batch) for targets in row.targets for pos, tok in targets
+        ]
+        b_idx = torch.tensor([w[0] for w in where], device=self.device)
+        p_idx = torch.tensor([w[1] for w in where], device=self.device)
+        wanted = torch.tensor([w[2] for w in where], device=self.device)
+        with self._autocast():
+            logits = self.model.get_output_embeddings()(hidden[b_idx, p_idx])
+        logprobs = F.log_softmax(logits.float(), dim=-1)
+        token_lp = logprobs.gather(1, wanted[:, None]).squeeze(1).tolist()
+        greedy = (logprobs.argmax(dim=-1) == wanted).tolist()
+        out, k = [], 0
+        for row in batch:
+            answers = []
+            for targets in row.targets:
+                n = len(targets)
+                answers.append((float(sum(token_lp[k : k + n])), all(greedy[k : k + n])))
+                k += n
+            out.append(answers)
+        return out
+
+    def _final_hidden(self, ids: torch.Tensor, positions: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        attn = getattr(self.model.config, "_attn_implementation", "sdpa")
+        if attn != "sdpa":  # eager and others add the mask to the scores
+            mask = torch.zeros(mask.shape, dtype=torch.float32, device=mask.device).masked_fill(
+                ~mask, torch.finfo(torch.float32).min
+            )
+        with torch.no_grad(), self._autocast():
+            out = self.model.get_decoder()(
+                input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=False
+            )
+        return out.last_hidden_state
+
+    def _autocast(self) -> contextlib.AbstractContextManager:
+        dtype = self.mixed_precision_dtype
+        if dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(device_type=self.device.type, dtype=dtype)
+
+
+def supports_shared_context(model: Any) -> bool:
+    """Decoder + output head reproduce the model's logits (no logit softcapping or scaling in between)."""
+    config = getattr(model, "config", None)
+    if config is None or not hasattr(model, "get_decoder") or not hasattr(model, "get_output_embeddings"):
+        return False
+    if getattr(config, "final_logit_softcapping", None) or getattr(config, "logit_scale", None):
+        return False
+    return not getattr(config, "is_encoder_decoder", False)

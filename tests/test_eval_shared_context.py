@@ -1,0 +1,97 @@
+"""SharedContextHFLM: each context forwarded once; results equal to lm-eval's HFLM."""
+
+import pytest
+import torch
+from lm_eval.models.huggingface import HFLM
+from peft import LoraConfig, get_peft_model
+
+from ssr.eval.shared_context import SharedContextHFLM, pack_group, supports_shared_context, tree_mask
+from ssr.eval.suite import run_suite
+from ssr.models import tiny_random_model
+
+
+def test_pack_group_lays_out_context_once_and_predicting_positions():
+    row = pack_group([5, 6, 7], [[8, 9, 10], [11]], members=[3, 4])
+    assert row.tokens == [5, 6, 7, 8, 9]  # the last token of each continuation is never an input
+    assert row.positions == [0, 1, 2, 3, 4]
+    assert row.segments == [0, 0, 0, 1, 1]
+    assert row.targets == [[(2, 8), (3, 9), (4, 10)], [(2, 11)]]
+    two = pack_group([1, 2], [[3, 4], [5, 6]], members=[0, 1])
+    assert two.positions == [0, 1, 2, 2]  # both continuations restart at the context length
+
+
+def test_tree_mask_continuations_see_context_and_themselves_only():
+    mask = tree_mask([0, 0, 1, 1, 2], length=6)
+    expected = torch.tensor(
+        [
+            [1, 0, 0, 0, 0, 0],
+            [1, 1, 0, 0, 0, 0],
+            [1, 1, 1, 0, 0, 0],
+            [1, 1, 1, 1, 0, 0],
+            [1, 1, 0, 0, 1, 0],  # continuation 2 does not see continuation 1
+            [0, 0, 0, 0, 0, 1],  # padding sees itself only (no empty attention row)
+        ],
+        dtype=torch.bool,
+    )
+    assert torch.equal(mask, expected)
+
+
+def _requests(model, tokenizer):
+    enc = tokenizer.encode
+    ctx = enc("Question: which planet is red?\nAnswer:")
+    greedy = model.generate(torch.tensor([ctx]), max_new_tokens=3, do_sample=False)[0, len(ctx) :].tolist()
+    other = enc("The passage says")
+    reqs = [(ctx, enc(" Mars is red")), (ctx, enc(" Venus")), (ctx, greedy), (ctx, enc(" the moon, surely"))]
+    reqs += [(other, enc(" yes")), (other, enc(" no")), (enc("Lonely context"), enc(" with one ending"))]
+    return [(("c", "x"), c, x) for c, x in reqs]
+
+
+@pytest.mark.parametrize("attn", ["sdpa", "eager"])
+@pytest.mark.parametrize("lora", [False, True])
+def test_loglikelihoods_equal_hflm(tokenizer, attn, lora):
+    model = tiny_random_model(tokenizer, seed=0)
+    model.set_attn_implementation(attn)
+    if lora:
+        model = get_peft_model(
+            model, LoraConfig(r=4, target_modules=["q_proj", "v_proj"], init_lora_weights=False)
+        )
+    model.eval()
+    requests = _requests(model, tokenizer)
+    plain = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=4)._loglikelihood_tokens(requests)
+    shared = SharedContextHFLM(pretrained=model, tokenizer=tokenizer, batch_size=2)._loglikelihood_tokens(
+        requests
+    )
+    assert [g for _, g in shared] == [g for _, g in plain]
+    assert any(g for _, g in plain)  # the greedy continuation is recognised as such
+    assert [lp for lp, _ in shared] == pytest.approx([lp for lp, _ in plain], abs=1e-4)
+
+
+def test_too_long_groups_use_hflm_truncation(tokenizer):
+    model = tiny_random_model(tokenizer, seed=0).eval()
+    requests = _requests(model, tokenizer)
+    plain = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=4, max_length=8)
+    shared = SharedContextHFLM(pretrained=model, tokenizer=tokenizer, batch_size=4, max_length=8)
+    expected = plain._loglikelihood_tokens(requests)
+    assert [lp for lp, _ in shared._loglikelihood_tokens(requests)] == pytest.approx(
+        [lp for lp, _ in expected]
+    )
+
+
+def test_run_suite_scores_unchanged(tiny_model, tokenizer, data_root, monkeypatch):
+    tasks = ["ssr_arc_easy", "ssr_hellaswag", "ssr_truthfulqa_mc2", "ssr_mmlu"]
+    kwargs = {"limits": {"default": 3}, "batch_size": 8, "data_root": data_root}
+    shared = run_suite(tiny_model, tokenizer, tasks, **kwargs)
+    monkeypatch.setattr(
+        "ssr.eval.shared_context.SharedContextHFLM._loglikelihood_tokens", HFLM._loglikelihood_tokens
+    )
+    plain = run_suite(tiny_model, tokenizer, tasks, **kwargs)
+    assert shared.keys() == plain.keys()
+    for task, metrics in plain.items():
+        assert shared[task] == pytest.approx(metrics, abs=1e-6), task
+
+
+def test_supports_shared_context_refuses_softcapped_heads(tokenizer):
+    model = tiny_random_model(tokenizer, seed=0)
+    assert supports_shared_context(model)
+    model.config.final_logit_softcapping = 30.0
+    assert not supports_shared_context(model)
