@@ -5,18 +5,24 @@ import torch
 from lm_eval.models.huggingface import HFLM
 from peft import LoraConfig, get_peft_model
 
-from ssr.eval.shared_context import SharedContextHFLM, pack_group, supports_shared_context, tree_mask
+from ssr.eval.shared_context import (
+    SharedContextHFLM,
+    length_batches,
+    pack_group,
+    supports_shared_context,
+    tree_mask,
+)
 from ssr.eval.suite import run_suite
 from ssr.models import tiny_random_model
 
 
 def test_pack_group_lays_out_context_once_and_predicting_positions():
-    row = pack_group([5, 6, 7], [[8, 9, 10], [11]], members=[3, 4])
+    row = pack_group([5, 6, 7], [[8, 9, 10], [11]], members=[[3], [4]])
     assert row.tokens == [5, 6, 7, 8, 9]  # the last token of each continuation is never an input
     assert row.positions == [0, 1, 2, 3, 4]
     assert row.segments == [0, 0, 0, 1, 1]
     assert row.targets == [[(2, 8), (3, 9), (4, 10)], [(2, 11)]]
-    two = pack_group([1, 2], [[3, 4], [5, 6]], members=[0, 1])
+    two = pack_group([1, 2], [[3, 4], [5, 6]], members=[[0], [1]])
     assert two.positions == [0, 1, 2, 2]  # both continuations restart at the context length
 
 
@@ -36,6 +42,14 @@ def test_tree_mask_continuations_see_context_and_themselves_only():
     assert torch.equal(mask, expected)
 
 
+def test_length_batches_bound_rows_and_padding():
+    rows = [
+        pack_group(list(range(n)), [[1]], members=[i]) for i, n in enumerate([40, 30, 20, 19, 10, 9, 8, 2])
+    ]
+    sizes = [[len(r.tokens) for r in b] for b in length_batches(rows, size=3)]
+    assert sizes == [[40, 30, 20], [19, 10], [9, 8], [2]]
+
+
 def _requests(model, tokenizer):
     enc = tokenizer.encode
     ctx = enc("Question: which planet is red?\nAnswer:")
@@ -43,6 +57,7 @@ def _requests(model, tokenizer):
     other = enc("The passage says")
     reqs = [(ctx, enc(" Mars is red")), (ctx, enc(" Venus")), (ctx, greedy), (ctx, enc(" the moon, surely"))]
     reqs += [(other, enc(" yes")), (other, enc(" no")), (enc("Lonely context"), enc(" with one ending"))]
+    reqs += [(ctx, enc(" Venus"))]  # a duplicate (two tasks with the same docs): computed once, same answer
     return [(("c", "x"), c, x) for c, x in reqs]
 
 
@@ -63,6 +78,7 @@ def test_loglikelihoods_equal_hflm(tokenizer, attn, lora):
     )
     assert [g for _, g in shared] == [g for _, g in plain]
     assert any(g for _, g in plain)  # the greedy continuation is recognised as such
+    assert shared[-1] == shared[1]  # the duplicate request got the very same answer
     assert [lp for lp, _ in shared] == pytest.approx([lp for lp, _ in plain], abs=1e-4)
 
 

@@ -465,6 +465,10 @@ def run_drift(args: dict[str, Any]) -> dict[str, Any]:
     )
     off = SelfDriftConfig.from_mapping({**drift_cfg, "enabled": False})
     _, suite_s, suite_cpu = _timed(lambda: evaluate_model(model, tok, scaled, off, mixed_precision=precision))
+    # what the callback pays after every epoch: the same evaluation again in the same process
+    _, epoch_s, _ = _timed(
+        lambda: evaluate_model(model, tok, suite, drift, reference=ref, mixed_precision=precision)
+    )
     return {
         "suite": suite.name,
         "tasks": suite.tasks,
@@ -478,6 +482,7 @@ def run_drift(args: dict[str, Any]) -> dict[str, Any]:
         "suite_measured_s": suite_s,
         "suite_cpu_s": suite_cpu,
         "eval_wall_s": suite_s / fraction + drift_s,
+        "epoch_eval_s": epoch_s,
         "loadavg": loadavg(),
     }
 

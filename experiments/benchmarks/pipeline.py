@@ -126,14 +126,15 @@ def agreement(res: dict[str, Any]) -> list[dict[str, Any]]:
             )
         )
     drift = res.get("drift") or {}
-    base = (job.get("drift") or {}).get("base") or {}
-    if drift.get("eval_wall_s") and base.get("drift"):
+    epochs = (job.get("drift") or {}).get("epochs") or []
+    if drift.get("epoch_eval_s") and epochs:
         rows.append(
             _row(
-                "base eval: suite + self-drift",
-                drift["eval_wall_s"],
-                base["drift"],
-                "the drift section runs the same suite limits and self-drift settings",
+                "per-epoch drift eval: suite + self-drift",
+                drift["epoch_eval_s"],
+                statistics.mean(e["drift"] for e in epochs),
+                "the drift section's second evaluation in one process (tasks built, reference made), "
+                "same suite limits and self-drift settings",
             )
         )
     tr = ((res.get("train") or {}).get("summary") or {}).get("ssr") or {}

@@ -6,7 +6,8 @@ forwards ``context + continuation`` for every request, so the context is compute
 and it computes full-vocabulary logits at every position. Here the requests that share a context are
 packed into one row: the context once, then each continuation's tokens (minus its last one) with
 positions restarting at the context length and a 4D mask so that each continuation attends to the
-context and to itself only (a tree). Logits are computed only where a continuation token is predicted.
+context and to itself only (a tree); identical requests are computed once. Logits are computed only
+where a continuation token is predicted.
 The results are HFLM's (same log-probabilities up to float noise, same greedy flags; tested against
 HFLM itself); groups that would be truncated to the model's length go through HFLM's own path.
 """
@@ -32,11 +33,11 @@ class PackedRow:
     tokens: list[int]
     positions: list[int]
     segments: list[int]  # 0 = context, j+1 = continuation j
-    members: list[int]  # request indices, one per continuation
+    members: list[list[int]]  # per continuation: the requests asking for it (identical ones share it)
     targets: list[list[tuple[int, int]]]
 
 
-def pack_group(context: list[int], continuations: list[list[int]], members: list[int]) -> PackedRow:
+def pack_group(context: list[int], continuations: list[list[int]], members: list[list[int]]) -> PackedRow:
     """Lay out ``context`` + each continuation but its last token; record where each token is predicted."""
     tokens, positions, segments = list(context), list(range(len(context))), [0] * len(context)
     targets: list[list[tuple[int, int]]] = []
@@ -66,6 +67,18 @@ def tree_mask(segments: list[int], length: int) -> torch.Tensor:
     return (causal & (same | sees_context)) | torch.eye(length, dtype=torch.bool)
 
 
+def length_batches(rows: list[PackedRow], size: int) -> list[list[PackedRow]]:
+    """Rows sorted longest first, cut into batches of at most ``size`` rows, a new batch starting
+    where a row is under half the batch's longest (padding stays under half of every batch)."""
+    batches: list[list[PackedRow]] = []
+    for row in rows:
+        if batches and len(batches[-1]) < size and 2 * len(row.tokens) >= len(batches[-1][0].tokens):
+            batches[-1].append(row)
+        else:
+            batches.append([row])
+    return batches
+
+
 class SharedContextHFLM(HFLM):
     """``HFLM`` whose ``_loglikelihood_tokens`` forwards each distinct context once (see module doc)."""
 
@@ -77,34 +90,34 @@ class SharedContextHFLM(HFLM):
     ) -> list[tuple[float, bool]]:
         if self.backend != "causal" or not requests:
             return super()._loglikelihood_tokens(requests, disable_tqdm, override_bs)
-        groups: dict[tuple[int, ...], list[int]] = {}
-        for i, (_, context, _) in enumerate(requests):
-            groups.setdefault(tuple(context), []).append(i)
+        groups: dict[tuple[int, ...], dict[tuple[int, ...], list[int]]] = {}
+        for i, (_, context, continuation) in enumerate(requests):
+            groups.setdefault(tuple(context), {}).setdefault(tuple(continuation), []).append(i)
         rows, too_long = [], []
-        for context, members in groups.items():
-            conts = [requests[i][2] for i in members]
-            if len(context) + max(len(c) for c in conts) > self.max_length + 1:
-                too_long.extend(members)
+        for context, by_continuation in groups.items():
+            if len(context) + max(len(c) for c in by_continuation) > self.max_length + 1:
+                too_long.extend(i for members in by_continuation.values() for i in members)
             else:
-                rows.append(pack_group(list(context), conts, members))
+                conts = [list(c) for c in by_continuation]
+                rows.append(pack_group(list(context), conts, list(by_continuation.values())))
         results: list[tuple[float, bool] | None] = [None] * len(requests)
         if too_long:
             fallback = super()._loglikelihood_tokens([requests[i] for i in too_long], True, override_bs)
             for i, answer in zip(too_long, fallback, strict=True):
                 results[i] = answer
-        rows.sort(key=lambda row: -len(row.tokens))
+        rows.sort(key=lambda row: -len(row.tokens))  # longest first, as HFLM (memory errors early)
         size = int(override_bs or (self.batch_size if self.batch_size != "auto" else 16)) or 16
         pbar = lm_eval_hf.tqdm(
             total=len(requests), disable=disable_tqdm or self.rank != 0, desc="Running loglikelihood requests"
         )
         pbar.update(len(too_long))
-        for start in range(0, len(rows), size):
-            batch = rows[start : start + size]
+        for batch in length_batches(rows, size):
             for row, answers in zip(batch, self._score_rows(batch), strict=True):
-                for i, answer in zip(row.members, answers, strict=True):
-                    results[i] = answer
-                    self.cache_hook.add_partial("loglikelihood", requests[i][0], answer)
-                pbar.update(len(row.members))
+                for members, answer in zip(row.members, answers, strict=True):
+                    for i in members:
+                        results[i] = answer
+                        self.cache_hook.add_partial("loglikelihood", requests[i][0], answer)
+                    pbar.update(len(members))
         pbar.close()
         return [answer for answer in results if answer is not None]
 
