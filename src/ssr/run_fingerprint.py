@@ -64,6 +64,7 @@ def run_config(cfg: DictConfig) -> dict[str, Any]:
             node = OmegaConf.select(work, parent)
             if isinstance(node, DictConfig) and leaf in node:
                 del node[leaf]
+    _mark_group_references(work)
     top = {k for k in VOLATILE if "." not in k}
     out: dict[str, Any] = {}
     for key in work:
@@ -76,6 +77,27 @@ def run_config(cfg: DictConfig) -> dict[str, Any]:
     return out
 
 
+def _mark_group_references(cfg: DictConfig) -> None:
+    """``data.model: ${model}`` and the like name a whole top-level group: keep them as ``<model>``,
+    so each setting counts once (in its own group) in the fingerprint and in a resume's diff."""
+    groups = {str(k) for k in cfg}
+
+    def walk(node: DictConfig) -> None:
+        for key in list(node.keys()):
+            child = node._get_node(key)
+            target = str(child._value()) if child is not None and child._is_interpolation() else ""
+            if target.startswith("${") and target.endswith("}") and target[2:-1] in groups:
+                node[key] = f"<{target[2:-1]}>"
+            elif isinstance(child, DictConfig) and not child._is_none() and not child._is_interpolation():
+                walk(child)
+
+    with open_dict(cfg):
+        for key in list(cfg.keys()):
+            node = cfg._get_node(key)
+            if isinstance(node, DictConfig) and not node._is_none() and not node._is_interpolation():
+                walk(node)
+
+
 def fingerprint_of(config: dict[str, Any]) -> str:
     text = json.dumps(config, sort_keys=True, default=str, ensure_ascii=False)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
@@ -85,7 +107,7 @@ def make_record(cfg: DictConfig) -> dict[str, Any]:
     """``{"fingerprint", "config"}`` for this config (what checkpoints and the run dir store).
 
     Credentials are redacted first (they must reach no file, and a rotated key is no new run)."""
-    from ssr.logging_utils import redact
+    from ssr.loggers import redact
 
     config = redact(run_config(cfg))
     return {"fingerprint": fingerprint_of(config), "config": config}
