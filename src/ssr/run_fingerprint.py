@@ -17,6 +17,7 @@ import copy
 import hashlib
 import json
 import logging
+import re
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -49,6 +50,9 @@ VOLATILE = (
 )
 
 
+REFERENCE = re.compile(r"\$\{([A-Za-z_][\w.]*)\}")  # ${key} or ${group.key}, no resolver
+
+
 class ResumeMismatchError(ConfigError):
     """A resume whose config differs from the checkpoint's (the message lists old -> new)."""
 
@@ -64,8 +68,8 @@ def run_config(cfg: DictConfig) -> dict[str, Any]:
             node = OmegaConf.select(work, parent)
             if isinstance(node, DictConfig) and leaf in node:
                 del node[leaf]
-    _mark_group_references(work)
     top = {k for k in VOLATILE if "." not in k}
+    _mark_group_references(work, skip=top)
     out: dict[str, Any] = {}
     for key in work:
         if key in top:
@@ -77,22 +81,23 @@ def run_config(cfg: DictConfig) -> dict[str, Any]:
     return out
 
 
-def _mark_group_references(cfg: DictConfig) -> None:
-    """``data.model: ${model}`` and the like name a whole top-level group: keep them as ``<model>``,
-    so each setting counts once (in its own group) in the fingerprint and in a resume's diff."""
-    groups = {str(k) for k in cfg}
+def _mark_group_references(cfg: DictConfig, skip: set[str]) -> None:
+    """A value that only points at another key (``data.model: ${model}``, ``data.run_dir:
+    ${paths.output_dir}``) is kept as ``<model>``: each setting counts once, where it is set (a
+    reference into a volatile key stays volatile), in the fingerprint and in a resume's diff."""
+    roots = {str(k) for k in cfg}
 
     def walk(node: DictConfig) -> None:
         for key in list(node.keys()):
             child = node._get_node(key)
-            target = str(child._value()) if child is not None and child._is_interpolation() else ""
-            if target.startswith("${") and target.endswith("}") and target[2:-1] in groups:
-                node[key] = f"<{target[2:-1]}>"
+            target = REFERENCE.fullmatch(str(child._value())) if child._is_interpolation() else None
+            if target and target.group(1).split(".")[0] in roots:
+                node[key] = f"<{target.group(1)}>"
             elif isinstance(child, DictConfig) and not child._is_none() and not child._is_interpolation():
                 walk(child)
 
     with open_dict(cfg):
-        for key in list(cfg.keys()):
+        for key in [k for k in roots if k not in skip]:
             node = cfg._get_node(key)
             if isinstance(node, DictConfig) and not node._is_none() and not node._is_interpolation():
                 walk(node)
