@@ -78,7 +78,9 @@ class SSRModule(L.LightningModule):
         precast_frozen_weights: bool = True,
     ) -> None:
         super().__init__()
-        self.save_hyperparameters({"model": asdict(model), "optim": asdict(optim), "peft": peft})
+        # flat, as the loggers (W&B config, hparams.yaml) have always shown them
+        hparams = {"model": asdict(model), "peft": peft, **asdict(optim)}
+        self.save_hyperparameters({**hparams, "precast_frozen_weights": precast_frozen_weights})
         self.spec, self.optim, self.peft_cfg = model, optim, peft
         self.precast_frozen_weights = precast_frozen_weights
         self.model: PreTrainedModel | None = None
