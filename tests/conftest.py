@@ -87,8 +87,8 @@ def tiny_cfg(tmp_path):
 def no_model_loading(monkeypatch):
     """Fail the test if a mistake is caught only after a tokenizer or model was loaded."""
     import ssr.datamodule
+    import ssr.generation
     import ssr.models
-    import ssr.pipeline
 
     def forbidden(*args, **kwargs):
         raise AssertionError("the config error must be raised before any model or tokenizer is loaded")
@@ -96,7 +96,7 @@ def no_model_loading(monkeypatch):
     for module, name in [
         (ssr.models, "load_model"),
         (ssr.datamodule, "load_tokenizer"),
-        (ssr.pipeline, "load_model"),
-        (ssr.pipeline, "load_tokenizer"),
+        (ssr.generation, "load_model"),  # BaseModelGenerator
+        (ssr.generation, "load_tokenizer"),
     ]:
         monkeypatch.setattr(module, name, forbidden)

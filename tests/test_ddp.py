@@ -23,8 +23,10 @@ def test_ddp_on_cpu_matches_one_process(tmp_path: Path) -> None:
     run_train(
         *common,
         "trainer=ddp",
-        "+callbacks.drift._target_=ssr.eval.drift_callback.GeneralizationDriftCallback",
-        "+callbacks.drift.self_drift={enabled: true, limit: 4, max_new_tokens: 8, batch_size: 4, cache: false}",
+        "eval.callback.enabled=true",  # self-drift only (no suite, no task metrics)
+        "eval/suite=none",
+        "eval.tasks.in_domain=false",
+        "eval.self_drift={enabled: true, limit: 4, max_new_tokens: 8, batch_size: 4, cache: false}",
         f"hydra.run.dir={ddp}",
         f"paths.cache_dir={tmp_path / 'cache2'}",
         cwd=tmp_path,

@@ -103,8 +103,9 @@ def test_ddp_trainer_config():
 
 def test_deepspeed_without_cuda_fails_before_generation(tiny_cfg, monkeypatch):
     import ssr.cli.train as train_cli
+    from ssr import hardware
 
-    monkeypatch.setattr(train_cli, "_cuda_available", lambda: False)
+    monkeypatch.setattr(hardware, "cuda_available", lambda: False)
     cfg = tiny_cfg("trainer=deepspeed_zero2")
     expected = "CUDA GPUs only.*trainer=cpu" if importlib.util.find_spec("deepspeed") else "pip install"
     with pytest.raises(RuntimeError, match=rf"trainer=deepspeed_\*.*{expected}"):
@@ -124,8 +125,9 @@ def test_deepspeed_without_cuda_fails_before_generation(tiny_cfg, monkeypatch):
 )
 def test_deepspeed_config_mistakes_are_named(tiny_cfg, monkeypatch, override, message):
     import ssr.cli.train as train_cli
+    from ssr import hardware
 
-    monkeypatch.setattr(train_cli, "_cuda_available", lambda: True)
+    monkeypatch.setattr(hardware, "cuda_available", lambda: True)
     trainer = "deepspeed_zero3" if override.startswith("export_merged") else "deepspeed_zero2"
     with pytest.raises(ValueError, match=message):
         train_cli.train(tiny_cfg(f"trainer={trainer}", override))
@@ -168,8 +170,9 @@ def _cpu_deepspeed(option: str) -> tuple[str, ...]:
 @needs_deepspeed
 def test_zero2_on_cpu_trains_and_writes_adapter_only_checkpoints(tiny_cfg, monkeypatch):
     import ssr.cli.train as train_cli
+    from ssr import hardware
 
-    monkeypatch.setattr(train_cli, "_cuda_available", lambda: True)
+    monkeypatch.setattr(hardware, "cuda_available", lambda: True)
     cfg = tiny_cfg("method=sft", "trainer.accumulate_grad_batches=2", *_cpu_deepspeed("deepspeed_zero2"))
     summary = train_cli.train(cfg)
     run = Path(cfg.paths.output_dir)
@@ -193,8 +196,9 @@ def test_zero3_on_cpu_shards_trains_saves_the_gathered_adapter_and_resumes(
     at zero, the adapter is gathered from the shards, checkpoints hold no frozen weights, and a run
     resumed from a sharded checkpoint ends where an uninterrupted one does."""
     import ssr.cli.train as train_cli
+    from ssr import hardware
 
-    monkeypatch.setattr(train_cli, "_cuda_available", lambda: True)
+    monkeypatch.setattr(hardware, "cuda_available", lambda: True)
     common = (
         "method=sft",
         "model=hub",

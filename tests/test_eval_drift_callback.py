@@ -11,12 +11,28 @@ import torch
 from lightning.pytorch.loggers import CSVLogger
 from torch.utils.data import DataLoader
 
+from ssr.data.prompts import PromptConfig
 from ssr.eval import drift_callback
 from ssr.eval.drift_callback import GeneralizationDriftCallback, score_deltas, table_rows
+from ssr.eval.evaluator import Evaluator
+from ssr.eval.self_drift import SelfDriftConfig
+from ssr.eval.suite import SuiteConfig
+from ssr.eval.task_sets import TaskMetricsConfig
 from ssr.models import tiny_random_model
 
 SUITE = {"tasks": ["ssr_arc_easy"], "limits": 3, "batch_size": 4}
 SELF_DRIFT = {"limit": 3, "max_new_tokens": 4, "batch_size": 3}
+
+
+def _evaluator(suite=None, self_drift=SELF_DRIFT) -> Evaluator:
+    return Evaluator(
+        SuiteConfig(**suite) if suite else SuiteConfig(),
+        SelfDriftConfig(**self_drift),
+        TaskMetricsConfig(),
+        PromptConfig(),
+        task_sets={},
+        max_prompt_tokens=64,
+    )
 
 
 @pytest.fixture(autouse=True)
@@ -64,7 +80,7 @@ def _fit(tokenizer, tmp_path, with_drift=True, suite=SUITE):
     callbacks = [probe]
     drift = None
     if with_drift:
-        drift = GeneralizationDriftCallback(suite=suite, self_drift=SELF_DRIFT, run_dir=tmp_path / "run")
+        drift = GeneralizationDriftCallback(_evaluator(suite), run_dir=tmp_path / "run")
         callbacks.insert(0, drift)
     trainer = pl.Trainer(
         max_epochs=2,
@@ -123,8 +139,8 @@ def test_two_epochs_write_base_and_epoch_records_and_restore_state(tokenizer, tm
 def test_base_evaluation_is_reused_across_runs_and_timed(tokenizer, tmp_path, monkeypatch):
     """A sweep evaluates the base model once: the second run reads SSR_CACHE/drift_base."""
     calls = []
-    real = drift_callback.evaluate_model
-    monkeypatch.setattr(drift_callback, "evaluate_model", lambda *a, **k: calls.append(1) or real(*a, **k))
+    real = Evaluator.drift_scores
+    monkeypatch.setattr(Evaluator, "drift_scores", lambda *a, **k: calls.append(1) or real(*a, **k))
     _fit(tokenizer, tmp_path / "a")
     assert len(calls) == 3  # base + 2 epochs
     _fit(tokenizer, tmp_path / "b")
@@ -151,10 +167,10 @@ def test_without_restoring_state_training_would_change(tokenizer, tmp_path, monk
 
 def test_checkpoint_state_round_trip_keeps_base_and_reference(tokenizer, tmp_path):
     drift, *_ = _fit(tokenizer, tmp_path, suite=None)
-    restored = GeneralizationDriftCallback(self_drift=SELF_DRIFT)
+    restored = GeneralizationDriftCallback(_evaluator())
     restored.load_state_dict(drift.state_dict())
     assert restored.base_scores == drift.base_scores
-    assert restored.reference == drift.reference
+    assert restored.evaluator.reference == drift.evaluator.reference
 
 
 def test_table_rows_and_deltas():
@@ -173,20 +189,26 @@ def test_from_eval_config(tokenizer):
     from hydra import compose, initialize_config_dir
 
     conf = Path(__file__).resolve().parents[1] / "conf"
-    with initialize_config_dir(config_dir=str(conf), version_base=None):
-        cfg = compose(config_name=None, overrides=["+eval=default", "eval.callback.every_n_epochs=2"])
-    cb = GeneralizationDriftCallback.from_config(cfg.eval, tokenizer=tokenizer)
-    assert cb.every_n_epochs == 2 and cb.suite.name == "local" and cb.self_drift.max_new_tokens == 48
+    from ssr.callbacks import instantiate_callbacks
+
+    def drift_of(*overrides):
+        with initialize_config_dir(config_dir=str(conf), version_base=None):
+            cfg = compose(config_name="train", overrides=["paths.output_dir=/tmp/unused", *overrides])
+        evaluator = Evaluator.from_config(cfg, [], {})
+        return instantiate_callbacks(cfg.callbacks, evaluator=evaluator, config={}, run_record=None)["drift"]
+
+    cb = drift_of("eval.callback.every_n_epochs=2")
+    cb.tokenizer = tokenizer
+    assert cb.every_n_epochs == 2 and cb.evaluator.suite.name == "local"
+    assert cb.evaluator.self_drift.max_new_tokens == 48
     assert cb.tokenizer is tokenizer and cb.mixed_precision == "auto" and cb.enabled
-    with initialize_config_dir(config_dir=str(conf), version_base=None):
-        off = compose(config_name=None, overrides=["+eval=default", "eval.callback.enabled=false"])
-    assert not GeneralizationDriftCallback.from_config(off.eval).enabled
+    assert not drift_of("eval.callback.enabled=false").enabled
 
 
 def test_needs_a_tokenizer(tmp_path):
     trainer = pl.Trainer(logger=False, default_root_dir=tmp_path)
     with pytest.raises(ValueError, match="tokenizer"):
-        GeneralizationDriftCallback(self_drift=SELF_DRIFT)._tokenizer(trainer)
+        GeneralizationDriftCallback(_evaluator())._tokenizer(trainer)
 
 
 def test_wandb_logger_gets_metrics_and_a_table(tokenizer, tmp_path, monkeypatch):
@@ -199,7 +221,7 @@ def test_wandb_logger_gets_metrics_and_a_table(tokenizer, tmp_path, monkeypatch)
         WandbLogger, "log_metrics", lambda self, metrics, step=None: logged.append((metrics, step))
     )
     logger = WandbLogger(save_dir=str(tmp_path), offline=True)
-    drift = GeneralizationDriftCallback(self_drift=SELF_DRIFT, tokenizer=tokenizer, run_dir=tmp_path / "run")
+    drift = GeneralizationDriftCallback(_evaluator(), tokenizer=tokenizer, run_dir=tmp_path / "run")
     trainer = pl.Trainer(
         max_epochs=1,
         accelerator="cpu",

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
+from hub_mirror import hub_task_config, mirrored_tasks
 from ssr.eval import local_docs
-from ssr.eval.hub_mirror import hub_task_config, mirrored_tasks
 from ssr.eval.suite import task_manager
 
 LOCAL = [

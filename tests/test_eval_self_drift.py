@@ -1,12 +1,14 @@
 """Self-drift on a tiny random Llama with the real SmolLM2 tokenizer."""
 
 import json
+from dataclasses import replace
 
 import pytest
 import torch
 
 from ssr.eval.self_drift import (
     PROMPTS_FILE,
+    SelfDriftConfig,
     SelfDriftReference,
     build_reference,
     load_prompts,
@@ -17,7 +19,7 @@ from ssr.eval.self_drift import (
 )
 from ssr.models import tiny_random_model
 
-CFG = {"limit": 5, "max_new_tokens": 6, "batch_size": 3}
+CFG = SelfDriftConfig(limit=5, max_new_tokens=6, batch_size=3)
 
 
 @pytest.fixture
@@ -93,7 +95,7 @@ def test_peft_reference_uses_base_weights(tokenizer, cache):
     from peft import LoraConfig, get_peft_model
 
     base = tiny_random_model(tokenizer, seed=3).eval()
-    ref = build_reference(base, tokenizer, {**CFG, "cache": False})
+    ref = build_reference(base, tokenizer, replace(CFG, cache=False))
     wrapped = get_peft_model(
         tiny_random_model(tokenizer, seed=3), LoraConfig(r=4, target_modules="all-linear")
     )
@@ -104,7 +106,7 @@ def test_peft_reference_uses_base_weights(tokenizer, cache):
             if "lora_B" in name:
                 p.copy_(torch.randn(p.shape, generator=g) * 0.5)
     wrapped.eval()
-    ref_from_peft = build_reference(wrapped, tokenizer, {**CFG, "cache": False})
+    ref_from_peft = build_reference(wrapped, tokenizer, replace(CFG, cache=False))
     assert ref_from_peft.answers == ref.answers
     assert ref_from_peft.base_nll == pytest.approx(ref.base_nll, rel=1e-5)
     # scoring uses the adapter (the NLL moves); the reference did not
@@ -116,7 +118,7 @@ def test_reference_round_trips_and_rejects_garbage(tokenizer, tmp_path, cache):
     ref = build_reference(model, tokenizer, CFG)
     path = ref.save(tmp_path / "run" / "ref.json")
     assert SelfDriftReference.load(path) == ref
-    assert build_reference(model, tokenizer, {"reference_path": str(path)}) == ref
+    assert build_reference(model, tokenizer, SelfDriftConfig(reference_path=str(path))) == ref
     (tmp_path / "bad.json").write_text("{}")
     with pytest.raises(ValueError, match=r"bad\.json"):
         SelfDriftReference.load(tmp_path / "bad.json")

@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from ssr.eval.hub_mirror import hub_task_config
+from hub_mirror import hub_task_config
 from ssr.eval.suite import SuiteConfig, flatten_results, run_suite, sample_indices
 from ssr.models import ModelSpec, load_model, tiny_random_model
 

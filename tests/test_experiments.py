@@ -6,7 +6,9 @@ import pytest
 from omegaconf import OmegaConf
 
 from conftest import compose
-from ssr.cli import train as train_cli
+from ssr import hardware
+from ssr.cli import guard
+from ssr.eval import task_sets as task_sets_mod
 
 
 def _plain(cfg, key):
@@ -48,12 +50,12 @@ def test_paper_recipe(experiment, model, monkeypatch):
     assert cfg.hydra.launcher._target_.endswith("SlurmLauncher")
     assert cfg.hydra.launcher.gpus_per_node == cfg.trainer.devices == 8
     # ssr-train's DeepSpeed checks pass on a CUDA machine (accumulation, bf16 agreement)
-    monkeypatch.setattr(train_cli, "_cuda_available", lambda: True)
-    train_cli.check_trainer_config(cfg.trainer)
+    monkeypatch.setattr(hardware, "cuda_available", lambda: True)
+    guard.check_trainer(cfg.trainer)
     # and stop this CPU machine before any generation
-    monkeypatch.setattr(train_cli, "_cuda_available", lambda: False)
+    monkeypatch.setattr(hardware, "cuda_available", lambda: False)
     with pytest.raises(RuntimeError, match="CUDA"):
-        train_cli.check_trainer_config(cfg.trainer)
+        guard.check_trainer(cfg.trainer)
 
 
 def test_sample_seed_gives_every_run_seed_the_same_rows_and_eval_items():
@@ -69,6 +71,6 @@ def test_sample_seed_gives_every_run_seed_the_same_rows_and_eval_items():
     val = load_records(cfg.data, "val", 0)
     for seed in (1, 2):
         cfg.seed = seed
-        assert [r.id for r in train_cli.task_sets(cfg, val)["in_domain"]] == [
-            r.id for r in train_cli.task_sets(compose(["eval.tasks.max_rows=4"]), val)["in_domain"]
+        assert [r.id for r in task_sets_mod.task_sets(cfg, val)["in_domain"]] == [
+            r.id for r in task_sets_mod.task_sets(compose(["eval.tasks.max_rows=4"]), val)["in_domain"]
         ]

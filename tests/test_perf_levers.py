@@ -8,8 +8,8 @@ import torch
 from ssr.data.prompts import PromptConfig
 from ssr.data.tokenize import IGNORE_INDEX, tokenize_all
 from ssr.datamodule import collate
-from ssr.models import apply_peft, cast_frozen_linear_weights, tiny_random_model
-from ssr.module import response_token_loss
+from ssr.models import ModelSpec, apply_peft, cast_frozen_linear_weights, tiny_random_model
+from ssr.module import OptimConfig, response_token_loss
 from ssr.records import Record
 
 LORA = {"r": 8, "lora_alpha": 16, "target_modules": "all-linear", "lora_dropout": 0.0}
@@ -114,7 +114,7 @@ def test_module_precasts_frozen_weights_only_under_bf16_mixed(precision, expect)
 
     from ssr.module import SSRModule
 
-    module = SSRModule(model={"name_or_path": "tiny-random"}, peft=dict(LORA))
+    module = SSRModule(model=ModelSpec(name_or_path="tiny-random"), optim=OptimConfig(), peft=dict(LORA))
     module.trainer = L.Trainer(
         accelerator="cpu", devices=1, precision=precision, logger=False, enable_checkpointing=False
     )

@@ -88,9 +88,9 @@ def test_decoding_config_is_part_of_the_key(tmp_path):
 
 
 def test_ssr_without_judge_fails_before_generation(tiny_cfg):
-    from ssr.cli.train import build_datamodule
+    from ssr.cli._hydra import build
 
     cfg = tiny_cfg("method=ssr", "judge=none")
     with pytest.raises(ValueError, match="needs a judge"):
-        build_datamodule(cfg, Path(cfg.paths.output_dir))
+        build(cfg.data)
     assert not (Path(cfg.paths.cache_dir) / "generations").exists()

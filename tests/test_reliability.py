@@ -264,7 +264,7 @@ def test_ckpt_path_last_picks_the_newest_complete_checkpoint(tmp_path):
 
     from omegaconf import OmegaConf
 
-    from ssr.cli.train import resume_checkpoint
+    from ssr.cli._run import resume_checkpoint
 
     cfg = OmegaConf.create({"ckpt_path": "last", "callbacks": {"model_checkpoint": {"dirpath": None}}})
     assert resume_checkpoint(cfg, tmp_path) is None  # nothing saved yet: a fresh start

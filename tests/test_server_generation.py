@@ -19,24 +19,18 @@ from typing import TYPE_CHECKING
 
 import httpx
 import pytest
+from hydra.utils import instantiate
 
 from cli_runs import cli_env, run_train
 from conftest import compose
 from ssr.data.adapters import embedded_grounded_qa
 from ssr.data.prompts import PromptConfig
-from ssr.datamodule import _generator_cfg
-from ssr.generation import DecodingConfig
+from ssr.generation import BaseModelGenerator, DecodingConfig, GeneratorConfig
 from ssr.judges.rule_qa import RuleQAJudge
 from ssr.llama_server import LlamaCppServer, ServerStartError, free_port, port_is_free
 from ssr.methods import MethodConfig
 from ssr.models import ModelSpec, embedded_gguf_path
-from ssr.pipeline import (
-    BaseModelGenerator,
-    GeneratorConfig,
-    answer_prompts,
-    fidelity_sample_indices,
-    run_selection,
-)
+from ssr.pipeline import answer_prompts, fidelity_sample_indices, run_selection
 from ssr.server_generation import ServerGenerationError, end_of_turn_stops, llama_cpp_layout
 
 if TYPE_CHECKING:
@@ -110,7 +104,7 @@ def test_fidelity_sample_is_spread_and_bounded() -> None:
 
 def test_hydra_config_builds_a_server_generator_config() -> None:
     cfg = compose(["generator=openai", "generator.server=external", "generator.base_urls=[http://a:1/v1]"])
-    gen = _generator_cfg(dict(cfg.generator))
+    gen = instantiate(cfg.generator)
     assert (gen.backend, gen.server, gen.base_urls, gen.fidelity_sample) == (
         "openai", "external", ["http://a:1/v1"], 8,
     )  # fmt: skip

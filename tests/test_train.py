@@ -12,7 +12,8 @@ from ssr.cli._hydra import CONF_DIR
 from ssr.data.prompts import PromptConfig
 from ssr.data.tokenize import tokenize_all
 from ssr.datamodule import collate
-from ssr.module import SSRModule, response_token_loss
+from ssr.models import ModelSpec
+from ssr.module import OptimConfig, SSRModule, response_token_loss
 from ssr.records import Record
 
 GROUPS = {
@@ -60,7 +61,7 @@ def test_response_loss_ignores_prompt_positions(tokenizer, tiny_model):
 
 def test_tiny_model_loss_falls(tokenizer):
     torch.manual_seed(0)
-    module = SSRModule(model={"name_or_path": "tiny-random"}, peft=None, lr=1e-2)
+    module = SSRModule(model=ModelSpec(name_or_path="tiny-random"), optim=OptimConfig(lr=1e-2), peft=None)
     module.configure_model()
     b = _batch(tokenizer)
     opt = torch.optim.AdamW([p for p in module.model.parameters() if p.requires_grad], lr=1e-2)
@@ -103,9 +104,9 @@ def test_real_smollm2_loads_from_cache_and_trains_one_step(tokenizer):
     embedded_model_dir()  # converted once per cache
     t0 = time.perf_counter()
     module = SSRModule(
-        model={"name_or_path": "embedded:smollm2-135m-instruct"},
+        model=ModelSpec(name_or_path="embedded:smollm2-135m-instruct"),
+        optim=OptimConfig(lr=1e-3),
         peft={"r": 16, "lora_alpha": 32, "target_modules": "all-linear"},
-        lr=1e-3,
     )
     module.configure_model()
     load_s = time.perf_counter() - t0
@@ -176,7 +177,8 @@ def test_a_finished_job_leaves_no_model_or_trainer_alive(tiny_cfg):
 
     import lightning as L
 
-    from ssr.cli.train import release_memory, train
+    from ssr.cli._run import release_memory
+    from ssr.cli.train import train
     from ssr.module import SSRModule
 
     def alive():

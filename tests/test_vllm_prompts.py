@@ -18,9 +18,8 @@ from tokenizers.processors import TemplateProcessing
 
 import ssr.generation as generation
 from ssr.data.prompts import PromptConfig, generation_prompt
-from ssr.generation import DecodingConfig, hf_generate
+from ssr.generation import BaseModelGenerator, DecodingConfig, GeneratorConfig, hf_generate
 from ssr.models import ModelSpec, tiny_random_model
-from ssr.pipeline import BaseModelGenerator, GeneratorConfig
 from ssr.records import Record
 
 

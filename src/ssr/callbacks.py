@@ -1,19 +1,27 @@
 """Training callbacks: stop on a non-finite loss before it reaches the weights or a checkpoint;
 carry what an exact resume needs (RNG states, the run fingerprint) in every checkpoint; log
-progress lines that reach files and pipes."""
+progress lines that reach files and pipes; send the run config and selection stats to W&B."""
 
 from __future__ import annotations
 
+import functools
+import inspect
+import json
 import logging
 import math
 import time
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import lightning as L
 import torch
 
 from ssr import rng
 from ssr.faults import fault_point
+from ssr.loggers import redact
+
+if TYPE_CHECKING:
+    from omegaconf import DictConfig
 
 log = logging.getLogger("ssr.train")
 
@@ -146,3 +154,81 @@ class ResumeState(L.Callback):
             from ssr.run_fingerprint import CHECKPOINT_KEY
 
             checkpoint[CHECKPOINT_KEY] = {k: self.run_record[k] for k in ("fingerprint", "config")}
+
+
+def _wandb_loggers(trainer: L.Trainer) -> list[Any]:
+    from lightning.pytorch.loggers import WandbLogger
+
+    return [lg for lg in trainer.loggers if isinstance(lg, WandbLogger)]
+
+
+class TrackerLogging(L.Callback):
+    """Logs the redacted run config at fit start and the selection statistics once training starts
+    (after ``prepare_data`` wrote them): a ``selection/by_source`` table and summary values."""
+
+    def __init__(self, config: dict[str, Any], stats_path: str | Path) -> None:
+        self.config = redact(config)
+        self.stats_path = Path(stats_path)
+
+    def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        for logger in _wandb_loggers(trainer):
+            logger.log_hyperparams({"run": self.config})
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        loggers = _wandb_loggers(trainer)
+        if not loggers or not trainer.is_global_zero or not self.stats_path.is_file():
+            return
+        stats = json.loads(self.stats_path.read_text())
+        rows = [
+            [
+                source,
+                stats["counts"].get(source, 0),
+                stats["by_source"][source],
+                stats["by_source_answerable"][source],
+                stats["by_source_unanswerable"][source],
+            ]
+            for source in stats["by_source"]
+        ]
+        summary = {f"selection/share_{k}": v for k, v in stats["by_source"].items()}
+        summary["selection/rows"] = stats["rows"]
+        for key in ("judge_accept_rate_self", "judge_accept_rate_rewrite"):
+            if stats.get(key) is not None:
+                summary[f"selection/{key}"] = stats[key]
+        for stage, counters in (stats.get("extra", {}).get("stages") or {}).items():
+            summary[f"stages/{stage}/computed"] = counters["computed"]
+            summary[f"stages/{stage}/cached"] = counters["cached"]
+        for logger in loggers:
+            logger.log_table(
+                key="selection/by_source",
+                columns=["source", "count", "share", "share_answerable", "share_unanswerable"],
+                data=rows,
+            )
+            logger.experiment.summary.update(summary)
+
+    @staticmethod
+    def finish(trainer: L.Trainer, summary: dict[str, Any]) -> None:
+        """Record the run's outcome and close the W&B run (the next job of a sweep that runs in
+        this process, e.g. with Hydra's basic launcher, must start a run of its own)."""
+        if not trainer.is_global_zero:
+            return
+        for logger in _wandb_loggers(trainer):
+            final = {f"final/{k}": summary[k] for k in ("global_step", "epochs", "wall_s") if k in summary}
+            logger.experiment.summary.update(final)
+            logger.experiment.finish()
+
+
+def instantiate_callbacks(node: DictConfig, **runtime: Any) -> dict[str, L.Callback]:
+    """The ``callbacks`` group, by name; a ``_partial_: true`` entry is completed with the run-time
+    objects (``runtime``) that its constructor names. A null entry is left out."""
+    from hydra.utils import instantiate
+
+    out: dict[str, L.Callback] = {}
+    for name, cfg in node.items():
+        if cfg is None:
+            continue
+        made = instantiate(cfg)
+        if isinstance(made, functools.partial):
+            wanted = inspect.signature(made.func).parameters
+            made = made(**{k: v for k, v in runtime.items() if k in wanted})
+        out[str(name)] = made
+    return out

@@ -247,7 +247,9 @@ def check_method(cfg: DictConfig) -> list[str]:
     if node is None:
         return []
     try:
-        method = MethodConfig(**OmegaConf.to_container(node, resolve=True))
+        fields = OmegaConf.to_container(node, resolve=True)
+        fields.pop("_target_", None)
+        method = MethodConfig(**fields)
     except (TypeError, ValueError) as err:
         return [f"method: {_one_line(err)}"]
     if method.needs_judge and not cfg.get("judge"):

@@ -19,12 +19,15 @@ import lightning as L
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from ssr.data.prompts import PromptConfig
+from ssr.data.adapters import sample_rows
+from ssr.data.prompts import PromptConfig, prompt_token_budget
 from ssr.data.tokenize import IGNORE_INDEX, Tokenized, TokenizeReport, tokenize_all
+from ssr.generation import BaseModelGenerator, GeneratorConfig
+from ssr.judges.base import Judge
 from ssr.methods import MethodConfig, SelectionStats
 from ssr.models import ModelSpec, load_tokenizer
 from ssr.paths import cache_root
-from ssr.pipeline import BaseModelGenerator, GeneratorConfig, read_selection, run_selection
+from ssr.pipeline import read_selection, run_selection
 from ssr.records import Record
 
 log = logging.getLogger(__name__)
@@ -175,18 +178,27 @@ def collate_packed(rows: list[Tokenized]) -> dict[str, Any]:
 
 
 class SSRDataModule(L.LightningDataModule):
-    """Records in, mixed self/gold training batches out."""
+    """Records in, mixed self/gold training batches out (``conf/data/_base.yaml`` builds it).
+
+    ``train``/``val``: the adapters' records, sampled here (``max_*_rows``, ``balance``, with
+    ``sample_seed`` or else the run ``seed``); ``ood``: held-out record sets for the task metrics.
+    """
 
     def __init__(
         self,
-        train_records: list[Record],
-        model: dict[str, Any] | ModelSpec,
-        method: dict[str, Any] | MethodConfig,
-        prompt: dict[str, Any] | PromptConfig,
+        train: list[Record],
+        model: ModelSpec,
+        method: MethodConfig,
+        prompt: PromptConfig,
+        generator: GeneratorConfig,
         run_dir: str,
-        val_records: list[Record] | None = None,
-        judge: Any = None,
-        generator: dict[str, Any] | GeneratorConfig | None = None,
+        judge: Judge | None = None,
+        val: list[Record] | None = None,
+        ood: dict[str, list[Record]] | None = None,
+        max_train_rows: int | None = None,
+        max_val_rows: int | None = 0,
+        balance: bool = False,
+        sample_seed: int | None = None,
         max_length: int = 1024,
         batch_size: int = 8,
         val_batch_size: int | None = None,
@@ -197,18 +209,17 @@ class SSRDataModule(L.LightningDataModule):
         packing: bool = False,
     ) -> None:
         super().__init__()
-        self.train_records = list(train_records)
-        self.val_records = list(val_records) if val_records else []
-        self.spec = model if isinstance(model, ModelSpec) else ModelSpec(**model)
-        self.method = method if isinstance(method, MethodConfig) else MethodConfig(**method)
-        self.prompt = prompt if isinstance(prompt, PromptConfig) else PromptConfig(**prompt)
-        self.generator_cfg = _generator_cfg(generator)
-        if self.generator_cfg.max_prompt_tokens is None:  # own answers must fit training's max_length
-            self.generator_cfg = replace(
-                self.generator_cfg,
-                max_prompt_tokens=max(1, max_length - self.generator_cfg.decoding.max_new_tokens),
-            )
-        self.judge = judge
+        if method.needs_judge and judge is None:
+            raise ValueError(f"method={method.name} needs a judge: set judge=rule_qa|hf|openai")
+        rows_seed = seed if sample_seed is None else sample_seed
+        self.train_records = sample_rows(train, max_train_rows, balance, rows_seed)
+        self.val_records = sample_rows(val or [], max_val_rows, balance, rows_seed)
+        self.ood = dict(ood or {})
+        self.spec, self.method, self.prompt, self.judge = model, method, prompt, judge
+        if generator.max_prompt_tokens is None:  # own answers must fit training's max_length
+            budget = prompt_token_budget(max_length, generator.decoding.max_new_tokens)
+            generator = replace(generator, max_prompt_tokens=budget)
+        self.generator_cfg = generator
         self.run_dir = Path(run_dir)
         self.max_length, self.batch_size = max_length, batch_size
         self.val_batch_size = val_batch_size or batch_size
@@ -216,8 +227,6 @@ class SSRDataModule(L.LightningDataModule):
         self.packing = packing
         self.cache_dir = Path(cache_dir) if cache_dir else cache_root()
         self.prepare_data_per_node = prepare_data_per_node
-        if self.method.needs_judge and judge is None:
-            raise ValueError(f"method={self.method.name} needs a judge: set judge=rule_qa|hf|openai")
         self.tokenizer = load_tokenizer(self.spec)
         self.stats: SelectionStats | None = None
         self.tokenize_report: TokenizeReport | None = None
@@ -230,12 +239,12 @@ class SSRDataModule(L.LightningDataModule):
     def selection_path(self) -> Path:
         return self.run_dir / "selection.jsonl"
 
+    def base_generator(self) -> BaseModelGenerator:
+        """The base model's generator (own answers, rewrites) through the shared cache."""
+        return BaseModelGenerator(self.spec, self.generator_cfg, self.cache_dir)
+
     def prepare_data(self) -> None:
-        generator = (
-            BaseModelGenerator(self.spec, self.generator_cfg, self.cache_dir)
-            if self.method.needs_judge
-            else None
-        )
+        generator = self.base_generator() if self.method.needs_judge else None
         _, self.stats, _ = run_selection(
             self.train_records, self.method, self.prompt, generator, self.judge, self.cache_dir, self.run_dir
         )
@@ -317,15 +326,3 @@ class SSRDataModule(L.LightningDataModule):
 
     def val_dataloader(self) -> DataLoader | list:
         return self._loader(self.val_rows, self.val_batch_size, shuffle=False) if self.val_rows else []
-
-
-def _generator_cfg(generator: dict[str, Any] | GeneratorConfig | None) -> GeneratorConfig:
-    from ssr.generation import DecodingConfig
-
-    if generator is None:
-        return GeneratorConfig()
-    if isinstance(generator, GeneratorConfig):
-        return generator
-    g = dict(generator)
-    g["decoding"] = DecodingConfig(**dict(g.get("decoding") or {}))
-    return GeneratorConfig(**g)

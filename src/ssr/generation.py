@@ -1,20 +1,38 @@
-"""Batched generation behind one function, with a resumable cache (hf and vllm backends)."""
+"""Batched generation behind one function, with a resumable cache (hf, vllm and server backends).
+
+``BaseModelGenerator`` is what the pipeline calls: the base model (or a completions server,
+``backend: openai``, see :mod:`ssr.server_generation`) behind the shared generation cache.
+"""
 
 from __future__ import annotations
 
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
-from typing import Any
+from dataclasses import asdict, dataclass, field
+from functools import cached_property
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import torch
 from tqdm.auto import tqdm
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from ssr.cache import JsonlCache
+from ssr.cache import JsonlCache, stage_lock
+from ssr.hardware import cuda_available
+from ssr.models import (
+    ModelSpec,
+    cast_for_autocast_inference,
+    load_model,
+    load_tokenizer,
+    model_fingerprint,
+    resolve_path,
+)
 from ssr.precision import autocast_dtype as precision_dtype
 from ssr.records import content_hash
+
+if TYPE_CHECKING:
+    from ssr.server_generation import ServerGenerator
 
 log = logging.getLogger(__name__)
 
@@ -247,3 +265,125 @@ def cached_generate(
             raise RuntimeError(f"generation backend returned no text for cache key {k}")
         texts.append(row["text"])
     return texts, stats
+
+
+BACKENDS = ("hf", "vllm", "openai")
+
+
+@dataclass
+class GeneratorConfig:
+    """How the base model writes its own answers and rewrites (``openai``: see ssr.server_generation)."""
+
+    backend: str = "hf"  # hf | vllm | openai
+    batch_size: int = 32
+    # hf: autocast setting (ssr.precision): auto = measured on this machine; or bf16-mixed, 32-true...
+    precision: str = "auto"
+    # hf: KV cache passed to generate; "static" preallocates it (no per-step concatenation), null: dynamic
+    cache_implementation: str | None = "static"
+    decoding: DecodingConfig = field(default_factory=DecodingConfig)
+    vllm_kwargs: dict[str, Any] = field(default_factory=dict)
+    # documents are cut so a prompt has at most this many tokens; null: SSRDataModule sets
+    # data.max_length - decoding.max_new_tokens (what training can hold)
+    max_prompt_tokens: int | None = None
+    # openai: OpenAI-compatible completions servers (conf/generator/openai.yaml documents each key)
+    server: str = "llama_cpp"  # llama_cpp (started here over `gguf`) | external (at base_urls)
+    base_urls: list[str] = field(default_factory=list)
+    served_model: str | None = None
+    gguf: str | None = None
+    api_key_env: str | None = None
+    max_concurrency: int = 4
+    timeout_s: float = 300.0
+    max_retries: int = 3
+    backoff_s: float = 1.0
+    prompt_format: str = "text"  # text | token_ids
+    extra_body: dict[str, Any] = field(default_factory=dict)
+    llama_cpp: dict[str, Any] = field(default_factory=dict)
+    # rows also generated with generator=hf to report what the server changes (0: off; not for hf)
+    fidelity_sample: int = 0
+
+    def __post_init__(self) -> None:
+        if self.backend not in BACKENDS:
+            raise ValueError(
+                f"unknown generator backend {self.backend!r}; valid choices: {', '.join(BACKENDS)}"
+            )
+        if self.backend == "openai":
+            from ssr.server_generation import check_server_options
+
+            check_server_options(self)
+
+
+class BaseModelGenerator:
+    """Generates with the *base* model (loaded lazily, once) through the shared generation cache.
+
+    ``backend: openai`` generates through completions servers instead (started lazily, only when
+    rows are missing, and stopped by :meth:`release`); use it as a context manager.
+    """
+
+    def __init__(self, spec: ModelSpec, cfg: GeneratorConfig, cache_dir: Path) -> None:
+        self.spec, self.cfg, self.cache_dir = spec, cfg, Path(cache_dir)
+        self.device = "cuda" if cuda_available() else "cpu"
+        self.autocast = precision_dtype(cfg.precision, self.device) if cfg.backend == "hf" else None
+        self._model = None
+        self.tokenizer = load_tokenizer(spec)
+        self.server: ServerGenerator | None = None
+        if cfg.backend == "openai":
+            from ssr.server_generation import ServerGenerator
+
+            self.server = ServerGenerator(cfg, self.tokenizer, log_dir=self.cache_dir / "servers")
+
+    @cached_property
+    def fingerprint(self) -> str:
+        """The cache identity: the served model for backend=openai, else the weights (and, for hf,
+        the autocast dtype: it changes greedy answers)."""
+        if self.server:
+            return self.server.fingerprint
+        weights = model_fingerprint(self.spec)
+        return weights if self.autocast is None else content_hash(weights, "autocast", str(self.autocast))
+
+    @property
+    def cache_path(self) -> Path:
+        return self.cache_dir / "generations" / f"{self.fingerprint}.jsonl"
+
+    def _backend(self, prompts: list[str], on_batch: Any) -> list[str]:
+        if self.server is not None:
+            return self.server.generate(prompts, on_batch)
+        if self.cfg.backend == "vllm":
+            if self._model is None:
+                self._model = load_vllm(resolve_path(self.spec.name_or_path), **self.cfg.vllm_kwargs)
+            return vllm_generate(
+                self._model, self.tokenizer, prompts, self.cfg.decoding, self.cfg.batch_size, on_batch
+            )
+        if self._model is None:
+            self._model, _ = load_model(self.spec)
+            self._model.to(self.device)
+            if self.autocast is not None:  # weights stored once in the autocast dtype (same outputs)
+                cast_for_autocast_inference(self._model, self.autocast)
+        return hf_generate(
+            self._model,
+            self.tokenizer,
+            prompts,
+            self.cfg.decoding,
+            self.cfg.batch_size,
+            precision=self.autocast,
+            on_batch=on_batch,
+            cache_implementation=self.cfg.cache_implementation,
+        )
+
+    def generate(self, prompts: list[str]) -> tuple[list[str], GenerationStats]:
+        with stage_lock(self.cache_path.with_suffix(".lock")):
+            cache = JsonlCache(self.cache_path)
+            return cached_generate(
+                prompts, cache, self.fingerprint, self.cfg.decoding, self._backend, backend=self.cfg.backend
+            )
+
+    def release(self) -> None:
+        """Free the generation model (stop its servers) before training starts."""
+        self._model = None
+        if self.server is not None:
+            self.server.close()
+
+    def __enter__(self) -> BaseModelGenerator:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()

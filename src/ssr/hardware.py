@@ -92,3 +92,8 @@ def process_age_s() -> float:
         return max(0.0, uptime - start_ticks / os.sysconf("SC_CLK_TCK"))
     except (OSError, ValueError, IndexError):
         return 0.0
+
+
+def cuda_available() -> bool:
+    """Whether a CUDA device is visible to this process."""
+    return torch.cuda.is_available()

@@ -15,7 +15,6 @@ from typing import Any
 
 import torch
 from transformers import (
-    AutoConfig,
     AutoModelForCausalLM,
     AutoTokenizer,
     LlamaConfig,
@@ -303,7 +302,3 @@ def cast_for_autocast_inference(model: PreTrainedModel, dtype: torch.dtype = tor
         head.weight = torch.nn.Parameter(head.weight.detach().to(dtype), requires_grad=False)
         n += head.weight.numel()
     return n + cast_frozen_linear_weights(model, dtype)
-
-
-def config_of(name_or_path: str) -> Any:
-    return AutoConfig.from_pretrained(resolve_path(name_or_path))

@@ -10,7 +10,7 @@ import logging
 import math
 import time
 from contextlib import nullcontext
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -49,6 +49,18 @@ def response_token_loss(
     return F.cross_entropy(logits.float(), targets[mask], reduction="sum")
 
 
+@dataclass
+class OptimConfig:
+    """AdamW with linear warmup and cosine decay to ``min_lr_ratio * lr`` (``optim`` in conf/train.yaml)."""
+
+    lr: float = 2e-4
+    weight_decay: float = 0.0
+    betas: tuple[float, float] = (0.9, 0.999)
+    warmup_ratio: float = 0.1
+    min_lr_ratio: float = 0.1
+    gradient_checkpointing: bool = False
+
+
 class SSRModule(L.LightningModule):
     """Fine-tunes a causal LM on pre-selected targets (the method lives in the DataModule).
 
@@ -60,20 +72,17 @@ class SSRModule(L.LightningModule):
 
     def __init__(
         self,
-        model: dict[str, Any] | ModelSpec,
+        model: ModelSpec,
+        optim: OptimConfig,
         peft: dict[str, Any] | None = None,
-        lr: float = 2e-4,
-        weight_decay: float = 0.0,
-        betas: tuple[float, float] = (0.9, 0.999),
-        warmup_ratio: float = 0.1,
-        min_lr_ratio: float = 0.1,
-        gradient_checkpointing: bool = False,
         precast_frozen_weights: bool = True,
     ) -> None:
         super().__init__()
-        self.save_hyperparameters()
-        self.spec = model if isinstance(model, ModelSpec) else ModelSpec(**model)
-        self.peft_cfg = dict(peft) if peft else None
+        # flat, as the loggers (W&B config, hparams.yaml) have always shown them
+        hparams = {"model": asdict(model), "peft": peft, **asdict(optim)}
+        self.save_hyperparameters({**hparams, "precast_frozen_weights": precast_frozen_weights})
+        self.spec, self.optim, self.peft_cfg = model, optim, peft
+        self.precast_frozen_weights = precast_frozen_weights
         self.model: PreTrainedModel | None = None
         self.strict_loading = False  # LoRA checkpoints hold only the trainable weights
         self._window_tokens = 0
@@ -97,7 +106,7 @@ class SSRModule(L.LightningModule):
                 del hf_ds_config
         else:
             model, _ = load_model(self.spec)
-        if self.hparams.gradient_checkpointing:
+        if self.optim.gradient_checkpointing:
             model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
             model.enable_input_require_grads()
         if self._zero3 and self.peft_cfg:
@@ -116,7 +125,7 @@ class SSRModule(L.LightningModule):
         else:
             self.model = apply_peft(model, self.peft_cfg)
         self.model.train()  # from_pretrained returns eval mode; Lightning expects train mode here
-        if self.hparams.precast_frozen_weights and self._autocast_dtype() is not None:
+        if self.precast_frozen_weights and self._autocast_dtype() is not None:
             n = cast_frozen_linear_weights(self.model, self._autocast_dtype())
             log.info(
                 "stored %d frozen linear weights in %s (bit-identical under autocast)",
@@ -204,8 +213,8 @@ class SSRModule(L.LightningModule):
         self.log("val/loss", loss_sum / max(n, 1), prog_bar=True, batch_size=n, sync_dist=True)
 
     def on_train_start(self) -> None:
-        if not math.isfinite(self.hparams.lr) or self.hparams.lr <= 0:
-            raise ValueError(f"optim lr must be a positive number, got {self.hparams.lr}")
+        if not math.isfinite(self.optim.lr) or self.optim.lr <= 0:
+            raise ValueError(f"optim lr must be a positive number, got {self.optim.lr}")
 
     # -- optimisation ----------------------------------------------------------------------
     def configure_optimizers(self) -> dict[str, Any]:
@@ -216,15 +225,15 @@ class SSRModule(L.LightningModule):
             from deepspeed.ops.adam import DeepSpeedCPUAdam
 
             opt = DeepSpeedCPUAdam(
-                params, lr=self.hparams.lr, betas=self.hparams.betas, weight_decay=self.hparams.weight_decay
+                params, lr=self.optim.lr, betas=tuple(self.optim.betas), weight_decay=self.optim.weight_decay
             )
         else:
             opt = torch.optim.AdamW(
-                params, lr=self.hparams.lr, betas=self.hparams.betas, weight_decay=self.hparams.weight_decay
+                params, lr=self.optim.lr, betas=tuple(self.optim.betas), weight_decay=self.optim.weight_decay
             )
         total = max(1, int(self.trainer.estimated_stepping_batches))
-        warmup = int(self.hparams.warmup_ratio * total)
-        floor = self.hparams.min_lr_ratio
+        warmup = int(self.optim.warmup_ratio * total)
+        floor = self.optim.min_lr_ratio
 
         def schedule(step: int) -> float:
             if step < warmup:

@@ -8,8 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
-from dataclasses import asdict, dataclass, field, replace
-from functools import cached_property
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -23,69 +22,12 @@ from ssr.data.prompts import (
     render_prompt,
 )
 from ssr.files import atomic_write_text
-from ssr.generation import (
-    DecodingConfig,
-    GenerationStats,
-    cached_generate,
-    hf_generate,
-    load_vllm,
-    vllm_generate,
-)
+from ssr.generation import BaseModelGenerator, GeneratorConfig
 from ssr.methods import Candidate, MethodConfig, Selection, SelectionStats, select_targets, selection_stats
-from ssr.models import (
-    ModelSpec,
-    cast_for_autocast_inference,
-    load_model,
-    load_tokenizer,
-    model_fingerprint,
-    resolve_path,
-)
-from ssr.precision import autocast_dtype
-from ssr.records import Record, content_hash
-from ssr.server_generation import ServerGenerator, check_server_options
+from ssr.records import Record
 
 log = logging.getLogger(__name__)
-BACKENDS = ("hf", "vllm", "openai")
-
-
-@dataclass
-class GeneratorConfig:
-    """How the base model writes its own answers and rewrites (``openai``: see ssr.server_generation)."""
-
-    backend: str = "hf"  # hf | vllm | openai
-    batch_size: int = 32
-    # hf: autocast setting (ssr.precision): auto = measured on this machine; or bf16-mixed, 32-true...
-    precision: str = "auto"
-    # hf: KV cache passed to generate; "static" preallocates it (no per-step concatenation), null: dynamic
-    cache_implementation: str | None = "static"
-    decoding: DecodingConfig = field(default_factory=DecodingConfig)
-    vllm_kwargs: dict[str, Any] = field(default_factory=dict)
-    # documents are cut so a prompt has at most this many tokens; null: SSRDataModule sets
-    # data.max_length - decoding.max_new_tokens (what training can hold)
-    max_prompt_tokens: int | None = None
-    # openai: OpenAI-compatible completions servers (conf/generator/openai.yaml documents each key)
-    server: str = "llama_cpp"  # llama_cpp (started here over `gguf`) | external (at base_urls)
-    base_urls: list[str] = field(default_factory=list)
-    served_model: str | None = None
-    gguf: str | None = None
-    api_key_env: str | None = None
-    max_concurrency: int = 4
-    timeout_s: float = 300.0
-    max_retries: int = 3
-    backoff_s: float = 1.0
-    prompt_format: str = "text"  # text | token_ids
-    extra_body: dict[str, Any] = field(default_factory=dict)
-    llama_cpp: dict[str, Any] = field(default_factory=dict)
-    # rows also generated with generator=hf to report what the server changes (0: off; not for hf)
-    fidelity_sample: int = 0
-
-    def __post_init__(self) -> None:
-        if self.backend not in BACKENDS:
-            raise ValueError(
-                f"unknown generator backend {self.backend!r}; valid choices: {', '.join(BACKENDS)}"
-            )
-        if self.backend == "openai":
-            check_server_options(self)
+__all__ = ["BaseModelGenerator", "GeneratorConfig", "StageCounters", "run_selection"]  # re-exported
 
 
 @dataclass
@@ -107,89 +49,6 @@ class StageCounters:
             f"{k}: {v['cached']}/{v['rows']} cached, {v['computed']} computed in {v['seconds']}s"
             for k, v in self.stages.items()
         )
-
-
-class BaseModelGenerator:
-    """Generates with the *base* model (loaded lazily, once) through the shared generation cache.
-
-    ``backend: openai`` generates through completions servers instead (started lazily, only when
-    rows are missing, and stopped by :meth:`release`); use it as a context manager.
-    """
-
-    def __init__(self, spec: ModelSpec, cfg: GeneratorConfig, cache_dir: Path) -> None:
-        self.spec, self.cfg, self.cache_dir = spec, cfg, Path(cache_dir)
-        self.device = "cuda" if _cuda_available() else "cpu"
-        self.autocast = autocast_dtype(cfg.precision, self.device) if cfg.backend == "hf" else None
-        self._model = None
-        self.tokenizer = load_tokenizer(spec)
-        self.server: ServerGenerator | None = (
-            ServerGenerator(cfg, self.tokenizer, log_dir=self.cache_dir / "servers")
-            if cfg.backend == "openai"
-            else None
-        )
-
-    @cached_property
-    def fingerprint(self) -> str:
-        """The cache identity: the served model for backend=openai, else the weights (and, for hf,
-        the autocast dtype: it changes greedy answers)."""
-        if self.server:
-            return self.server.fingerprint
-        weights = model_fingerprint(self.spec)
-        return weights if self.autocast is None else content_hash(weights, "autocast", str(self.autocast))
-
-    @property
-    def cache_path(self) -> Path:
-        return self.cache_dir / "generations" / f"{self.fingerprint}.jsonl"
-
-    def _backend(self, prompts: list[str], on_batch: Any) -> list[str]:
-        if self.server is not None:
-            return self.server.generate(prompts, on_batch)
-        if self.cfg.backend == "vllm":
-            if self._model is None:
-                self._model = load_vllm(resolve_path(self.spec.name_or_path), **self.cfg.vllm_kwargs)
-            return vllm_generate(
-                self._model, self.tokenizer, prompts, self.cfg.decoding, self.cfg.batch_size, on_batch
-            )
-        if self._model is None:
-            self._model, _ = load_model(self.spec)
-            self._model.to(self.device)
-            if self.autocast is not None:  # weights stored once in the autocast dtype (same outputs)
-                cast_for_autocast_inference(self._model, self.autocast)
-        return hf_generate(
-            self._model,
-            self.tokenizer,
-            prompts,
-            self.cfg.decoding,
-            self.cfg.batch_size,
-            precision=self.autocast,
-            on_batch=on_batch,
-            cache_implementation=self.cfg.cache_implementation,
-        )
-
-    def generate(self, prompts: list[str]) -> tuple[list[str], GenerationStats]:
-        with stage_lock(self.cache_path.with_suffix(".lock")):
-            cache = JsonlCache(self.cache_path)
-            return cached_generate(
-                prompts, cache, self.fingerprint, self.cfg.decoding, self._backend, backend=self.cfg.backend
-            )
-
-    def release(self) -> None:
-        """Free the generation model (stop its servers) before training starts."""
-        self._model = None
-        if self.server is not None:
-            self.server.close()
-
-    def __enter__(self) -> BaseModelGenerator:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.release()
-
-
-def _cuda_available() -> bool:
-    import torch
-
-    return torch.cuda.is_available()
 
 
 def answer_prompts(
@@ -342,12 +201,13 @@ def run_selection(
     cache_dir: Path,
     out_dir: Path,
 ) -> tuple[list[Selection], SelectionStats, StageCounters]:
-    """Generate (cached) -> judge (cached) -> select; writes selection.jsonl and selection_stats.json."""
+    """Generate (cached) -> judge (cached) -> select; writes selection.jsonl and selection_stats.json.
+
+    ``judge`` and ``generator`` are required when ``method.needs_judge`` (``SSRDataModule`` and
+    ``ssr.config_checks`` check it before anything runs)."""
     counters = StageCounters()
     own = rewrites = None
     if method.needs_judge:
-        if judge is None:
-            raise ValueError(f"method={method.name} needs a judge (set judge=rule_qa|hf|openai)")
         if generator is None:
             raise ValueError(f"method={method.name} needs a generator for the base model's own texts")
         with generator:
@@ -394,7 +254,3 @@ def write_selection(out_dir: Path, selections: list[Selection], stats: Selection
 def read_selection(path: Path) -> list[Selection]:
     with open(path, encoding="utf-8") as fh:
         return [Selection(**json.loads(line)) for line in fh if line.strip()]
-
-
-def stats_dict(stats: SelectionStats) -> dict[str, Any]:
-    return asdict(stats)

@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Any, TypeVar
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -30,21 +33,14 @@ class Record:
         d["messages"] = list(self.messages) if self.messages is not None else None
         return d
 
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> Record:
-        msgs = d.get("messages")
-        return cls(
-            id=str(d["id"]),
-            question=d.get("question", ""),
-            gold=d["gold"],
-            document=d.get("document", ""),
-            answerable=bool(d.get("answerable", True)),
-            messages=tuple(dict(m) for m in msgs) if msgs is not None else None,
-            meta=dict(d.get("meta") or {}),
-        )
-
 
 def content_hash(*parts: Any) -> str:
     """Stable short hash of JSON-serialisable parts (cache keys, fingerprints)."""
     payload = json.dumps(parts, sort_keys=True, ensure_ascii=False, default=str)
     return hashlib.sha256(payload.encode("utf-8")).hexdigest()[:24]
+
+
+def chunks(items: Sequence[T], size: int) -> Iterator[list[T]]:
+    """Consecutive slices of ``items`` with at most ``size`` elements each."""
+    for start in range(0, len(items), size):
+        yield list(items[start : start + size])

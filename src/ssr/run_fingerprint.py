@@ -17,6 +17,7 @@ import copy
 import hashlib
 import json
 import logging
+import re
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -49,6 +50,9 @@ VOLATILE = (
 )
 
 
+REFERENCE = re.compile(r"\$\{([A-Za-z_][\w.]*)\}")  # ${key} or ${group.key}, no resolver
+
+
 class ResumeMismatchError(ConfigError):
     """A resume whose config differs from the checkpoint's (the message lists old -> new)."""
 
@@ -65,6 +69,7 @@ def run_config(cfg: DictConfig) -> dict[str, Any]:
             if isinstance(node, DictConfig) and leaf in node:
                 del node[leaf]
     top = {k for k in VOLATILE if "." not in k}
+    _mark_group_references(work, skip=top)
     out: dict[str, Any] = {}
     for key in work:
         if key in top:
@@ -76,6 +81,28 @@ def run_config(cfg: DictConfig) -> dict[str, Any]:
     return out
 
 
+def _mark_group_references(cfg: DictConfig, skip: set[str]) -> None:
+    """A value that only points at another key (``data.model: ${model}``, ``data.run_dir:
+    ${paths.output_dir}``) is kept as ``<model>``: each setting counts once, where it is set (a
+    reference into a volatile key stays volatile), in the fingerprint and in a resume's diff."""
+    roots = {str(k) for k in cfg}
+
+    def walk(node: DictConfig) -> None:
+        for key in list(node.keys()):
+            child = node._get_node(key)
+            target = REFERENCE.fullmatch(str(child._value())) if child._is_interpolation() else None
+            if target and target.group(1).split(".")[0] in roots:
+                node[key] = f"<{target.group(1)}>"
+            elif isinstance(child, DictConfig) and not child._is_none() and not child._is_interpolation():
+                walk(child)
+
+    with open_dict(cfg):
+        for key in [k for k in roots if k not in skip]:
+            node = cfg._get_node(key)
+            if isinstance(node, DictConfig) and not node._is_none() and not node._is_interpolation():
+                walk(node)
+
+
 def fingerprint_of(config: dict[str, Any]) -> str:
     text = json.dumps(config, sort_keys=True, default=str, ensure_ascii=False)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
@@ -85,7 +112,7 @@ def make_record(cfg: DictConfig) -> dict[str, Any]:
     """``{"fingerprint", "config"}`` for this config (what checkpoints and the run dir store).
 
     Credentials are redacted first (they must reach no file, and a rotated key is no new run)."""
-    from ssr.logging_utils import redact
+    from ssr.loggers import redact
 
     config = redact(run_config(cfg))
     return {"fingerprint": fingerprint_of(config), "config": config}

@@ -37,7 +37,7 @@ from ssr.records import content_hash
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
 
-    from ssr.pipeline import GeneratorConfig
+    from ssr.generation import GeneratorConfig
 
 log = logging.getLogger(__name__)
 

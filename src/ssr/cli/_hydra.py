@@ -7,10 +7,11 @@ import os
 from pathlib import Path
 from typing import Any
 
+from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from ssr.data.adapters import subsample
+from ssr.data.adapters import sample_rows
 from ssr.precision import PrecisionChoice, lightning_precision
 from ssr.records import Record
 
@@ -46,28 +47,30 @@ def to_dict(node: Any) -> Any:
     return OmegaConf.to_container(node, resolve=True, throw_on_missing=True)
 
 
-def load_records(data_cfg: DictConfig, split: str, seed: int) -> list[Record]:
-    """Instantiate a data split's adapter and apply balancing / row caps.
+def build(node: DictConfig, **runtime: Any) -> Any:
+    """``hydra.utils.instantiate(node, **runtime)``, re-raising a bad setting's own error (a
+    ``ValueError``/``TypeError`` naming the key) instead of Hydra's wrapper around it."""
+    try:
+        return instantiate(node, **runtime)
+    except InstantiationException as err:
+        if isinstance(err.__cause__, ValueError | TypeError | OSError):
+            raise err.__cause__ from None
+        raise
 
-    Rows are sampled with ``data.sample_seed`` when set (the same rows for every run seed), else
-    with the run ``seed``.
-    """
-    node = data_cfg.get(split)
-    if node is None:
+
+def load_records(data_cfg: DictConfig, split: str, seed: int) -> list[Record]:
+    """A data split's records alone (what ``SSRDataModule`` samples from the same settings)."""
+    cap = data_cfg.max_train_rows if split == "train" else data_cfg.max_val_rows
+    if data_cfg[split] is None or cap == 0:
         return []
-    records = instantiate(node)
-    cap = data_cfg.get("max_train_rows" if split == "train" else "max_val_rows")
-    if split != "train" and cap == 0:
-        return []
-    if data_cfg.get("sample_seed") is not None:
-        seed = int(data_cfg.sample_seed)
-    return subsample(records, max_rows=cap, balance=bool(data_cfg.get("balance", False)), seed=seed)
+    seed = seed if data_cfg.sample_seed is None else data_cfg.sample_seed
+    return sample_rows(instantiate(data_cfg[split]), cap, data_cfg.balance, seed)
 
 
 def resolve_precision(cfg: DictConfig) -> PrecisionChoice:
     """``trainer.precision`` (default ``auto``) resolved on this machine, written back into ``cfg``
     so that every stage interpolating it (generator, judge, drift evaluation) runs the same dtype."""
-    choice = lightning_precision(cfg.trainer.precision, cfg.trainer.get("accelerator"))
+    choice = lightning_precision(cfg.trainer.precision, cfg.trainer.accelerator)
     cfg.trainer.precision = choice.precision
     log.info("%s", choice.describe())
     return choice

@@ -1,40 +1,38 @@
-"""ssr-eval: evaluate a base model or a trained adapter on task metrics + the drift suite.
+"""ssr-eval: evaluate a base model or a trained adapter: task metrics + the drift suite + self-drift.
 
     ssr-eval                                  # the base model of the config (model=...)
     ssr-eval +adapter=outputs/.../adapter     # a trained LoRA adapter on the base it was trained on
 The adapter's base model comes from its run's config (or ``adapter_config.json``), not ``model=``.
-Writes ``eval.json`` next to the adapter (or into the run directory for a base model).
+Writes ``eval.json`` (the schema of :func:`ssr.eval.evaluator.eval_summary`) next to the adapter,
+or into the run directory for a base model.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import os
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 import hydra
+from hydra.utils import instantiate
 from omegaconf import DictConfig
 
-from ssr.cli._hydra import CONF_DIR, load_records, resolve_precision, to_dict
+from ssr.cli._hydra import CONF_DIR, load_records, resolve_precision
 from ssr.cli.guard import exits_on_config_error, preflight_stage
-from ssr.data.prompts import PromptConfig
-from ssr.eval.evaluate import evaluate_model
-from ssr.eval.grounded import evaluate_grounded
-from ssr.generation import DecodingConfig
-from ssr.models import ModelSpec, adapter_base_spec, load_model
+from ssr.eval.evaluator import Evaluator, eval_summary, write_json
+from ssr.models import adapter_base_spec, load_model
 
 log = logging.getLogger("ssr.eval")
 
 
 def evaluate(cfg: DictConfig) -> dict[str, Any]:
-    from ssr.cli.train import task_prompt_budget, task_sets
-
     preflight_stage(cfg, endpoints=False)  # no judge in evaluation
     precision = resolve_precision(cfg).precision
-    adapter = cfg.get("adapter")
-    spec = adapter_base_spec(adapter, to_dict(cfg.model)) if adapter else ModelSpec(**to_dict(cfg.model))
+    adapter = cfg.get("adapter")  # `+adapter=...`: not in the config tree
+    spec = instantiate(cfg.model)
+    spec = adapter_base_spec(adapter, asdict(spec)) if adapter else spec
     if adapter and spec.name_or_path != cfg.model.name_or_path:
         log.info("adapter %s: base model %s (model.name_or_path ignored)", adapter, spec.name_or_path)
     model, tokenizer = load_model(spec)
@@ -42,45 +40,15 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
         from peft import PeftModel
 
         model = PeftModel.from_pretrained(model, adapter)
-    data_root = str(Path(cfg.paths.data_root).resolve())
-    os.environ["SSR_DATA_ROOT"] = data_root
-    prompt = PromptConfig(**to_dict(cfg.prompt))
-
-    tasks_cfg = cfg.eval.get("tasks") or {}
-    decoding = DecodingConfig(max_new_tokens=int(tasks_cfg.get("max_new_tokens", 64)))
-    tasks = {
-        name: evaluate_grounded(
-            model,
-            tokenizer,
-            recs,
-            prompt,
-            decoding,
-            max_prompt_tokens=task_prompt_budget(cfg),
-            precision=precision,
-        )[0]
-        for name, recs in task_sets(cfg, load_records(cfg.data, "val", cfg.seed)).items()
-        if recs
-    }
-    suite = evaluate_model(
-        model,
-        tokenizer,
-        to_dict(cfg.eval.suite),
-        to_dict(cfg.eval.self_drift),
-        mixed_precision=precision,
-        data_root=data_root,
-    )
-    result = {
-        "model": spec.name_or_path,
-        "adapter": adapter,
-        "precision": precision,
-        "final": {"tasks": tasks},
-        "suite": suite,
-    }
+    os.environ["SSR_DATA_ROOT"] = str(Path(cfg.paths.data_root).resolve())  # the local lm-eval tasks
+    evaluator = Evaluator.from_config(cfg, load_records(cfg.data, "val", cfg.seed))
+    record = evaluator.evaluate(model, tokenizer, "eval", precision=precision)
+    result = eval_summary([record], model=spec.name_or_path, adapter=adapter, precision=precision)
     out = Path(adapter) if adapter else Path(cfg.paths.output_dir)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "eval.json").write_text(json.dumps(result, indent=1, default=str))
+    write_json(out / "eval.json", result)
     log.info("wrote %s", out / "eval.json")
-    for name, scores in tasks.items():
+    for name, scores in record.get("tasks", {}).items():
         log.info(
             "%s: unanswerable F1 %.3f, answer recall %.3f",
             name,

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import copy
 import functools
+import importlib.util
 import logging
 import os
 import shutil
@@ -24,13 +25,17 @@ import time
 from collections.abc import Callable
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
+from ssr import hardware
 from ssr.config_checks import ConfigError, check_config
 from ssr.run_fingerprint import check_resume, write_run_record
+
+if TYPE_CHECKING:
+    import lightning as L
 
 log = logging.getLogger("ssr.guard")
 
@@ -49,10 +54,7 @@ def _is_rank_zero() -> bool:
 def _judge_needed(cfg: DictConfig) -> bool:
     from ssr.methods import MethodConfig
 
-    node = cfg.get("method")
-    return (
-        bool(cfg.get("judge")) and node is not None and MethodConfig(name=node.get("name", "sft")).needs_judge
-    )
+    return cfg.judge is not None and MethodConfig(name=cfg.method.name).needs_judge
 
 
 def check_endpoints(cfg: DictConfig) -> None:
@@ -62,7 +64,7 @@ def check_endpoints(cfg: DictConfig) -> None:
 
     if not _judge_needed(cfg):
         return
-    target = cfg.judge.get("_target_")
+    target = cfg.judge._target_
     if not target or not hasattr(get_class(target), "preflight"):
         return
     try:
@@ -95,6 +97,61 @@ def preflight_stage(cfg: DictConfig, endpoints: bool = True) -> None:
     check_config(cfg)
     if endpoints:
         check_endpoints(cfg)
+
+
+def check_trainer(trainer_cfg: DictConfig, export_merged: bool = False) -> None:
+    """Fail before any generation on trainer settings that cannot run on this machine."""
+    strategy = OmegaConf.select(trainer_cfg, "strategy")
+    target = str(OmegaConf.select(trainer_cfg, "strategy._target_") or strategy or "")
+    if "deepspeed" not in target.lower():
+        return
+    if importlib.util.find_spec("deepspeed") is None:
+        raise RuntimeError(
+            "trainer.strategy is DeepSpeed (trainer=deepspeed_*) but the deepspeed package is missing: "
+            "pip install 'ssr[deepspeed]'"
+        )
+    if not hardware.cuda_available():
+        raise RuntimeError(
+            "trainer.strategy is DeepSpeed (trainer=deepspeed_*), which Lightning runs on CUDA GPUs only, "
+            "and no CUDA device is visible here: use trainer=cpu or trainer=ddp on this machine"
+        )
+    node = OmegaConf.select(trainer_cfg, "strategy.config")
+    ds_config = OmegaConf.to_container(node) if isinstance(node, DictConfig) else {}
+    if "gradient_accumulation_steps" in ds_config:
+        raise ValueError(
+            "trainer.strategy.config.gradient_accumulation_steps must not be set: "
+            "use trainer.accumulate_grad_batches (Lightning passes it to DeepSpeed)"
+        )
+    bf16 = bool((ds_config.get("bf16") or {}).get("enabled", False))
+    if bf16 != str(trainer_cfg.precision).startswith("bf16"):
+        raise ValueError(
+            f"trainer.strategy.config.bf16.enabled={bf16} disagrees with "
+            f"trainer.precision={trainer_cfg.precision}: set both to bf16 or neither"
+        )
+    if export_merged and (ds_config.get("zero_optimization") or {}).get("stage") == 3:
+        raise ValueError(
+            "export_merged=true cannot merge ZeRO-3 shards in place: train with export_merged=false, "
+            "then merge the saved adapter (PeftModel.from_pretrained(base, adapter).merge_and_unload())"
+        )
+
+
+def check_launch(trainer: L.Trainer) -> None:
+    """Lightning starts extra local ranks by re-running the command line, which inside a Hydra
+    multirun would start the whole sweep again."""
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+    from lightning.pytorch.strategies.launchers.subprocess_script import _SubprocessScriptLauncher
+
+    launcher = getattr(trainer.strategy, "launcher", None)
+    spawns = isinstance(launcher, _SubprocessScriptLauncher) and not (
+        trainer.strategy.cluster_environment.creates_processes_externally
+    )
+    if spawns and HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN:
+        raise RuntimeError(
+            f"trainer.devices={trainer.num_devices} starts extra local processes, which does not work "
+            "inside a Hydra multirun (-m): run each point on its own, or use hydra/launcher=slurm "
+            "(srun starts one task per device; see docs/slurm.md)"
+        )
 
 
 # --------------------------------------------------------------------------- reporting
@@ -208,8 +265,8 @@ class PreflightCallback(Callback):
         try:
             cfg = _job_config(config)
             check_config(cfg)
-            if cfg.get("ckpt_path"):
-                from ssr.cli.train import resume_checkpoint
+            if cfg.ckpt_path:
+                from ssr.cli._run import resume_checkpoint
 
                 run_dir = Path(cfg.paths.output_dir)
                 check_resume(cfg, run_dir, resume_checkpoint(cfg, run_dir))

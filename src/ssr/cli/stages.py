@@ -9,15 +9,13 @@ from __future__ import annotations
 
 import json
 import logging
-from pathlib import Path
 
 import hydra
 from omegaconf import DictConfig
 
-from ssr.cli._hydra import CONF_DIR, resolve_precision
+from ssr.cli._hydra import CONF_DIR, build, resolve_precision
 from ssr.cli.guard import exits_on_config_error, preflight_stage
-from ssr.cli.train import build_datamodule
-from ssr.pipeline import BaseModelGenerator, StageCounters, generate_candidates
+from ssr.pipeline import StageCounters, generate_candidates
 
 log = logging.getLogger("ssr.stages")
 
@@ -25,12 +23,12 @@ log = logging.getLogger("ssr.stages")
 def generate(cfg: DictConfig) -> StageCounters:
     preflight_stage(cfg, endpoints=False)  # the judge is not called here
     resolve_precision(cfg)
-    dm = build_datamodule(cfg, Path(cfg.paths.output_dir))
+    dm = build(cfg.data)
+    counters = StageCounters()
     if not dm.method.needs_judge:
         log.info("method=%s needs no generated targets; nothing to do", dm.method.name)
-        return StageCounters()
-    counters = StageCounters()
-    with BaseModelGenerator(dm.spec, dm.generator_cfg, dm.cache_dir) as generator:  # stops its servers
+        return counters
+    with dm.base_generator() as generator:  # stops its servers
         generate_candidates(generator, dm.train_records, dm.prompt, dm.method, counters)
     log.info("generation: %s", counters.summary())
     return counters
@@ -39,11 +37,11 @@ def generate(cfg: DictConfig) -> StageCounters:
 def judge(cfg: DictConfig) -> dict:
     preflight_stage(cfg)
     resolve_precision(cfg)
-    dm = build_datamodule(cfg, Path(cfg.paths.output_dir))
+    dm = build(cfg.data)
     dm.prepare_data()
     stats = dm.stats.to_dict()
     log.info("selection by source: %s", json.dumps(stats["by_source"]))
-    log.info("stages: %s", json.dumps(stats["extra"].get("stages", {})))
+    log.info("stages: %s", json.dumps(stats["extra"]["stages"]))
     return stats
 
 

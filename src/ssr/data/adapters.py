@@ -346,3 +346,8 @@ def subsample(
     elif max_rows and len(rows) > max_rows:
         rows = rng.sample(rows, max_rows)
     return rows
+
+
+def sample_rows(records: list[Record], max_rows: int | None, balance: bool, seed: int) -> list[Record]:
+    """A data split's rows: ``max_rows`` 0 means none (no validation set), else :func:`subsample`."""
+    return [] if max_rows == 0 else subsample(records, max_rows=max_rows, balance=balance, seed=seed)

@@ -99,3 +99,8 @@ def generation_prompt(
         lengths = lambda m: prompt_length(tokenizer, m)  # noqa: E731
         messages = fit_document(tokenizer, record, cfg, lengths, max_tokens) or messages
     return render_prompt(tokenizer, messages)
+
+
+def prompt_token_budget(max_length: int, answer_tokens: int) -> int:
+    """Prompt tokens left when a sequence of ``max_length`` must also hold ``answer_tokens``."""
+    return max(1, max_length - answer_tokens)

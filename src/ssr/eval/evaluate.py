@@ -1,61 +1,34 @@
-"""One call that evaluates a model on a suite and on self-drift (used by ``ssr-eval`` and the callback)."""
+"""Suite + self-drift of a model in one call: a thin front of :class:`ssr.eval.evaluator.Evaluator`
+kept for experiments/benchmarks (new code builds an ``Evaluator``)."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from typing import Any
 
-import torch
-
-from ssr.eval.self_drift import SelfDriftConfig, SelfDriftReference, build_reference, self_drift_scores
-from ssr.eval.suite import Scores, SuiteConfig, run_suite
+from ssr.data.prompts import PromptConfig
+from ssr.eval.evaluator import SELF_DRIFT_KEY, Evaluator
+from ssr.eval.self_drift import SelfDriftConfig, SelfDriftReference
+from ssr.eval.suite import Scores, SuiteConfig
+from ssr.eval.task_sets import TaskMetricsConfig
 from ssr.precision import autocast_dtype
 
-SELF_DRIFT_KEY = "self_drift"
+__all__ = ["SELF_DRIFT_KEY", "evaluate_model"]
 
 
 def evaluate_model(
     model: Any,
     tokenizer: Any,
-    suite_cfg: SuiteConfig | Mapping[str, Any] | None,
-    self_drift_cfg: SelfDriftConfig | Mapping[str, Any] | None,
+    suite: SuiteConfig,
+    self_drift: SelfDriftConfig,
     *,
     reference: SelfDriftReference | None = None,
-    mixed_precision: str | torch.dtype | None = "auto",
+    mixed_precision: Any = "auto",
     data_root: str | None = None,
 ) -> Scores:
-    """``{task_or_group: {metric: value}}`` plus ``{"self_drift": {"nll", "nll_increase", ...}}``.
-
-    The model is put in eval mode and run under ``torch.no_grad``; ``mixed_precision`` is an
-    :mod:`ssr.precision` setting (``auto`` resolves to bf16 only where it is measured faster). Without a ``reference`` the
-    self-drift reference is built from ``self_drift_cfg`` (``reference_path``, the cache, or the
-    base model's answers, with PEFT adapters disabled).
-    """
-    suite = SuiteConfig.from_mapping(suite_cfg)
-    drift = SelfDriftConfig.from_mapping(self_drift_cfg)
+    """``Evaluator.drift_scores`` of ``model`` (no task metrics)."""
+    evaluator = Evaluator(suite, self_drift, TaskMetricsConfig(), PromptConfig(), {}, 1, data_root)
+    evaluator.reference = reference
     model.eval()
-    mixed_precision = autocast_dtype(mixed_precision, next(model.parameters()).device.type)
-    scores: Scores = {}
-    with torch.no_grad():
-        if suite.tasks:
-            scores.update(
-                run_suite(
-                    model,
-                    tokenizer,
-                    suite.tasks,
-                    limits=suite.limits,
-                    num_fewshot=suite.num_fewshot,
-                    batch_size=suite.batch_size,
-                    bootstrap_iters=0,
-                    mixed_precision=mixed_precision,
-                    apply_chat_template=suite.apply_chat_template,
-                    max_length=suite.max_length,
-                    data_root=data_root,
-                )
-            )
-        if drift.enabled:
-            ref = reference or build_reference(model, tokenizer, drift, mixed_precision)
-            scores[SELF_DRIFT_KEY] = self_drift_scores(
-                model, tokenizer, ref, drift.batch_size, mixed_precision
-            )
-    return scores
+    return evaluator.drift_scores(
+        model, tokenizer, autocast_dtype(mixed_precision, next(model.parameters()).device.type)
+    )

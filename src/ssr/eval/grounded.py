@@ -6,10 +6,9 @@ from typing import Any
 
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from ssr.data.prompts import PromptConfig
+from ssr.data.prompts import PromptConfig, generation_prompt
 from ssr.eval.task_metrics import grounded_qa_scores
 from ssr.generation import DecodingConfig, hf_generate
-from ssr.pipeline import answer_prompts
 from ssr.records import Record
 
 
@@ -28,7 +27,7 @@ def evaluate_grounded(
 
     ``max_prompt_tokens`` cuts long documents as training does (one 20k-token document would
     otherwise set the width of its whole generation batch). ``precision``: see :mod:`ssr.precision`."""
-    prompts = answer_prompts(tokenizer, records, prompt_cfg, max_prompt_tokens)
+    prompts = [generation_prompt(tokenizer, r, prompt_cfg, max_prompt_tokens) for r in records]
     predictions = hf_generate(
         model,
         tokenizer,

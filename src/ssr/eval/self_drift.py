@@ -17,14 +17,14 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 
 from ssr.eval.suite import checked_dataclass
 from ssr.files import atomic_write_text
 from ssr.generation import DecodingConfig, generate_ids
+from ssr.module import response_token_loss
 from ssr.paths import cache_root
 from ssr.precision import autocast_dtype
-from ssr.records import content_hash
+from ssr.records import chunks, content_hash
 
 PROMPTS_FILE = Path(__file__).parent / "data" / "self_drift_prompts.jsonl"
 REFERENCE_VERSION = 1
@@ -43,11 +43,8 @@ class SelfDriftConfig:
     cache: bool = True  # cache the base answers under SSR_CACHE/self_drift
 
     @classmethod
-    def from_mapping(cls, cfg: Mapping[str, Any] | SelfDriftConfig | None) -> SelfDriftConfig:
-        if cfg is None:
-            return cls(enabled=False)
-        if isinstance(cfg, SelfDriftConfig):
-            return cfg
+    def from_mapping(cls, cfg: Mapping[str, Any]) -> SelfDriftConfig:
+        """From a config mapping (``eval.self_drift``); an unknown key is an error."""
         return checked_dataclass(cls, cfg, "self_drift")
 
 
@@ -131,11 +128,6 @@ def _pad_token_id(tokenizer: Any) -> int:
     return pad
 
 
-def _batches(items: Sequence[int], size: int) -> Iterator[list[int]]:
-    for start in range(0, len(items), size):
-        yield list(items[start : start + size])
-
-
 def _autocast(model: Any, dtype: torch.dtype | None) -> contextlib.AbstractContextManager:
     return torch.autocast(_device(model).type, dtype=dtype, enabled=dtype is not None)
 
@@ -192,7 +184,7 @@ def response_nll(
         rows.append((p + r, [-100] * len(p) + r))
     order = sorted(range(len(rows)), key=lambda i: -len(rows[i][0]))
     total, count = 0.0, 0
-    for batch in _batches(order, batch_size):
+    for batch in chunks(order, batch_size):
         width = max(len(rows[i][0]) for i in batch)
         ids = torch.tensor([rows[i][0] + [pad] * (width - len(rows[i][0])) for i in batch], device=device)
         labels = torch.tensor([rows[i][1] + [-100] * (width - len(rows[i][1])) for i in batch], device=device)
@@ -201,12 +193,8 @@ def response_nll(
             < torch.tensor([len(rows[i][0]) for i in batch], device=device)[:, None]
         ).long()
         with _autocast(model, dtype):
-            logits = model(input_ids=ids, attention_mask=mask).logits
-        shifted = labels[:, 1:]
-        keep = shifted != -100
-        picked = logits[:, :-1][keep].float()
-        total += F.cross_entropy(picked, shifted[keep], reduction="sum").item()
-        count += int(keep.sum())
+            total += response_token_loss(model, ids, mask, labels).item()
+        count += int((labels[:, 1:] != -100).sum())
     return total, count
 
 
@@ -248,14 +236,13 @@ def base_weights(model: Any) -> Iterator[None]:
 def build_reference(
     model: Any,
     tokenizer: Any,
-    cfg: SelfDriftConfig | Mapping[str, Any] | None = None,
+    cfg: SelfDriftConfig,
     mixed_precision: str | torch.dtype | None = None,
 ) -> SelfDriftReference:
     """The base model's answers (from ``reference_path``, the cache, or generated now).
 
     For a PEFT model the adapters are disabled, so the reference is always the base model's.
     """
-    cfg = SelfDriftConfig.from_mapping(cfg or {})
     if cfg.reference_path:
         return SelfDriftReference.load(cfg.reference_path)
     prompts = load_prompts(cfg.prompts_file, cfg.limit)

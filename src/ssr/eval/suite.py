@@ -40,11 +40,8 @@ class SuiteConfig:
     max_length: int | None = None
 
     @classmethod
-    def from_mapping(cls, cfg: Mapping[str, Any] | SuiteConfig | None) -> SuiteConfig:
-        if cfg is None:
-            return cls()
-        if isinstance(cfg, SuiteConfig):
-            return cfg
+    def from_mapping(cls, cfg: Mapping[str, Any]) -> SuiteConfig:
+        """From a config mapping (``conf/eval/suite/*.yaml``); an unknown key is an error."""
         return checked_dataclass(cls, cfg, "eval suite")
 
 

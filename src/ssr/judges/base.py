@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import abc
 import logging
-from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
 from ssr.cache import JsonlCache
-from ssr.records import content_hash
+from ssr.records import chunks, content_hash
 
 log = logging.getLogger(__name__)
 
@@ -88,11 +87,6 @@ def judge_key(judge_fingerprint: str, item: JudgeItem) -> str:
     return content_hash(judge_fingerprint, item.question, item.document, item.gold, item.candidate)
 
 
-def _chunks(seq: list[Any], size: int) -> Iterator[list[Any]]:
-    for start in range(0, len(seq), size):
-        yield seq[start : start + size]
-
-
 def run_judge(
     judge: Judge,
     items: list[JudgeItem],
@@ -132,7 +126,7 @@ def run_judge(
     )
 
     pending = list(todo.items())
-    batches = _chunks(pending, batch_size)
+    batches = chunks(pending, batch_size)
     if progress and pending:
         from tqdm.auto import tqdm
 
