@@ -22,6 +22,7 @@ from ssr.cli.guard import exits_on_config_error, preflight_stage
 from ssr.data.prompts import PromptConfig
 from ssr.eval.evaluate import evaluate_model
 from ssr.eval.grounded import evaluate_grounded
+from ssr.eval.items import ITEMS_DIR, ItemSink
 from ssr.generation import DecodingConfig
 from ssr.models import ModelSpec, adapter_base_spec, load_model
 
@@ -46,6 +47,8 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     os.environ["SSR_DATA_ROOT"] = data_root
     prompt = PromptConfig(**to_dict(cfg.prompt))
 
+    out = Path(adapter) if adapter else Path(cfg.paths.output_dir)
+    items = ItemSink(out / ITEMS_DIR, "eval")  # per-item results, as in a training run's evaluations
     tasks_cfg = cfg.eval.get("tasks") or {}
     decoding = DecodingConfig(max_new_tokens=int(tasks_cfg.get("max_new_tokens", 64)))
     tasks = {
@@ -57,6 +60,8 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
             decoding,
             max_prompt_tokens=task_prompt_budget(cfg),
             precision=precision,
+            items=items,
+            items_source=name,
         )[0]
         for name, recs in task_sets(cfg, load_records(cfg.data, "val", cfg.seed)).items()
         if recs
@@ -68,6 +73,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
         to_dict(cfg.eval.self_drift),
         mixed_precision=precision,
         data_root=data_root,
+        items=items,
     )
     result = {
         "model": spec.name_or_path,
@@ -76,7 +82,6 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
         "final": {"tasks": tasks},
         "suite": suite,
     }
-    out = Path(adapter) if adapter else Path(cfg.paths.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     (out / "eval.json").write_text(json.dumps(result, indent=1, default=str))
     log.info("wrote %s", out / "eval.json")

@@ -231,6 +231,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         summary = {
             "method": cfg.method.name,
             "seed": cfg.seed,
+            "lr": float(cfg.optim.lr),
             "run_dir": str(run_dir),
             "adapter": str(adapter),
             "global_step": trainer.global_step,

@@ -27,6 +27,7 @@ import torch
 from lightning.pytorch.loggers import WandbLogger
 
 from ssr.eval.evaluate import SELF_DRIFT_KEY, evaluate_model
+from ssr.eval.items import ITEMS_DIR, ItemSink, epoch_tag
 from ssr.eval.self_drift import (
     SelfDriftConfig,
     SelfDriftReference,
@@ -280,6 +281,7 @@ class GeneralizationDriftCallback(pl.Callback):
         with_tasks: bool,
     ) -> dict[str, Any]:
         started = time.perf_counter()
+        items = self._items(trainer, stage)
         scores = evaluate_model(
             model,
             tokenizer,
@@ -288,6 +290,7 @@ class GeneralizationDriftCallback(pl.Callback):
             reference=self.reference,
             mixed_precision=precision,
             data_root=self.data_root,
+            items=items,
         )
         seconds = {"drift": round(time.perf_counter() - started, 2)}
         record: dict[str, Any] = {
@@ -299,7 +302,7 @@ class GeneralizationDriftCallback(pl.Callback):
         }
         if with_tasks and self.task_sets:
             started = time.perf_counter()
-            record["tasks"] = self._task_scores(model, tokenizer, precision)
+            record["tasks"] = self._task_scores(model, tokenizer, precision, items)
             seconds["tasks"] = round(time.perf_counter() - started, 2)
         return record
 
@@ -325,19 +328,29 @@ class GeneralizationDriftCallback(pl.Callback):
             self.data_root,
         )
         cache_file = cache_root() / "drift_base" / f"{key}.json"
-        if self.cache_base and cache_file.is_file():
+        cached_items = cache_file.with_suffix(".items")  # per-item results of the base evaluation
+        if self.cache_base and cache_file.is_file() and cached_items.is_dir():
             with contextlib.suppress(ValueError, KeyError):
                 cached = json.loads(cache_file.read_text(encoding="utf-8"))
+                self._items(trainer, "base").copy_from(cached_items)
                 log.info("drift: base evaluation reused from %s", cache_file)
                 return {**cached, "step": trainer.global_step, "cached": True}
         with base_weights(model):
             record = self._scores_record(trainer, model, tokenizer, precision, "base", with_tasks=True)
         if self.cache_base:
             cache_file.parent.mkdir(parents=True, exist_ok=True)
+            self._items(trainer, "base").copy_to(cached_items)
             _write_json(cache_file, record)
         return record
 
-    def _task_scores(self, model: torch.nn.Module, tokenizer: Any, precision: str | None) -> dict[str, Any]:
+    def _items(self, trainer: pl.Trainer, stage: str) -> ItemSink:
+        """Where this evaluation's per-item results go (``<run>/eval_items/<base|epoch_n>/``)."""
+        tag = "base" if stage == "base" else epoch_tag(trainer.current_epoch)
+        return ItemSink(self._run_dir(trainer) / ITEMS_DIR, tag)
+
+    def _task_scores(
+        self, model: torch.nn.Module, tokenizer: Any, precision: str | None, items: ItemSink | None = None
+    ) -> dict[str, Any]:
         from ssr.eval.grounded import evaluate_grounded
         from ssr.generation import DecodingConfig
 
@@ -351,6 +364,8 @@ class GeneralizationDriftCallback(pl.Callback):
                 decoding,
                 max_prompt_tokens=self.task_max_prompt_tokens,
                 precision=precision,
+                items=items,
+                items_source=name,
             )[0]
             for name, records in self.task_sets.items()
             if records

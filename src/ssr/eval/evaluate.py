@@ -7,6 +7,7 @@ from typing import Any
 
 import torch
 
+from ssr.eval.items import LM_EVAL_PREFIX, ItemSink, lm_eval_rows
 from ssr.eval.self_drift import SelfDriftConfig, SelfDriftReference, build_reference, self_drift_scores
 from ssr.eval.suite import Scores, SuiteConfig, run_suite
 from ssr.precision import autocast_dtype
@@ -23,13 +24,15 @@ def evaluate_model(
     reference: SelfDriftReference | None = None,
     mixed_precision: str | torch.dtype | None = "auto",
     data_root: str | None = None,
+    items: ItemSink | None = None,
 ) -> Scores:
     """``{task_or_group: {metric: value}}`` plus ``{"self_drift": {"nll", "nll_increase", ...}}``.
 
     The model is put in eval mode and run under ``torch.no_grad``; ``mixed_precision`` is an
     :mod:`ssr.precision` setting (``auto`` resolves to bf16 only where it is measured faster). Without a ``reference`` the
     self-drift reference is built from ``self_drift_cfg`` (``reference_path``, the cache, or the
-    base model's answers, with PEFT adapters disabled).
+    base model's answers, with PEFT adapters disabled). ``items`` gets the per-item results
+    (lm-eval documents, self-drift prompts) as each source finishes.
     """
     suite = SuiteConfig.from_mapping(suite_cfg)
     drift = SelfDriftConfig.from_mapping(self_drift_cfg)
@@ -51,11 +54,14 @@ def evaluate_model(
                     apply_chat_template=suite.apply_chat_template,
                     max_length=suite.max_length,
                     data_root=data_root,
+                    on_samples=None
+                    if items is None
+                    else lambda task, samples: items.write(LM_EVAL_PREFIX + task, lm_eval_rows(samples)),
                 )
             )
         if drift.enabled:
             ref = reference or build_reference(model, tokenizer, drift, mixed_precision)
             scores[SELF_DRIFT_KEY] = self_drift_scores(
-                model, tokenizer, ref, drift.batch_size, mixed_precision
+                model, tokenizer, ref, drift.batch_size, mixed_precision, items=items
             )
     return scores

@@ -17,9 +17,9 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 
 from ssr.eval.suite import checked_dataclass
+from ssr.eval.token_nll import row_nll
 from ssr.files import atomic_write_text
 from ssr.generation import DecodingConfig, generate_ids
 from ssr.paths import cache_root
@@ -28,6 +28,7 @@ from ssr.records import content_hash
 
 PROMPTS_FILE = Path(__file__).parent / "data" / "self_drift_prompts.jsonl"
 REFERENCE_VERSION = 1
+SELF_DRIFT_SOURCE = "self_drift"
 
 
 @dataclass
@@ -131,15 +132,6 @@ def _pad_token_id(tokenizer: Any) -> int:
     return pad
 
 
-def _batches(items: Sequence[int], size: int) -> Iterator[list[int]]:
-    for start in range(0, len(items), size):
-        yield list(items[start : start + size])
-
-
-def _autocast(model: Any, dtype: torch.dtype | None) -> contextlib.AbstractContextManager:
-    return torch.autocast(_device(model).type, dtype=dtype, enabled=dtype is not None)
-
-
 # --- generation and scoring -----------------------------------------------------------------------
 
 
@@ -173,7 +165,31 @@ def generate_answers(
     return answers, stop_ids
 
 
-@torch.no_grad()
+def response_rows(
+    tokenizer: Any, prompts: Sequence[str], answers: Sequence[str], stop_ids: Sequence[int | None]
+) -> list[tuple[list[int], list[int]]]:
+    """``(input_ids, labels)`` per answer: chat-template prompt masked, response tokens scored."""
+    rows = []
+    for prompt, answer, stop in zip(prompts, answers, stop_ids, strict=True):
+        p, r = prompt_ids(tokenizer, prompt), response_ids(tokenizer, answer, stop)
+        rows.append((p + r, [-100] * len(p) + r))
+    return rows
+
+
+def response_nll_rows(
+    model: Any,
+    tokenizer: Any,
+    prompts: Sequence[str],
+    answers: Sequence[str],
+    stop_ids: Sequence[int | None],
+    batch_size: int = 16,
+    mixed_precision: str | torch.dtype | None = None,
+) -> list[tuple[float, int]]:
+    """Summed NLL and count of the response tokens of every answer, in order."""
+    rows = response_rows(tokenizer, prompts, answers, stop_ids)
+    return row_nll(model, rows, _pad_token_id(tokenizer), batch_size, autocast_dtype(mixed_precision))
+
+
 def response_nll(
     model: Any,
     tokenizer: Any,
@@ -184,30 +200,8 @@ def response_nll(
     mixed_precision: str | torch.dtype | None = None,
 ) -> tuple[float, int]:
     """Summed NLL and count of the response tokens (chat template, prompt tokens masked)."""
-    dtype = autocast_dtype(mixed_precision)
-    device, pad = _device(model), _pad_token_id(tokenizer)
-    rows = []
-    for prompt, answer, stop in zip(prompts, answers, stop_ids, strict=True):
-        p, r = prompt_ids(tokenizer, prompt), response_ids(tokenizer, answer, stop)
-        rows.append((p + r, [-100] * len(p) + r))
-    order = sorted(range(len(rows)), key=lambda i: -len(rows[i][0]))
-    total, count = 0.0, 0
-    for batch in _batches(order, batch_size):
-        width = max(len(rows[i][0]) for i in batch)
-        ids = torch.tensor([rows[i][0] + [pad] * (width - len(rows[i][0])) for i in batch], device=device)
-        labels = torch.tensor([rows[i][1] + [-100] * (width - len(rows[i][1])) for i in batch], device=device)
-        mask = (
-            torch.arange(width, device=device)[None, :]
-            < torch.tensor([len(rows[i][0]) for i in batch], device=device)[:, None]
-        ).long()
-        with _autocast(model, dtype):
-            logits = model(input_ids=ids, attention_mask=mask).logits
-        shifted = labels[:, 1:]
-        keep = shifted != -100
-        picked = logits[:, :-1][keep].float()
-        total += F.cross_entropy(picked, shifted[keep], reduction="sum").item()
-        count += int(keep.sum())
-    return total, count
+    per_row = response_nll_rows(model, tokenizer, prompts, answers, stop_ids, batch_size, mixed_precision)
+    return sum(t for t, _ in per_row), sum(c for _, c in per_row)
 
 
 # --- reference (base answers) ---------------------------------------------------------------------
@@ -297,9 +291,13 @@ def self_drift_scores(
     reference: SelfDriftReference,
     batch_size: int = 16,
     mixed_precision: str | torch.dtype | None = None,
+    items: Any = None,
 ) -> dict[str, float]:
-    """``nll`` of ``model`` on the reference answers and its increase over the base model's."""
-    total, count = response_nll(
+    """``nll`` of ``model`` on the reference answers and its increase over the base model's.
+
+    ``items`` (an :class:`ssr.eval.items.ItemSink`) also gets each prompt's NLL (source ``self_drift``).
+    """
+    per_row = response_nll_rows(
         model,
         tokenizer,
         reference.prompts,
@@ -308,6 +306,9 @@ def self_drift_scores(
         batch_size,
         mixed_precision,
     )
+    if items is not None:
+        items.write(SELF_DRIFT_SOURCE, self_drift_item_rows(reference.prompts, per_row))
+    total, count = sum(t for t, _ in per_row), sum(c for _, c in per_row)
     nll = total / max(count, 1)
     return {
         "nll": nll,
@@ -316,3 +317,13 @@ def self_drift_scores(
         if reference.base_nll
         else float("nan"),
     }
+
+
+def self_drift_item_rows(
+    prompts: Sequence[str], per_row: Sequence[tuple[float, int]]
+) -> list[dict[str, Any]]:
+    """One item per prompt, keyed by the prompt's hash: mean NLL per token, summed NLL, tokens."""
+    return [
+        {"id": content_hash(p)[:16], "nll": t / max(c, 1), "nll_sum": t, "n_tokens": c}
+        for p, (t, c) in zip(prompts, per_row, strict=True)
+    ]
