@@ -156,6 +156,10 @@ def test_ssr_train_runs_drift_and_task_evaluation(tiny_cfg):
         assert mean == pytest.approx(ev[stage]["tasks"]["in_domain"]["unanswerable_accuracy"])
     assert set(items["base"]["tasks.in_domain"]) == set(items["epoch_0"]["tasks.in_domain"])
     assert json.loads((run / "summary.json").read_text())["lr"] == cfg.optim.lr
+    # kl_task beside self-drift: 0 for the base model, per training row in the items
+    assert drift["base"]["scores"]["kl_task"]["kl"] == pytest.approx(0.0, abs=1e-4)
+    assert drift["epochs"][0]["scores"]["kl_task"]["n_rows"] == 16
+    assert len(items["epoch_0"]["kl_task"]) == 16
 
 
 def test_ssr_eval_scores_a_trained_adapter(tiny_cfg):

@@ -145,6 +145,8 @@ RULES: tuple[Rule, ...] = (
     _rule("eval.tasks.max_new_tokens", int_at_least(1)),
     _rule("eval.tasks.max_prompt_tokens", int_at_least(1)),
     _rule("eval.self_drift.limit", int_at_least(1)),
+    _rule("eval.kl_task.max_rows", int_at_least(1)),
+    _rule("eval.kl_task.batch_size", int_at_least(1)),
     _rule("eval.self_drift.max_new_tokens", int_at_least(1)),
     _rule("eval.self_drift.batch_size", int_at_least(1)),
     _rule("eval.self_drift.prompts_file", readable_file()),

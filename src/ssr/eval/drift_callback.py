@@ -1,11 +1,13 @@
 """Lightning callback: evaluate the base model at fit start and the model after every epoch.
 
-Scores come from :func:`ssr.eval.evaluate.evaluate_model` (the lm-eval suite + self-drift). Each
+Scores come from :func:`ssr.eval.evaluate.evaluate_model` (the lm-eval suite + self-drift) and
+:mod:`ssr.eval.kl_task` (KL(pi0 || pi) on the training prompts); per-item results go to
+``<run>/eval_items/<base|epoch_n>/`` (:mod:`ssr.eval.items`). Each
 evaluation is logged to every logger as ``drift/<task>/<metric>`` (absolute) and
 ``drift_delta/<task>/<metric>`` (minus the base score), as a W&B table for W&B loggers, and
 appended to ``drift.json`` in the run directory::
 
-    {"suite": {...}, "self_drift": {...},
+    {"suite": {...}, "self_drift": {...}, "kl_task": {...},
      "base": {"stage": "base", "epoch": -1, "step": 0, "scores": {task: {metric: value}}},
      "epochs": [{"stage": "epoch", "epoch": 0, "step": 40, "scores": {...}, "delta": {...}}, ...]}
 """
@@ -28,6 +30,7 @@ from lightning.pytorch.loggers import WandbLogger
 
 from ssr.eval.evaluate import SELF_DRIFT_KEY, evaluate_model
 from ssr.eval.items import ITEMS_DIR, ItemSink, epoch_tag
+from ssr.eval.kl_task import KL_TASK_KEY, KLTask, KLTaskConfig, own_answer_rows
 from ssr.eval.self_drift import (
     SelfDriftConfig,
     SelfDriftReference,
@@ -141,6 +144,7 @@ class GeneralizationDriftCallback(pl.Callback):
         task_max_new_tokens: int = 64,
         task_max_prompt_tokens: int | None = None,
         cache_base: bool = True,
+        kl_task: KLTaskConfig | Mapping[str, Any] | None = None,
     ) -> None:
         if every_n_epochs < 1:
             raise ValueError(f"every_n_epochs must be >= 1, got {every_n_epochs}")
@@ -160,6 +164,7 @@ class GeneralizationDriftCallback(pl.Callback):
         self.task_max_new_tokens = task_max_new_tokens
         self.task_max_prompt_tokens = task_max_prompt_tokens
         self.cache_base = cache_base
+        self.kl_task = KLTask(kl_task)
         self._epoch_started: float | None = None
 
     @classmethod
@@ -171,6 +176,7 @@ class GeneralizationDriftCallback(pl.Callback):
         return cls(
             suite=eval_cfg.get("suite"),
             self_drift=eval_cfg.get("self_drift"),
+            kl_task=eval_cfg.get("kl_task"),
             tokenizer=tokenizer,
             **{**callback_cfg, **overrides},
         )
@@ -264,6 +270,7 @@ class GeneralizationDriftCallback(pl.Callback):
             if self.self_drift.enabled and self.reference is None:
                 self.reference = build_reference(model, tokenizer, self.self_drift, precision)
                 self.reference.save(self._run_dir(trainer) / REFERENCE_FILE)
+            self._prepare_kl_task(trainer, tokenizer)
             if stage == "base":
                 return self._measure_base(trainer, model, tokenizer, precision)
             last_epoch = trainer.max_epochs is not None and trainer.current_epoch + 1 >= trainer.max_epochs
@@ -292,6 +299,8 @@ class GeneralizationDriftCallback(pl.Callback):
             data_root=self.data_root,
             items=items,
         )
+        if self.kl_task.enabled and self.kl_task.rows:
+            scores[KL_TASK_KEY] = self.kl_task.scores(model, precision, items)
         seconds = {"drift": round(time.perf_counter() - started, 2)}
         record: dict[str, Any] = {
             "stage": stage,
@@ -326,6 +335,7 @@ class GeneralizationDriftCallback(pl.Callback):
             self.task_max_new_tokens,
             self.task_max_prompt_tokens,
             self.data_root,
+            *([self.kl_task.key()] if self.kl_task.enabled else []),
         )
         cache_file = cache_root() / "drift_base" / f"{key}.json"
         cached_items = cache_file.with_suffix(".items")  # per-item results of the base evaluation
@@ -342,6 +352,19 @@ class GeneralizationDriftCallback(pl.Callback):
             self._items(trainer, "base").copy_to(cached_items)
             _write_json(cache_file, record)
         return record
+
+    def _prepare_kl_task(self, trainer: pl.Trainer, tokenizer: Any) -> None:
+        """The training prompts and the base model's own answers that ``kl_task`` scores (once)."""
+        if not self.kl_task.enabled or self.kl_task.rows:
+            return
+        datamodule = getattr(trainer, "datamodule", None)
+        if not hasattr(datamodule, "train_records"):
+            log.warning("drift: kl_task skipped (the datamodule has no train_records)")
+            self.kl_task.cfg.enabled = False
+            return
+        ids, rows = own_answer_rows(datamodule, self.kl_task.cfg.max_rows)
+        pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+        self.kl_task.set_rows(ids, rows, pad)
 
     def _items(self, trainer: pl.Trainer, stage: str) -> ItemSink:
         """Where this evaluation's per-item results go (``<run>/eval_items/<base|epoch_n>/``)."""
@@ -397,6 +420,7 @@ class GeneralizationDriftCallback(pl.Callback):
         payload = {
             "suite": self.suite.__dict__,
             "self_drift": self.self_drift.__dict__,
+            "kl_task": self.kl_task.cfg.__dict__,
             "base": next((r for r in self.records if r["stage"] == "base"), None),
             "epochs": [
                 {**r, "delta": score_deltas(r["scores"], base) if base is not None else None}
