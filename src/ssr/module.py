@@ -1,4 +1,5 @@
-"""LightningModule: response-only cross-entropy over mixed self/gold targets, LoRA.
+"""LightningModule: response-only loss (cross-entropy, or DFT: ``loss=dft``) over mixed self/gold
+targets, LoRA.
 
 bf16 autocast comes from the Trainer's ``precision: bf16-mixed`` (CPU and GPU) or DeepSpeed's bf16.
 """
@@ -16,10 +17,10 @@ from typing import Any
 
 import lightning as L
 import torch
-import torch.nn.functional as F
 from transformers import PreTrainedModel
 
 from ssr.data.tokenize import IGNORE_INDEX
+from ssr.losses import LOSSES, summed_token_loss
 from ssr.models import SPEC_FILE, ModelSpec, apply_peft, cast_frozen_linear_weights, load_model
 from ssr.precision import autocast_dtype, trainer_autocast
 
@@ -32,8 +33,9 @@ def response_token_loss(
     attention_mask: torch.Tensor,
     labels: torch.Tensor,
     position_ids: torch.Tensor | None = None,
+    loss: str = "ce",
 ) -> torch.Tensor:
-    """Summed next-token CE over response positions only.
+    """Summed next-token loss (``ce`` or ``dft``, :mod:`ssr.losses`) over response positions only.
 
     Runs the decoder, then projects to the vocabulary only the hidden states that predict a
     response token: prompt positions never reach the (large) output layer.
@@ -46,7 +48,7 @@ def response_token_loss(
     targets = labels[:, 1:]
     mask = targets != IGNORE_INDEX
     logits = head(hidden[:, :-1][mask])
-    return F.cross_entropy(logits.float(), targets[mask], reduction="sum")
+    return summed_token_loss(logits, targets[mask], loss)
 
 
 class SSRModule(L.LightningModule):
@@ -69,11 +71,15 @@ class SSRModule(L.LightningModule):
         min_lr_ratio: float = 0.1,
         gradient_checkpointing: bool = False,
         precast_frozen_weights: bool = True,
+        loss: str = "ce",
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
         self.spec = model if isinstance(model, ModelSpec) else ModelSpec(**model)
         self.peft_cfg = dict(peft) if peft else None
+        if loss not in LOSSES:
+            raise ValueError(f"unknown loss {loss!r}; valid choices: {', '.join(LOSSES)}")
+        self.loss = loss
         self.model: PreTrainedModel | None = None
         self.strict_loading = False  # LoRA checkpoints hold only the trainable weights
         self._window_tokens = 0
@@ -160,6 +166,7 @@ class SSRModule(L.LightningModule):
             batch["attention_mask"],
             batch["labels"],
             batch.get("position_ids"),
+            loss=self.loss,
         )
         return loss_sum, int(batch["num_response_tokens"])
 

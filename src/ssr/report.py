@@ -290,11 +290,7 @@ def plot_drift(runs: list[Run], out_dir: Path) -> list[Path]:
         name = key.split("/", 1)[1]
         ax.set(title=name, xlabel="epoch (0 = base)", ylabel=name.split("/")[-1])
         ax.legend()
-        fig.tight_layout()
-        path = out_dir / f"drift_{name.replace('/', '_').replace(',', '_')}.png"
-        fig.savefig(path, dpi=110)
-        plt.close(fig)
-        paths.append(path)
+        paths.append(save_figure(fig, out_dir, f"drift_{name.replace('/', '_').replace(',', '_')}.png"))
     return paths
 
 
@@ -345,9 +341,16 @@ def plot_summary(runs: list[Run], out_dir: Path) -> Path:
         ax.axhline(0, color="grey", lw=0.8)
         ax.set(title=f"{title}\nband: {', '.join(sorted(bands))}", xlabel="epoch (0 = base)")
         ax.legend(fontsize=8)
+    return save_figure(fig, out_dir, "drift_summary.png")
+
+
+def save_figure(fig: Any, out_dir: Path, name: str) -> Path:
+    """``out_dir/name`` (PNG, 110 dpi); the figure is closed."""
+    import matplotlib.pyplot as plt
+
     fig.tight_layout()
     out_dir.mkdir(parents=True, exist_ok=True)
-    path = out_dir / "drift_summary.png"
+    path = out_dir / name
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path

@@ -388,12 +388,9 @@ def plot_pareto(points: list[dict[str, Any]], out_dir: Path) -> Path | None:
         ax.axvline(0, color="grey", lw=0.8)
         ax.set(title=title, xlabel=f"task gain: {SELECTION_SET} score change (points)")
         ax.legend(fontsize=8, title="* = chosen lr", title_fontsize=7)
-    fig.tight_layout()
-    out_dir.mkdir(parents=True, exist_ok=True)
-    path = out_dir / "pareto.png"
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    from ssr.report import save_figure
+
+    return save_figure(fig, out_dir, "pareto.png")
 
 
 def pareto_table(points: list[dict[str, Any]]) -> str:

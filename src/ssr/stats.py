@@ -105,14 +105,14 @@ def paired_change(
 
     ``runs``: one run's per-item values or a seeds x items matrix (aligned with ``base``). The
     p-value is McNemar's (0/1 scores; ``binary=None`` detects them) or the sign test's, on the
-    seed-mean of each item.
+    seed-mean of each item (0/1 again only where every seed agrees).
     """
     base_arr = np.asarray(base, dtype=float)
     run_arr = _matrix(runs)
     if run_arr.shape[1] != base_arr.shape[0]:
         raise ValueError(f"{run_arr.shape[1]} run items for {base_arr.shape[0]} base items")
     est = bootstrap_ci(run_arr - base_arr[None, :], **boot)
-    return _with_test(est, base_arr, run_arr.mean(axis=0), binary, run_arr)
+    return _with_test(est, base_arr, run_arr.mean(axis=0), binary)
 
 
 def method_difference(
@@ -138,18 +138,19 @@ def method_difference(
     diffs = np.array([mb[j][:, i].mean() - ma[k][:, i].mean() for i, k, j in zip(items, sa, sb)])
     lo, hi = percentile_interval(diffs, alpha)
     est = Estimate(float(mb.mean() - ma.mean()), float(lo), float(hi), n_items, min(ma.shape[0], mb.shape[0]))
-    return _with_test(est, ma.mean(axis=0), mb.mean(axis=0), binary, np.vstack([ma, mb]))
+    return _with_test(est, ma.mean(axis=0), mb.mean(axis=0), binary)
 
 
 def _is_binary(arr: np.ndarray) -> bool:
     return bool(np.isin(arr, (0.0, 1.0)).all())
 
 
-def _with_test(
-    est: Estimate, first: np.ndarray, second: np.ndarray, binary: bool | None, raw: np.ndarray
-) -> Estimate:
-    binary = _is_binary(np.concatenate([first, raw.ravel()])) if binary is None else binary
-    if binary and raw.shape[0] == 1 and _is_binary(second):
+def _with_test(est: Estimate, first: np.ndarray, second: np.ndarray, binary: bool | None) -> Estimate:
+    """Add the exact p-value on the per-item (seed-mean) values: McNemar where both are 0/1,
+    else the sign test."""
+    if binary is None:
+        binary = _is_binary(first) and _is_binary(second)
+    if binary:
         p, test = mcnemar_exact(first, second), "mcnemar"
     else:
         p, test = sign_test(second - first), "sign"

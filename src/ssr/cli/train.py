@@ -55,6 +55,11 @@ def build_datamodule(cfg: DictConfig, run_dir: Path) -> SSRDataModule:
     )
 
 
+def training_loss(cfg: DictConfig) -> str:
+    """``loss=`` (ce | dft) when set, else the method's own default (``method.loss``: dft for dft)."""
+    return cfg.get("loss") or cfg.method.get("loss", "ce")
+
+
 def task_sets(cfg: DictConfig, val_records: list[Record]) -> dict[str, list[Record]]:
     """Held-out grounded-QA sets scored before and after training: in-domain val + ``data.ood``."""
     tasks = cfg.eval.get("tasks") or {}
@@ -210,7 +215,9 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     precision = resolve_precision(cfg)
     L.seed_everything(cfg.seed, workers=True)
     datamodule = build_datamodule(cfg, run_dir)
-    module = SSRModule(model=to_dict(cfg.model), peft=to_dict(cfg.get("peft")), **to_dict(cfg.optim))
+    module = SSRModule(
+        model=to_dict(cfg.model), peft=to_dict(cfg.get("peft")), loss=training_loss(cfg), **to_dict(cfg.optim)
+    )
     drift = build_drift_callback(cfg, datamodule, run_dir)
     trackers = TrackerLogging(to_dict(cfg), run_dir / "selection_stats.json")
     extra = [trackers, ResumeState(run_record)] + ([drift] if drift else [])

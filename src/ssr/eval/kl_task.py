@@ -20,7 +20,7 @@ from typing import Any
 import torch
 
 from ssr.eval.self_drift import base_weights, weights_fingerprint
-from ssr.eval.suite import checked_dataclass
+from ssr.eval.suite import optional_section
 from ssr.eval.token_nll import Row, row_nll
 from ssr.files import atomic_write_text
 from ssr.paths import cache_root
@@ -37,14 +37,6 @@ class KLTaskConfig:
     enabled: bool = True
     max_rows: int | None = 16  # the first n training rows (None = all)
     batch_size: int = 8
-
-    @classmethod
-    def from_mapping(cls, cfg: Mapping[str, Any] | KLTaskConfig | None) -> KLTaskConfig:
-        if cfg is None:
-            return cls(enabled=False)
-        if isinstance(cfg, KLTaskConfig):
-            return cfg
-        return checked_dataclass(cls, cfg, "kl_task")
 
 
 @dataclass
@@ -98,7 +90,7 @@ class KLTask:
     """Holds the rows (set once, from the training data) and scores a model on them."""
 
     def __init__(self, cfg: KLTaskConfig | Mapping[str, Any] | None, pad_id: int | None = None) -> None:
-        self.cfg = KLTaskConfig.from_mapping(cfg)
+        self.cfg: KLTaskConfig = optional_section(KLTaskConfig, cfg, "kl_task")
         self.pad_id = pad_id
         self.ids: list[str] = []
         self.rows: list[Row] = []

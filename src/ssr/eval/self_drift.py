@@ -18,7 +18,7 @@ from typing import Any
 
 import torch
 
-from ssr.eval.suite import checked_dataclass
+from ssr.eval.suite import optional_section
 from ssr.eval.token_nll import row_nll
 from ssr.files import atomic_write_text
 from ssr.generation import DecodingConfig, generate_ids
@@ -45,11 +45,7 @@ class SelfDriftConfig:
 
     @classmethod
     def from_mapping(cls, cfg: Mapping[str, Any] | SelfDriftConfig | None) -> SelfDriftConfig:
-        if cfg is None:
-            return cls(enabled=False)
-        if isinstance(cfg, SelfDriftConfig):
-            return cfg
-        return checked_dataclass(cls, cfg, "self_drift")
+        return optional_section(cls, cfg, "self_drift")
 
 
 @dataclass
@@ -176,20 +172,6 @@ def response_rows(
     return rows
 
 
-def response_nll_rows(
-    model: Any,
-    tokenizer: Any,
-    prompts: Sequence[str],
-    answers: Sequence[str],
-    stop_ids: Sequence[int | None],
-    batch_size: int = 16,
-    mixed_precision: str | torch.dtype | None = None,
-) -> list[tuple[float, int]]:
-    """Summed NLL and count of the response tokens of every answer, in order."""
-    rows = response_rows(tokenizer, prompts, answers, stop_ids)
-    return row_nll(model, rows, _pad_token_id(tokenizer), batch_size, autocast_dtype(mixed_precision))
-
-
 def response_nll(
     model: Any,
     tokenizer: Any,
@@ -200,7 +182,8 @@ def response_nll(
     mixed_precision: str | torch.dtype | None = None,
 ) -> tuple[float, int]:
     """Summed NLL and count of the response tokens (chat template, prompt tokens masked)."""
-    per_row = response_nll_rows(model, tokenizer, prompts, answers, stop_ids, batch_size, mixed_precision)
+    rows = response_rows(tokenizer, prompts, answers, stop_ids)
+    per_row = row_nll(model, rows, _pad_token_id(tokenizer), batch_size, autocast_dtype(mixed_precision))
     return sum(t for t, _ in per_row), sum(c for _, c in per_row)
 
 
@@ -297,15 +280,8 @@ def self_drift_scores(
 
     ``items`` (an :class:`ssr.eval.items.ItemSink`) also gets each prompt's NLL (source ``self_drift``).
     """
-    per_row = response_nll_rows(
-        model,
-        tokenizer,
-        reference.prompts,
-        reference.answers,
-        reference.stop_ids,
-        batch_size,
-        mixed_precision,
-    )
+    rows = response_rows(tokenizer, reference.prompts, reference.answers, reference.stop_ids)
+    per_row = row_nll(model, rows, _pad_token_id(tokenizer), batch_size, autocast_dtype(mixed_precision))
     if items is not None:
         items.write(SELF_DRIFT_SOURCE, self_drift_item_rows(reference.prompts, per_row))
     total, count = sum(t for t, _ in per_row), sum(c for _, c in per_row)

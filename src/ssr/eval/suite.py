@@ -58,6 +58,16 @@ def checked_dataclass(cls: Any, cfg: Any, what: str) -> Any:
     return cls(**cfg)
 
 
+def optional_section(cls: Any, cfg: Any, what: str) -> Any:
+    """A switchable settings dataclass (with ``enabled``) from a config section: ``None`` is
+    ``cls(enabled=False)``, an instance passes through, a mapping is checked by key."""
+    if cfg is None:
+        return cls(enabled=False)
+    if isinstance(cfg, cls):
+        return cfg
+    return checked_dataclass(cls, cfg, what)
+
+
 def plain_config(cfg: Any) -> Any:
     """OmegaConf containers -> plain dicts/lists (no hard dependency on omegaconf here)."""
     try:
