@@ -7,6 +7,8 @@ prompts, the rows the generation stage already cached — as the mean over rows 
 that answer as a target). The base log-probs are computed once and cached under
 ``SSR_CACHE/kl_task`` (keyed by the base weights, the token rows and the autocast dtype).
 Self-drift measures the same quantity on general instructions instead of the task's prompts.
+The answers are greedy, not samples of pi0, so the estimate is not bound to be >= 0: a model
+whose greedy answers are unlikely under itself (a random one) can be moved to raise them.
 """
 
 from __future__ import annotations
