@@ -387,7 +387,7 @@ def plot_pareto(points: list[dict[str, Any]], out_dir: Path) -> Path | None:
         ax.axhline(0, color="grey", lw=0.8)
         ax.axvline(0, color="grey", lw=0.8)
         ax.set(title=title, xlabel=f"task gain: {SELECTION_SET} score change (points)")
-        ax.legend(fontsize=8, title="* = chosen lr", title_fontsize=7)
+        ax.legend(fontsize=8, title="star = chosen lr", title_fontsize=7)
     from ssr.report import save_figure
 
     return save_figure(fig, out_dir, "pareto.png")
