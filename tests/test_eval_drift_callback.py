@@ -15,6 +15,7 @@ from ssr.data.prompts import PromptConfig
 from ssr.eval import drift_callback
 from ssr.eval.drift_callback import GeneralizationDriftCallback, score_deltas, table_rows
 from ssr.eval.evaluator import Evaluator
+from ssr.eval.items import final_tag, load_items
 from ssr.eval.self_drift import SelfDriftConfig
 from ssr.eval.suite import SuiteConfig
 from ssr.eval.task_sets import TaskMetricsConfig
@@ -153,6 +154,24 @@ def test_base_evaluation_is_reused_across_runs_and_timed(tokenizer, tmp_path, mo
     # a different suite is a different base evaluation
     _fit(tokenizer, tmp_path / "c", suite={**SUITE, "limits": 2})
     assert len(calls) == 8
+
+    # per-item results of every evaluation, the reused base's included, agree with the scores
+    items_a, items_b = (load_items(tmp_path / r / "run") for r in "ab")
+    assert set(items_a) == set(items_b) == {"base", "epoch_0", "epoch_1"}
+    assert items_b["base"] == items_a["base"]
+    for tag, record in zip(["base", "epoch_0", "epoch_1"], [first["base"], *first["epochs"]]):
+        arc = items_a[tag]["lm_eval.ssr_arc_easy"]
+        assert sorted(arc) == ["0", "1", "2"]
+        assert all(row["acc"] in (0.0, 1.0) and len(row["ll"]) >= 2 for row in arc.values())
+        assert sum(r["acc"] for r in arc.values()) / 3 == pytest.approx(
+            record["scores"]["ssr_arc_easy"]["acc"]
+        )
+        drift_rows = items_a[tag]["self_drift"].values()
+        assert len(drift_rows) == 3
+        nll = sum(r["nll_sum"] for r in drift_rows) / sum(r["n_tokens"] for r in drift_rows)
+        assert nll == pytest.approx(record["scores"]["self_drift"]["nll"], rel=1e-5)
+    assert items_a["epoch_1"]["self_drift"] != items_a["base"]["self_drift"]
+    assert final_tag(items_a) == "epoch_1"
 
 
 def test_without_restoring_state_training_would_change(tokenizer, tmp_path, monkeypatch):

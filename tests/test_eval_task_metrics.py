@@ -53,3 +53,18 @@ def test_precision_recall_f1_edges():
 def test_answerable_row_without_gold_is_an_error():
     with pytest.raises(ValueError, match="gold"):
         grounded_qa_scores([("x", [], True)], UNANS)
+
+
+def test_per_row_items_carry_each_rows_scores():
+    from ssr.eval.grounded import grounded_row_items
+    from ssr.records import Record
+
+    records = [
+        Record(id="a", question="q", gold="big brown dog", document="d", answerable=True),
+        Record(id="b", question="q", gold="", document="d", answerable=False),
+    ]
+    rows = grounded_row_items(records, ["the big red dog", "I think it is Lyon."], UNANS)
+    assert [r["id"] for r in rows] == ["a", "b"]
+    assert rows[0]["answer_recall"] == pytest.approx(2 / 3) and rows[0]["unanswerable_correct"] == 1.0
+    assert rows[1]["unanswerable_correct"] == 0.0 and "answer_recall" not in rows[1]
+    assert rows[1]["prediction"] == "I think it is Lyon."

@@ -108,7 +108,10 @@ def test_unknown_group_option_lists_the_valid_choices(override, group, choices):
 @pytest.mark.parametrize(
     ("overrides", "message"),
     [
-        (["method.name=sfft"], r"unknown method 'sfft'; valid choices: sft, ssr, sdft, s3ft"),
+        (
+            ["method.name=sfft"],
+            r"unknown method 'sfft'; valid choices: sft, dft, ssr, self_only, sdft, sdft_rewrite, s3ft",
+        ),
         (["method=ssr", "judge=none"], r"method=ssr needs a judge"),
         (["method=s3ft", "judge=none"], r"method=s3ft needs a judge"),
         (["judge=openai", "judge.api_key_env=SSR_TEST_UNSET_KEY"], r"SSR_TEST_UNSET_KEY.*not set"),

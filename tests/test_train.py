@@ -145,6 +145,22 @@ def test_ssr_train_runs_drift_and_task_evaluation(tiny_cfg):
     for stage in ("base", "final"):
         scores = ev[stage]["tasks"]["in_domain"]
         assert scores["n"] == 4 and 0.0 <= scores["unanswerable_accuracy"] <= 1.0
+    # per-item results of both evaluations, the same rows and prompts, pairable by id
+    from ssr.eval.items import load_items
+
+    items = load_items(run)
+    assert set(items) == {"base", "epoch_0"}
+    for tag, stage in (("base", "base"), ("epoch_0", "final")):
+        rows = items[tag]["tasks.in_domain"]
+        assert len(rows) == 4 and len(items[tag]["self_drift"]) == 4
+        mean = sum(r["unanswerable_correct"] for r in rows.values()) / 4
+        assert mean == pytest.approx(ev[stage]["tasks"]["in_domain"]["unanswerable_accuracy"])
+    assert set(items["base"]["tasks.in_domain"]) == set(items["epoch_0"]["tasks.in_domain"])
+    assert json.loads((run / "summary.json").read_text())["lr"] == cfg.optim.lr
+    # kl_task beside self-drift: 0 for the base model, per training row in the items
+    assert drift["base"]["scores"]["kl_task"]["kl"] == pytest.approx(0.0, abs=1e-4)
+    assert drift["epochs"][0]["scores"]["kl_task"]["n_rows"] == 16
+    assert len(items["epoch_0"]["kl_task"]) == 16
 
 
 def test_ssr_eval_scores_a_trained_adapter(tiny_cfg):
@@ -169,6 +185,9 @@ def test_ssr_eval_scores_a_trained_adapter(tiny_cfg):
     result = evaluate(cfg)
     saved = json.loads((adapter / "eval.json").read_text())
     assert saved["final"]["tasks"]["in_domain"]["n"] == 4 == result["final"]["tasks"]["in_domain"]["n"]
+    from ssr.eval.items import load_items
+
+    assert len(load_items(adapter)["eval"]["tasks.in_domain"]) == 4
 
 
 def test_a_finished_job_leaves_no_model_or_trainer_alive(tiny_cfg):

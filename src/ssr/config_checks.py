@@ -23,6 +23,7 @@ from typing import Any
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import InterpolationResolutionError
 
+from ssr.losses import LOSSES
 from ssr.precision import PRECISION_CHOICES
 
 # trainer.precision: Lightning's names, their short aliases, and `auto` (resolved by ssr-train).
@@ -107,6 +108,7 @@ RULES: tuple[Rule, ...] = (
     _rule("data.ood.*.path", readable_file()),
     # optimisation
     _rule("optim.lr", positive(), optional=False),
+    _rule("loss", one_of(LOSSES)),
     _rule("optim.weight_decay", non_negative()),
     _rule("optim.warmup_ratio", in_range(0, 1, high_open=True)),
     _rule("optim.min_lr_ratio", in_range(0, 1)),
@@ -145,6 +147,8 @@ RULES: tuple[Rule, ...] = (
     _rule("eval.tasks.max_new_tokens", int_at_least(1)),
     _rule("eval.tasks.max_prompt_tokens", int_at_least(1)),
     _rule("eval.self_drift.limit", int_at_least(1)),
+    _rule("eval.kl_task.max_rows", int_at_least(1)),
+    _rule("eval.kl_task.batch_size", int_at_least(1)),
     _rule("eval.self_drift.max_new_tokens", int_at_least(1)),
     _rule("eval.self_drift.batch_size", int_at_least(1)),
     _rule("eval.self_drift.prompts_file", readable_file()),

@@ -24,7 +24,7 @@ from ssr.data.prompts import PromptConfig, prompt_token_budget
 from ssr.data.tokenize import IGNORE_INDEX, Tokenized, TokenizeReport, tokenize_all
 from ssr.generation import BaseModelGenerator, GeneratorConfig
 from ssr.judges.base import Judge
-from ssr.methods import MethodConfig, SelectionStats
+from ssr.methods import MethodConfig, SelectionStats, trained
 from ssr.models import ModelSpec, load_tokenizer
 from ssr.paths import cache_root
 from ssr.pipeline import read_selection, run_selection
@@ -261,9 +261,10 @@ class SSRDataModule(L.LightningDataModule):
                 f"({len(selections)} selections, {len(by_id)} records, unknown ids {missing[:3]}); "
                 "delete it to rebuild"
             )
-        records = [by_id[s.id] for s in selections]
+        kept = trained(selections)  # method=self_only drops the rows whose own answer was rejected
+        records = [by_id[s.id] for s in kept]
         self.train_rows, self.tokenize_report = tokenize_all(
-            self.tokenizer, records, [s.target for s in selections], self.prompt, self.max_length
+            self.tokenizer, records, [s.target for s in kept], self.prompt, self.max_length
         )
         if self.val_records:
             self.val_rows, _ = tokenize_all(

@@ -1,9 +1,16 @@
-"""Target selection for sft / ssr / sdft / s3ft: which text each training example learns.
+"""Target selection: which text each training example learns.
 
-sft   gold everywhere
-ssr   the model's own answer where the judge accepts it, gold elsewhere
-sdft  the model's rewrite of the gold answer where the judge accepts it, gold elsewhere
-s3ft  own answer if accepted, else the model's paraphrase of gold if accepted, else gold
+sft        gold everywhere
+dft        gold everywhere, trained with the DFT loss (``loss=dft`` by default; see ssr.losses)
+ssr        the model's own answer where the judge accepts it, gold elsewhere
+self_only  the model's own answer where the judge accepts it; the other rows are dropped
+           (Retaining-by-Doing's Self-SFT, 2510.18874)
+sdft       the model's rewrite of the gold answer where the judge accepts it, gold elsewhere:
+           Self-Distillation Fine-Tuning of Yang et al. 2024 (2402.13669), an offline rewrite
+           of the data. Not the on-policy self-distillation of Shenfeld et al. 2026 (TRL's
+           experimental ``SDFTTrainer``: the student samples, the gold-conditioned model is the
+           teacher). ``sdft_rewrite`` is the unambiguous name of the same method.
+s3ft       own answer if accepted, else the model's paraphrase of gold if accepted, else gold
 """
 
 from __future__ import annotations
@@ -14,8 +21,10 @@ from typing import Any
 
 from ssr.records import Record
 
-SOURCES = ("self", "paraphrase", "rewrite", "gold")
-METHODS = ("sft", "ssr", "sdft", "s3ft")
+SOURCES = ("self", "paraphrase", "rewrite", "gold", "dropped")
+METHODS = ("sft", "dft", "ssr", "self_only", "sdft", "sdft_rewrite", "s3ft")
+ALIASES = {"sdft_rewrite": "sdft"}  # the same method under an unambiguous name
+DROPPED = "dropped"  # self_only: rows whose own answer the judge rejected (not trained on)
 DEFAULT_REWRITE_TEMPLATE = (
     "{prompt}\n\nHere is a reference answer:\n<reference>\n{gold}\n</reference>\n"
     "Write your own answer to the question above. It must say the same thing as the reference "
@@ -32,14 +41,20 @@ class MethodConfig:
     name: str = "sft"
     use_self_for_unanswerable: bool = True
     rewrite_template: str = DEFAULT_REWRITE_TEMPLATE
+    loss: str = "ce"  # the method's default training loss (ce | dft); a top-level `loss=` overrides it
 
     def __post_init__(self) -> None:
+        from ssr.losses import LOSSES
+
         if self.name not in METHODS:
             raise ValueError(f"unknown method {self.name!r}; valid choices: {', '.join(METHODS)}")
+        if self.loss not in LOSSES:
+            raise ValueError(f"unknown method.loss {self.loss!r}; valid choices: {', '.join(LOSSES)}")
+        object.__setattr__(self, "name", ALIASES.get(self.name, self.name))
 
     @property
     def needs_self(self) -> bool:
-        return self.name in ("ssr", "s3ft")
+        return self.name in ("ssr", "self_only", "s3ft")
 
     @property
     def needs_rewrite(self) -> bool:
@@ -47,7 +62,7 @@ class MethodConfig:
 
     @property
     def needs_judge(self) -> bool:
-        return self.name != "sft"
+        return self.name not in ("sft", "dft")
 
 
 @dataclass(frozen=True)
@@ -88,12 +103,14 @@ def select_one(
         rewrite=rewrite.text if rewrite else None,
     )
     own_ok = own is not None and own.accept and (record.answerable or cfg.use_self_for_unanswerable)
-    if cfg.name in ("ssr", "s3ft") and own is None:
+    if cfg.needs_self and own is None:
         raise ValueError(f"method {cfg.name} needs the model's own answer for row {record.id!r}")
     if cfg.name in ("sdft", "s3ft") and rewrite is None:
         raise ValueError(f"method {cfg.name} needs the model's rewrite of gold for row {record.id!r}")
-    if cfg.name in ("ssr", "s3ft") and own_ok:
+    if cfg.needs_self and own_ok:
         return Selection(source="self", target=own.text, verdict=True, score=own.score, **base)
+    if cfg.name == "self_only":
+        return Selection(source=DROPPED, target="", verdict=own.accept, score=own.score, **base)
     if cfg.name == "s3ft" and rewrite.accept:
         return Selection(source="paraphrase", target=rewrite.text, verdict=True, score=rewrite.score, **base)
     if cfg.name == "sdft" and rewrite.accept:
@@ -118,10 +135,21 @@ def select_targets(
     for name, cands in (("own answers", own), ("rewrites", rewrites)):
         if cands is not None and len(cands) != len(records):
             raise ValueError(f"{name}: {len(cands)} for {len(records)} records")
-    return [
+    selections = [
         select_one(cfg, r, own[i] if own else None, rewrites[i] if rewrites else None)
         for i, r in enumerate(records)
     ]
+    if selections and all(s.source == DROPPED for s in selections):
+        raise ValueError(
+            f"method={cfg.name}: the judge accepted none of the {len(selections)} own answers, so "
+            "there is nothing to train on (use method=ssr, a more lenient judge, or more rows)"
+        )
+    return selections
+
+
+def trained(selections: list[Selection]) -> list[Selection]:
+    """The selections that are trained on (``self_only`` drops rejected rows)."""
+    return [s for s in selections if s.source != DROPPED]
 
 
 @dataclass

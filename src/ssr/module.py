@@ -1,4 +1,5 @@
-"""LightningModule: response-only cross-entropy over mixed self/gold targets, LoRA.
+"""LightningModule: response-only loss (cross-entropy, or DFT: ``loss=dft``) over mixed self/gold
+targets, LoRA.
 
 bf16 autocast comes from the Trainer's ``precision: bf16-mixed`` (CPU and GPU) or DeepSpeed's bf16.
 """
@@ -16,10 +17,10 @@ from typing import Any
 
 import lightning as L
 import torch
-import torch.nn.functional as F
 from transformers import PreTrainedModel
 
 from ssr.data.tokenize import IGNORE_INDEX
+from ssr.losses import LOSSES, summed_token_loss
 from ssr.models import SPEC_FILE, ModelSpec, apply_peft, cast_frozen_linear_weights, load_model
 from ssr.precision import autocast_dtype, trainer_autocast
 
@@ -32,12 +33,23 @@ def response_token_loss(
     attention_mask: torch.Tensor,
     labels: torch.Tensor,
     position_ids: torch.Tensor | None = None,
+    loss: str = "ce",
 ) -> torch.Tensor:
-    """Summed next-token CE over response positions only.
+    """Summed next-token loss (``ce`` or ``dft``, :mod:`ssr.losses`) over response positions only."""
+    logits, targets, _ = response_logits(model, input_ids, attention_mask, labels, position_ids)
+    return summed_token_loss(logits, targets, loss)
 
-    Runs the decoder, then projects to the vocabulary only the hidden states that predict a
-    response token: prompt positions never reach the (large) output layer.
-    """
+
+def response_logits(
+    model: PreTrainedModel,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor,
+    labels: torch.Tensor,
+    position_ids: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Logits of the positions that predict a response token, their targets, and the ``[B, T-1]``
+    mask of those positions. Runs the decoder, then projects to the vocabulary only those hidden
+    states: prompt positions never reach the (large) output layer."""
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
     decoder, head = base.get_decoder(), base.get_output_embeddings()
     hidden = decoder(
@@ -45,8 +57,7 @@ def response_token_loss(
     ).last_hidden_state
     targets = labels[:, 1:]
     mask = targets != IGNORE_INDEX
-    logits = head(hidden[:, :-1][mask])
-    return F.cross_entropy(logits.float(), targets[mask], reduction="sum")
+    return head(hidden[:, :-1][mask]), targets[mask], mask
 
 
 @dataclass
@@ -76,13 +87,17 @@ class SSRModule(L.LightningModule):
         optim: OptimConfig,
         peft: dict[str, Any] | None = None,
         precast_frozen_weights: bool = True,
+        loss: str = "ce",
     ) -> None:
         super().__init__()
+        if loss not in LOSSES:
+            raise ValueError(f"unknown loss {loss!r}; valid choices: {', '.join(LOSSES)}")
         # flat, as the loggers (W&B config, hparams.yaml) have always shown them
-        hparams = {"model": asdict(model), "peft": peft, **asdict(optim)}
+        hparams = {"model": asdict(model), "peft": peft, **asdict(optim), "loss": loss}
         self.save_hyperparameters({**hparams, "precast_frozen_weights": precast_frozen_weights})
         self.spec, self.optim, self.peft_cfg = model, optim, peft
         self.precast_frozen_weights = precast_frozen_weights
+        self.loss = loss
         self.model: PreTrainedModel | None = None
         self.strict_loading = False  # LoRA checkpoints hold only the trainable weights
         self._window_tokens = 0
@@ -169,6 +184,7 @@ class SSRModule(L.LightningModule):
             batch["attention_mask"],
             batch["labels"],
             batch.get("position_ids"),
+            loss=self.loss,
         )
         return loss_sum, int(batch["num_response_tokens"])
 

@@ -21,7 +21,14 @@ from typing import Any
 log = logging.getLogger(__name__)
 
 # Which metric stands for a benchmark in the table (lm-eval metric names).
-PRIMARY_METRIC = {"hellaswag": "acc_norm", "gsm8k": "exact_match", "self_drift": "nll_increase_rel"}
+PRIMARY_METRIC = {
+    "hellaswag": "acc_norm",
+    "gsm8k": "exact_match",
+    "self_drift": "nll_increase_rel",
+}
+# drift measures (lower = less drift), kept out of the benchmark averages (kl_task, in nats per
+# token, is no table column: the paired statistics and the Pareto section report it)
+DRIFT_MEASURES = ("self_drift", "kl_task")
 TASK_COLUMNS = ("unanswerable_f1", "answer_recall")
 
 
@@ -37,6 +44,7 @@ class Run:
     # per epoch: epoch (train + val), drift (suite + self-drift), tasks (task metrics), eval (all)
     seconds: list[dict[str, float]] = field(default_factory=list)
     wall_s: float | None = None
+    lr: float | None = None
 
 
 def _flatten(scores: dict[str, Any], prefix: str = "") -> dict[str, float]:
@@ -59,6 +67,7 @@ def load_run(path: Path) -> Run:
         seed=int(summary.get("seed", 0)),
         selection=summary.get("selection"),
         wall_s=summary.get("wall_s"),
+        lr=summary.get("lr", _config_lr(path)),
     )
     if (path / "eval.json").is_file():
         ev = json.loads((path / "eval.json").read_text())
@@ -78,6 +87,17 @@ def load_run(path: Path) -> Run:
         if run.epochs:
             run.final.update(run.epochs[-1])
     return run
+
+
+def _config_lr(path: Path) -> float | None:
+    """``optim.lr`` from the run's ``.hydra/config.yaml`` (runs whose summary has no ``lr``)."""
+    config = path / ".hydra" / "config.yaml"
+    if not config.is_file():
+        return None
+    import yaml
+
+    lr = ((yaml.safe_load(config.read_text()) or {}).get("optim") or {}).get("lr")
+    return float(lr) if lr is not None else None
 
 
 def find_runs(paths: list[Path]) -> list[Run]:
@@ -148,7 +168,7 @@ def relative_change(
     changes = [
         (scores[k] - run.base[k]) / (abs(run.base[k]) if relative else 1.0)
         for k in keys
-        if k in scores and k in run.base and run.base[k] and "self_drift" not in k
+        if k in scores and k in run.base and run.base[k] and not any(d in k for d in DRIFT_MEASURES)
     ]
     return statistics.fmean(changes) if changes else None
 
@@ -270,21 +290,19 @@ def plot_drift(runs: list[Run], out_dir: Path) -> list[Path]:
         name = key.split("/", 1)[1]
         ax.set(title=name, xlabel="epoch (0 = base)", ylabel=name.split("/")[-1])
         ax.legend()
-        fig.tight_layout()
-        path = out_dir / f"drift_{name.replace('/', '_').replace(',', '_')}.png"
-        fig.savefig(path, dpi=110)
-        plt.close(fig)
-        paths.append(path)
+        paths.append(save_figure(fig, out_dir, f"drift_{name.replace('/', '_').replace(',', '_')}.png"))
     return paths
 
 
 def plot_summary(runs: list[Run], out_dir: Path) -> Path:
-    """``drift_summary.png``: average relative benchmark change and self-drift per epoch, a line per
-    method (mean over seeds, band = min..max over seeds)."""
+    """``drift_summary.png``: average benchmark change and self-drift per epoch, a line per method
+    (mean over seeds; band = 95% CI from the per-item results, min..max over seeds without them)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+
+    from ssr.report_stats import benchmark_band, self_drift_band
 
     bench = benchmark_keys(runs)
     drift_key = next((k for k in bench if "self_drift" in k), None)
@@ -292,12 +310,16 @@ def plot_summary(runs: list[Run], out_dir: Path) -> Path:
         (
             "benchmarks: avg change vs base (points)",
             lambda r, sc: relative_change(r, bench, sc, relative=False),
+            lambda group: benchmark_band(group, bench, runs),
         )
     ]
     if drift_key:
-        panels.append(("self-drift: NLL increase on own answers (%)", lambda r, sc: sc.get(drift_key)))
+        panels.append(
+            ("self-drift: NLL increase on own answers (%)", lambda r, sc: sc.get(drift_key), self_drift_band)
+        )
     fig, axes = plt.subplots(1, len(panels), figsize=(5.2 * len(panels), 3.4), squeeze=False)
-    for ax, (title, value) in zip(axes[0], panels):
+    for ax, (title, value, band) in zip(axes[0], panels):
+        bands: set[str] = set()
         for method, group in _by_method(runs).items():
             # epoch 0 is the base model: both quantities are 0 there by definition
             series = [[0.0] + [100 * v for e in r.epochs if (v := value(r, e)) is not None] for r in group]
@@ -305,35 +327,79 @@ def plot_summary(runs: list[Run], out_dir: Path) -> Path:
             xs = range(n)
             mean = [statistics.fmean(s[i] for s in series) for i in xs]
             (line,) = ax.plot(xs, mean, marker="o", label=f"{method} (n={len(series)})")
-            lo = [min(s[i] for s in series) for i in xs]
-            hi = [max(s[i] for s in series) for i in xs]
+            # band: the 95% CI over items (and seeds) where the runs kept per-item results,
+            # else the min..max over seeds
+            ci = band(group)
+            if ci is not None and len(ci) >= n:
+                lo, hi = [c[0] for c in ci[:n]], [c[1] for c in ci[:n]]
+                bands.add("95% CI (items x seeds)")
+            else:
+                lo = [min(s[i] for s in series) for i in xs]
+                hi = [max(s[i] for s in series) for i in xs]
+                bands.add("min..max over seeds")
             ax.fill_between(xs, lo, hi, color=line.get_color(), alpha=0.15)
         ax.axhline(0, color="grey", lw=0.8)
-        ax.set(title=title, xlabel="epoch (0 = base)")
+        ax.set(title=f"{title}\nband: {', '.join(sorted(bands))}", xlabel="epoch (0 = base)")
         ax.legend(fontsize=8)
+    return save_figure(fig, out_dir, "drift_summary.png")
+
+
+def save_figure(fig: Any, out_dir: Path, name: str) -> Path:
+    """``out_dir/name`` (PNG, 110 dpi); the figure is closed."""
+    import matplotlib.pyplot as plt
+
     fig.tight_layout()
     out_dir.mkdir(parents=True, exist_ok=True)
-    path = out_dir / "drift_summary.png"
+    path = out_dir / name
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
 
 
 def write_report(paths: list[Path], out_dir: Path) -> Path:
-    runs = find_runs(paths)
-    if not runs:
+    from ssr import report_stats as rs
+
+    all_runs = find_runs(paths)
+    if not all_runs:
         raise FileNotFoundError(f"no run directories (with summary.json) under {[str(p) for p in paths]}")
     out_dir.mkdir(parents=True, exist_ok=True)
+    # one learning rate per method, chosen on the in-domain validation task score (not on drift)
+    chosen = rs.choose_lr(all_runs, task_keys(all_runs))
+    runs = [r for r in all_runs if chosen.get(r.method) == r.lr]
+    points = rs.pareto_points(all_runs, task_keys(all_runs), benchmark_keys(all_runs))
     if importlib.util.find_spec("matplotlib") is None:
         log.warning("matplotlib is not installed (pip install 'ssr[report]'): writing the tables only")
         plots = []
     else:
         plots = [plot_summary(runs, out_dir), *plot_drift(runs, out_dir)]
-    export_runs(runs, out_dir / "runs.json")
+        pareto = rs.plot_pareto(points, out_dir)
+        plots += [pareto] if pareto else []
+    export_runs(all_runs, out_dir / "runs.json")
+    item_runs = [r for r in runs if rs.has_items(r)]
+    groups = _by_method(item_runs)
+    bench = benchmark_keys(runs)
+    changes = rs.change_rows(groups, item_runs, bench)
+    differences = rs.difference_rows(groups, "sft", item_runs, bench)
+    (out_dir / "item_stats.json").write_text(
+        json.dumps(
+            {
+                "chosen_lr": chosen,
+                "pareto": points,
+                "change_vs_base": [r.to_dict() for r in changes],
+                "difference_vs_sft": [r.to_dict() for r in differences],
+            },
+            indent=1,
+        )
+    )
     md = [
         "# SSR results",
         "",
-        f"Runs: {len(runs)} from {', '.join(str(p) for p in paths)} (all numbers: `runs.json`)",
+        f"Runs: {len(runs)} from {', '.join(str(p) for p in paths)} (all numbers: `runs.json`)"
+        + (
+            f"; {len(all_runs) - len(runs)} more at other learning rates (Pareto section)"
+            if len(runs) < len(all_runs)
+            else ""
+        ),
         "",
         "Scores in % (mean ± std over seeds) after the last epoch; the base row is the model before "
         "training. `self_drift/nll_increase_rel` is the relative increase (%) of the NLL on the base "
@@ -348,6 +414,17 @@ def write_report(paths: list[Path], out_dir: Path) -> Path:
         "Points (final − base), mean ± std over seeds.",
         "",
         delta_table(runs),
+        "",
+    ]
+    md += _item_sections(changes, differences, len(item_runs), len(runs))
+    md += [
+        "## Learning rate and the task-gain / drift trade-off",
+        "",
+        f"Per method the learning rate with the best mean `{rs.SELECTION_SET}` validation task score "
+        "(mean of its task columns after the last epoch) is chosen; drift never enters the choice. "
+        "Task gain = that score's change vs base (points); one point per method × lr (mean over seeds).",
+        "",
+        rs.pareto_table(points),
         "",
         "## Selection statistics",
         "",
@@ -364,3 +441,24 @@ def write_report(paths: list[Path], out_dir: Path) -> Path:
     report = out_dir / "results.md"
     report.write_text("\n".join(md) + "\n")
     return report
+
+
+def _item_sections(changes: list[Any], differences: list[Any], n_item_runs: int, n_runs: int) -> list[str]:
+    """The paired, per-item statistics sections (empty note when no run kept item files)."""
+    from ssr.report_stats import rows_table
+
+    if not changes:
+        return ["## Paired statistics", "", "No run has per-item results (`eval_items/`): none computed.", ""]
+    note = (
+        f"On the items every one of the {n_item_runs} runs with per-item results shares"
+        + (f" ({n_runs - n_item_runs} runs without them left out)" if n_item_runs < n_runs else "")
+        + ": 95% percentile bootstrap CI over items (and seeds, two-way, when a method has several; "
+        "fixed seed), exact two-sided p-value (McNemar on the discordant items for 0/1 scores, sign "
+        "test otherwise; * = p < 0.05), and the minimum detectable difference of a paired test at "
+        "that many items (α 0.05, 80% power, the observed SD of the per-item differences). Points "
+        "for scores, nats/token for `self_drift/nll` and `kl_task/kl`."
+    )
+    md = ["## Paired change vs base (per item)", "", note, "", rows_table(changes, "method"), ""]
+    if differences:
+        md += ["## Method − SFT (per item, final models)", "", rows_table(differences, "method − sft"), ""]
+    return md

@@ -36,6 +36,7 @@ def write_summary(
     summary: dict[str, Any] = {
         "method": cfg.method.name,
         "seed": cfg.seed,
+        "lr": float(cfg.optim.lr),
         "run_dir": str(run_dir),
         "adapter": str(adapter),
         "global_step": trainer.global_step,

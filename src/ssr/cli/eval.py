@@ -22,6 +22,7 @@ from omegaconf import DictConfig
 from ssr.cli._hydra import CONF_DIR, load_records, resolve_precision
 from ssr.cli.guard import exits_on_config_error, preflight_stage
 from ssr.eval.evaluator import Evaluator, eval_summary, write_json
+from ssr.eval.items import ITEMS_DIR, ItemSink
 from ssr.models import adapter_base_spec, load_model
 
 log = logging.getLogger("ssr.eval")
@@ -42,9 +43,10 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
         model = PeftModel.from_pretrained(model, adapter)
     os.environ["SSR_DATA_ROOT"] = str(Path(cfg.paths.data_root).resolve())  # the local lm-eval tasks
     evaluator = Evaluator.from_config(cfg, load_records(cfg.data, "val", cfg.seed))
-    record = evaluator.evaluate(model, tokenizer, "eval", precision=precision)
-    result = eval_summary([record], model=spec.name_or_path, adapter=adapter, precision=precision)
     out = Path(adapter) if adapter else Path(cfg.paths.output_dir)
+    items = ItemSink(out / ITEMS_DIR, "eval")  # per-item results, as in a training run's evaluations
+    record = evaluator.evaluate(model, tokenizer, "eval", precision=precision, items=items)
+    result = eval_summary([record], model=spec.name_or_path, adapter=adapter, precision=precision)
     out.mkdir(parents=True, exist_ok=True)
     write_json(out / "eval.json", result)
     log.info("wrote %s", out / "eval.json")

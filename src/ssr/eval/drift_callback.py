@@ -1,11 +1,12 @@
 """Lightning callback: evaluate the base model at fit start and the model after every n epochs.
 
-The scores come from :class:`ssr.eval.evaluator.Evaluator` (suite + self-drift + task metrics);
+The scores come from :class:`ssr.eval.evaluator.Evaluator` (suite + self-drift + kl_task + task
+metrics; per-item results under ``<run>/eval_items/<base|epoch_n>/``, :mod:`ssr.eval.items`);
 this file only decides when, keeps training undisturbed, and reports. Each evaluation is logged to
 every logger as ``drift/<task>/<metric>`` and ``drift_delta/<task>/<metric>`` (minus the base), as
 a W&B table for W&B loggers, and written to ``drift.json`` (and the task metrics to ``eval.json``)::
 
-    {"suite": {...}, "self_drift": {...},
+    {"suite": {...}, "self_drift": {...}, "kl_task": {...},
      "base": {"stage": "base", "epoch": -1, "step": 0, "scores": {task: {metric: value}}},
      "epochs": [{"stage": "epoch", "epoch": 0, "step": 40, "scores": {...}, "delta": {...}}, ...]}
 """
@@ -26,6 +27,7 @@ import torch
 from lightning.pytorch.loggers import WandbLogger
 
 from ssr.eval.evaluator import SELF_DRIFT_KEY, EvalRecord, Evaluator, eval_summary, write_json
+from ssr.eval.items import ITEMS_DIR, ItemSink, epoch_tag
 from ssr.eval.self_drift import SelfDriftReference
 from ssr.eval.suite import Scores
 from ssr.precision import trainer_autocast
@@ -87,7 +89,7 @@ class GeneralizationDriftCallback(pl.Callback):
 
     def __init__(
         self,
-        evaluator: Evaluator,
+        evaluator: Evaluator | None,
         every_n_epochs: int = 1,
         run_dir: str | Path | None = None,
         mixed_precision: str = "auto",
@@ -104,7 +106,7 @@ class GeneralizationDriftCallback(pl.Callback):
 
     @property
     def enabled(self) -> bool:
-        return self.active and self.evaluator.has_work
+        return self.active and self.evaluator is not None and self.evaluator.has_work
 
     @property
     def base_scores(self) -> Scores | None:
@@ -130,13 +132,14 @@ class GeneralizationDriftCallback(pl.Callback):
             self._evaluate(trainer, pl_module, "epoch")
 
     def state_dict(self) -> dict[str, Any]:
-        ref = self.evaluator.reference
+        ref = self.evaluator.reference if self.evaluator is not None else None
         return {"records": self.records, "reference": ref.__dict__ if ref is not None else None}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.records = list(state_dict.get("records", []))
         ref = state_dict.get("reference")
-        self.evaluator.reference = SelfDriftReference(**ref) if ref else None
+        if self.evaluator is not None:
+            self.evaluator.reference = SelfDriftReference(**ref) if ref else None
 
     # --- one evaluation ---------------------------------------------------------------------------
     def _tokenizer(self, trainer: pl.Trainer) -> Any:
@@ -185,8 +188,10 @@ class GeneralizationDriftCallback(pl.Callback):
         if ev.self_drift.enabled and ev.reference is None:
             with torch.no_grad():
                 ev.ensure_reference(model, tokenizer, precision).save(self._run_dir(trainer) / REFERENCE_FILE)
+        ev.prepare_kl_task(getattr(trainer, "datamodule", None), tokenizer)
+        items = self._items(trainer, stage)
         if stage == "base":
-            return ev.evaluate_base(model, tokenizer, precision=precision, step=trainer.global_step)
+            return ev.evaluate_base(model, tokenizer, precision=precision, step=trainer.global_step, items=items)
         last = trainer.max_epochs is not None and trainer.current_epoch + 1 >= trainer.max_epochs
         return ev.evaluate(
             model,
@@ -196,7 +201,13 @@ class GeneralizationDriftCallback(pl.Callback):
             epoch=trainer.current_epoch,
             step=trainer.global_step,
             with_tasks=last or ev.tasks.every_epoch,
+            items=items,
         )
+
+    def _items(self, trainer: pl.Trainer, stage: str) -> ItemSink:
+        """Where this evaluation's per-item results go (``<run>/eval_items/<base|epoch_n>/``)."""
+        tag = "base" if stage == "base" else epoch_tag(trainer.current_epoch)
+        return ItemSink(self._run_dir(trainer) / ITEMS_DIR, tag)
 
     def _log(self, trainer: pl.Trainer, record: EvalRecord) -> None:
         metrics = flat_metrics(record["scores"], "drift")
@@ -223,6 +234,7 @@ class GeneralizationDriftCallback(pl.Callback):
             {
                 "suite": asdict(self.evaluator.suite),
                 "self_drift": asdict(self.evaluator.self_drift),
+                "kl_task": asdict(self.evaluator.kl_task.cfg),
                 "base": next((r for r in self.records if r["stage"] == "base"), None),
                 "epochs": [{**r, "delta": score_deltas(r["scores"], base) if base else None} for r in epochs],
             },

@@ -7,6 +7,7 @@ from typing import Any
 
 from ssr.data.prompts import PromptConfig
 from ssr.eval.evaluator import SELF_DRIFT_KEY, Evaluator
+from ssr.eval.items import ItemSink
 from ssr.eval.self_drift import SelfDriftConfig, SelfDriftReference
 from ssr.eval.suite import Scores, SuiteConfig
 from ssr.eval.task_sets import TaskMetricsConfig
@@ -24,11 +25,12 @@ def evaluate_model(
     reference: SelfDriftReference | None = None,
     mixed_precision: Any = "auto",
     data_root: str | None = None,
+    items: ItemSink | None = None,
 ) -> Scores:
     """``Evaluator.drift_scores`` of ``model`` (no task metrics)."""
     evaluator = Evaluator(suite, self_drift, TaskMetricsConfig(), PromptConfig(), {}, 1, data_root)
     evaluator.reference = reference
     model.eval()
     return evaluator.drift_scores(
-        model, tokenizer, autocast_dtype(mixed_precision, next(model.parameters()).device.type)
+        model, tokenizer, autocast_dtype(mixed_precision, next(model.parameters()).device.type), items
     )

@@ -1,4 +1,4 @@
-"""One evaluation of a model: the lm-eval suite, self-drift and the grounded-QA task metrics.
+"""One evaluation of a model: the lm-eval suite, self-drift, kl_task and the grounded-QA task metrics.
 
 The drift callback (base at fit start, then after epochs) and ``ssr-eval`` both call
 :meth:`Evaluator.evaluate`, which returns one :data:`EvalRecord`; :func:`eval_summary` turns a
@@ -21,6 +21,8 @@ from omegaconf import DictConfig
 
 from ssr.data.prompts import PromptConfig, prompt_token_budget
 from ssr.eval.grounded import evaluate_grounded
+from ssr.eval.items import LM_EVAL_PREFIX, ItemSink, lm_eval_rows
+from ssr.eval.kl_task import KL_TASK_KEY, KLTask, KLTaskConfig, own_answer_rows
 from ssr.eval.self_drift import (
     SelfDriftConfig,
     SelfDriftReference,
@@ -49,7 +51,10 @@ class Evaluator:
     """Suite + self-drift + task metrics of a model, with the base evaluation cached.
 
     ``task_sets``: held-out grounded-QA record sets (``in_domain``, ``ood_<name>``) scored with the
-    task metrics; ``max_prompt_tokens``: the prompt budget of their questions (documents are cut).
+    task metrics; ``max_prompt_tokens``: the prompt budget of their questions (documents are cut);
+    ``kl_task``: KL(pi0 || pi) on training prompts, whose rows come from the datamodule
+    (:meth:`prepare_kl_task`). Every stage writes its per-item results to the ``items`` sink it is
+    given (:mod:`ssr.eval.items`).
     """
 
     def __init__(
@@ -62,8 +67,10 @@ class Evaluator:
         max_prompt_tokens: int,
         data_root: str | None = None,
         cache_base: bool = True,
+        kl_task: KLTaskConfig | None = None,
     ) -> None:
         self.suite, self.self_drift, self.tasks, self.prompt = suite, self_drift, tasks, prompt
+        self.kl_task = KLTask(kl_task or KLTaskConfig(enabled=False))
         self.task_sets = {name: records for name, records in task_sets.items() if records}
         self.max_prompt_tokens, self.data_root, self.cache_base = max_prompt_tokens, data_root, cache_base
         self.reference: SelfDriftReference | None = None
@@ -88,6 +95,7 @@ class Evaluator:
             max_prompt_tokens=budget,
             data_root=str(Path(cfg.paths.data_root).resolve()),
             cache_base=ev.callback.cache_base,
+            kl_task=checked_dataclass(KLTaskConfig, ev.kl_task, "eval.kl_task"),
         )
 
     @property
@@ -101,8 +109,23 @@ class Evaluator:
             self.reference = build_reference(model, tokenizer, self.self_drift, dtype)
         return self.reference
 
-    def drift_scores(self, model: Any, tokenizer: Any, dtype: torch.dtype | None) -> Scores:
-        """``{task_or_group: {metric: value}}`` plus ``{"self_drift": {"nll", "nll_increase", ...}}``."""
+    def prepare_kl_task(self, datamodule: Any, tokenizer: Any) -> None:
+        """The training prompts and the base model's own answers that ``kl_task`` scores (once)."""
+        if not self.kl_task.enabled or self.kl_task.rows:
+            return
+        if not hasattr(datamodule, "train_records"):
+            log.warning("drift: kl_task skipped (the datamodule has no train_records)")
+            self.kl_task.cfg.enabled = False
+            return
+        ids, rows = own_answer_rows(datamodule, self.kl_task.cfg.max_rows)
+        pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+        self.kl_task.set_rows(ids, rows, pad)
+
+    def drift_scores(
+        self, model: Any, tokenizer: Any, dtype: torch.dtype | None, items: ItemSink | None = None
+    ) -> Scores:
+        """``{task_or_group: {metric: value}}`` plus ``{"self_drift": {"nll", "nll_increase", ...}}``
+        and ``{"kl_task": {"kl", "n_rows"}}`` (when its rows are set)."""
         scores: Scores = {}
         if self.suite.tasks:
             scores.update(
@@ -118,16 +141,23 @@ class Evaluator:
                     apply_chat_template=self.suite.apply_chat_template,
                     max_length=self.suite.max_length,
                     data_root=self.data_root,
+                    on_samples=None
+                    if items is None
+                    else lambda task, samples: items.write(LM_EVAL_PREFIX + task, lm_eval_rows(samples)),
                 )
             )
         if self.self_drift.enabled:
             ref = self.ensure_reference(model, tokenizer, dtype)
             scores[SELF_DRIFT_KEY] = self_drift_scores(
-                model, tokenizer, ref, self.self_drift.batch_size, dtype
+                model, tokenizer, ref, self.self_drift.batch_size, dtype, items=items
             )
+        if self.kl_task.enabled and self.kl_task.rows:
+            scores[KL_TASK_KEY] = self.kl_task.scores(model, dtype, items)
         return scores
 
-    def task_scores(self, model: Any, tokenizer: Any, dtype: torch.dtype | None) -> dict[str, Any]:
+    def task_scores(
+        self, model: Any, tokenizer: Any, dtype: torch.dtype | None, items: ItemSink | None = None
+    ) -> dict[str, Any]:
         """Grounded-QA task metrics per held-out set."""
         decoding = DecodingConfig(max_new_tokens=self.tasks.max_new_tokens)
         return {
@@ -139,6 +169,8 @@ class Evaluator:
                 decoding,
                 max_prompt_tokens=self.max_prompt_tokens,
                 precision=dtype,
+                items=items,
+                items_source=name,
             )[0]
             for name, records in self.task_sets.items()
         }
@@ -154,6 +186,7 @@ class Evaluator:
         epoch: int | None = None,
         step: int = 0,
         with_tasks: bool = True,
+        items: ItemSink | None = None,
     ) -> EvalRecord:
         """One record: suite + self-drift scores, and task metrics when ``with_tasks``."""
         dtype = autocast_dtype(precision, next(model.parameters()).device.type)
@@ -161,32 +194,40 @@ class Evaluator:
         started = time.perf_counter()
         with torch.no_grad():
             record: EvalRecord = {"stage": stage, "epoch": epoch, "step": step}
-            record["scores"] = self.drift_scores(model, tokenizer, dtype)
+            record["scores"] = self.drift_scores(model, tokenizer, dtype, items)
             record["seconds"] = {"drift": round(time.perf_counter() - started, 2)}
             if with_tasks and self.task_sets:
                 started = time.perf_counter()
-                record["tasks"] = self.task_scores(model, tokenizer, dtype)
+                record["tasks"] = self.task_scores(model, tokenizer, dtype, items)
                 record["seconds"]["tasks"] = round(time.perf_counter() - started, 2)
         return record
 
     def evaluate_base(
-        self, model: Any, tokenizer: Any, *, precision: str | None, step: int = 0
+        self, model: Any, tokenizer: Any, *, precision: str | None, step: int = 0, items: ItemSink | None = None
     ) -> EvalRecord:
-        """The base weights' record (PEFT adapters disabled), reused from ``SSR_CACHE/drift_base``:
-        every run of a sweep starts from the same base model, so it is computed once."""
+        """The base weights' record (PEFT adapters disabled), reused from ``SSR_CACHE/drift_base``
+        with its per-item results: every run of a sweep starts from the same base model, so it is
+        computed once."""
         dtype = autocast_dtype(precision, next(model.parameters()).device.type)
         with torch.no_grad():  # built from the base weights (adapters disabled) by build_reference
             reference = self.ensure_reference(model, tokenizer, dtype) if self.self_drift.enabled else None
         cache_file = cache_root() / "drift_base" / f"{self.base_key(model, tokenizer, reference, dtype)}.json"
-        if self.cache_base and cache_file.is_file():
+        cached_items = cache_file.with_suffix(".items")
+        if self.cache_base and cache_file.is_file() and (items is None or cached_items.is_dir()):
             with contextlib.suppress(ValueError, KeyError):
                 cached = json.loads(cache_file.read_text(encoding="utf-8"))
+                if items is not None:
+                    items.copy_from(cached_items)
                 log.info("drift: base evaluation reused from %s", cache_file)
                 return {**cached, "step": step, "cached": True}
         with base_weights(model):
-            record = self.evaluate(model, tokenizer, "base", precision=precision, epoch=-1, step=step)
+            record = self.evaluate(
+                model, tokenizer, "base", precision=precision, epoch=-1, step=step, items=items
+            )
         if self.cache_base:
             cache_file.parent.mkdir(parents=True, exist_ok=True)
+            if items is not None:
+                items.copy_to(cached_items)
             write_json(cache_file, record)
         return record
 
@@ -206,6 +247,7 @@ class Evaluator:
             self.tasks.max_new_tokens,
             self.max_prompt_tokens,
             self.data_root,
+            *([self.kl_task.key()] if self.kl_task.enabled else []),
         )
 
 

@@ -7,7 +7,8 @@ from typing import Any
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from ssr.data.prompts import PromptConfig, generation_prompt
-from ssr.eval.task_metrics import grounded_qa_scores
+from ssr.eval.items import TASKS_PREFIX, ItemSink
+from ssr.eval.task_metrics import aggregate_row_scores, row_scores
 from ssr.generation import DecodingConfig, hf_generate
 from ssr.records import Record
 
@@ -22,11 +23,14 @@ def evaluate_grounded(
     progress: bool = False,
     max_prompt_tokens: int | None = None,
     precision: str | Any = "auto",
+    items: ItemSink | None = None,
+    items_source: str = "in_domain",
 ) -> tuple[dict[str, Any], list[str]]:
     """Scores (unanswerable accuracy/P/R/F1, answer token recall/F1) and the predictions.
 
     ``max_prompt_tokens`` cuts long documents as training does (one 20k-token document would
-    otherwise set the width of its whole generation batch). ``precision``: see :mod:`ssr.precision`."""
+    otherwise set the width of its whole generation batch). ``precision``: see :mod:`ssr.precision`.
+    ``items`` gets each row's prediction and scores as source ``tasks.<items_source>``."""
     prompts = [generation_prompt(tokenizer, r, prompt_cfg, max_prompt_tokens) for r in records]
     predictions = hf_generate(
         model,
@@ -37,5 +41,21 @@ def evaluate_grounded(
         precision=precision,
         progress=progress,
     )
-    rows = [(p, r.meta.get("answers") or r.gold, r.answerable) for p, r in zip(predictions, records)]
-    return grounded_qa_scores(rows, prompt_cfg.unanswerable_sentence).to_dict(), predictions
+    scored = grounded_row_items(records, predictions, prompt_cfg.unanswerable_sentence)
+    if items is not None:
+        items.write(f"{TASKS_PREFIX}{items_source}", scored)
+    return aggregate_row_scores(scored).to_dict(), predictions
+
+
+def grounded_row_items(
+    records: list[Record], predictions: list[str], unanswerable_sentence: str
+) -> list[dict[str, Any]]:
+    """Per-row items (id, prediction, :func:`~ssr.eval.task_metrics.row_scores`)."""
+    return [
+        {
+            "id": r.id,
+            "prediction": p,
+            **row_scores(p, r.meta.get("answers") or r.gold, r.answerable, unanswerable_sentence),
+        }
+        for p, r in zip(predictions, records, strict=True)
+    ]

@@ -19,15 +19,16 @@ from typing import Any
 import torch
 
 from ssr.eval.suite import checked_dataclass
+from ssr.eval.token_nll import row_nll
 from ssr.files import atomic_write_text
 from ssr.generation import DecodingConfig, generate_ids
-from ssr.module import response_token_loss
 from ssr.paths import cache_root
 from ssr.precision import autocast_dtype
-from ssr.records import chunks, content_hash
+from ssr.records import content_hash
 
 PROMPTS_FILE = Path(__file__).parent / "data" / "self_drift_prompts.jsonl"
 REFERENCE_VERSION = 1
+SELF_DRIFT_SOURCE = "self_drift"
 
 
 @dataclass
@@ -128,10 +129,6 @@ def _pad_token_id(tokenizer: Any) -> int:
     return pad
 
 
-def _autocast(model: Any, dtype: torch.dtype | None) -> contextlib.AbstractContextManager:
-    return torch.autocast(_device(model).type, dtype=dtype, enabled=dtype is not None)
-
-
 # --- generation and scoring -----------------------------------------------------------------------
 
 
@@ -165,7 +162,17 @@ def generate_answers(
     return answers, stop_ids
 
 
-@torch.no_grad()
+def response_rows(
+    tokenizer: Any, prompts: Sequence[str], answers: Sequence[str], stop_ids: Sequence[int | None]
+) -> list[tuple[list[int], list[int]]]:
+    """``(input_ids, labels)`` per answer: chat-template prompt masked, response tokens scored."""
+    rows = []
+    for prompt, answer, stop in zip(prompts, answers, stop_ids, strict=True):
+        p, r = prompt_ids(tokenizer, prompt), response_ids(tokenizer, answer, stop)
+        rows.append((p + r, [-100] * len(p) + r))
+    return rows
+
+
 def response_nll(
     model: Any,
     tokenizer: Any,
@@ -176,26 +183,9 @@ def response_nll(
     mixed_precision: str | torch.dtype | None = None,
 ) -> tuple[float, int]:
     """Summed NLL and count of the response tokens (chat template, prompt tokens masked)."""
-    dtype = autocast_dtype(mixed_precision)
-    device, pad = _device(model), _pad_token_id(tokenizer)
-    rows = []
-    for prompt, answer, stop in zip(prompts, answers, stop_ids, strict=True):
-        p, r = prompt_ids(tokenizer, prompt), response_ids(tokenizer, answer, stop)
-        rows.append((p + r, [-100] * len(p) + r))
-    order = sorted(range(len(rows)), key=lambda i: -len(rows[i][0]))
-    total, count = 0.0, 0
-    for batch in chunks(order, batch_size):
-        width = max(len(rows[i][0]) for i in batch)
-        ids = torch.tensor([rows[i][0] + [pad] * (width - len(rows[i][0])) for i in batch], device=device)
-        labels = torch.tensor([rows[i][1] + [-100] * (width - len(rows[i][1])) for i in batch], device=device)
-        mask = (
-            torch.arange(width, device=device)[None, :]
-            < torch.tensor([len(rows[i][0]) for i in batch], device=device)[:, None]
-        ).long()
-        with _autocast(model, dtype):
-            total += response_token_loss(model, ids, mask, labels).item()
-        count += int((labels[:, 1:] != -100).sum())
-    return total, count
+    rows = response_rows(tokenizer, prompts, answers, stop_ids)
+    per_row = row_nll(model, rows, _pad_token_id(tokenizer), batch_size, autocast_dtype(mixed_precision))
+    return sum(t for t, _ in per_row), sum(c for _, c in per_row)
 
 
 # --- reference (base answers) ---------------------------------------------------------------------
@@ -284,17 +274,17 @@ def self_drift_scores(
     reference: SelfDriftReference,
     batch_size: int = 16,
     mixed_precision: str | torch.dtype | None = None,
+    items: Any = None,
 ) -> dict[str, float]:
-    """``nll`` of ``model`` on the reference answers and its increase over the base model's."""
-    total, count = response_nll(
-        model,
-        tokenizer,
-        reference.prompts,
-        reference.answers,
-        reference.stop_ids,
-        batch_size,
-        mixed_precision,
-    )
+    """``nll`` of ``model`` on the reference answers and its increase over the base model's.
+
+    ``items`` (an :class:`ssr.eval.items.ItemSink`) also gets each prompt's NLL (source ``self_drift``).
+    """
+    rows = response_rows(tokenizer, reference.prompts, reference.answers, reference.stop_ids)
+    per_row = row_nll(model, rows, _pad_token_id(tokenizer), batch_size, autocast_dtype(mixed_precision))
+    if items is not None:
+        items.write(SELF_DRIFT_SOURCE, self_drift_item_rows(reference.prompts, per_row))
+    total, count = sum(t for t, _ in per_row), sum(c for _, c in per_row)
     nll = total / max(count, 1)
     return {
         "nll": nll,
@@ -303,3 +293,13 @@ def self_drift_scores(
         if reference.base_nll
         else float("nan"),
     }
+
+
+def self_drift_item_rows(
+    prompts: Sequence[str], per_row: Sequence[tuple[float, int]]
+) -> list[dict[str, Any]]:
+    """One item per prompt, keyed by the prompt's hash: mean NLL per token, summed NLL, tokens."""
+    return [
+        {"id": content_hash(p)[:16], "nll": t / max(c, 1), "nll_sum": t, "n_tokens": c}
+        for p, (t, c) in zip(prompts, per_row, strict=True)
+    ]

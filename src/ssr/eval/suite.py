@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field, fields
 from functools import lru_cache
 from pathlib import Path
@@ -238,6 +238,7 @@ def run_suite(
     max_length: int | None = None,
     data_root: str | Path | None = None,
     quiet: bool = True,
+    on_samples: Callable[[str, list[dict[str, Any]]], None] | None = None,
 ) -> Scores:
     """Evaluate ``model`` on lm-eval ``tasks`` and return ``{task_or_group: {metric: value}}``.
 
@@ -248,6 +249,8 @@ def run_suite(
     explicitly. ``mixed_precision`` sets HFLM's autocast dtype (``bf16``); note that HFLM's own
     ``torch.autocast(enabled=False)`` would override an outer autocast, so it must be set here.
     HFLM switches the model to eval mode; callers that train restore it themselves.
+    ``on_samples(task, samples)`` gets lm-eval's logged per-document samples of every leaf task
+    (``log_samples``); they are dropped once it returns.
     """
     if not tasks:
         return {}
@@ -274,10 +277,13 @@ def run_suite(
             num_fewshot=num_fewshot,
             samples=samples,
             bootstrap_iters=bootstrap_iters,
-            log_samples=False,
+            log_samples=on_samples is not None,
             apply_chat_template=apply_chat_template,
             task_manager=manager,
         )
     if results is None:  # not rank 0 of an lm-eval-managed distributed run
         return {}
+    if on_samples is not None:
+        for task, samples in (results.pop("samples", None) or {}).items():
+            on_samples(task, samples)
     return flatten_results(results)

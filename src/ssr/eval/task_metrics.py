@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass
+from typing import Any
 
 from ssr.textmatch import says_unanswerable, token_f1, token_recall
 
@@ -55,6 +56,22 @@ def precision_recall_f1(tp: int, fp: int, fn: int) -> tuple[float, float, float]
     return precision, recall, f1
 
 
+def row_scores(prediction: str, gold: Gold, answerable: bool, unanswerable_sentence: str) -> dict[str, Any]:
+    """One row's scores: whether it was refused and whether that was right; on answerable rows
+    also the token recall and F1 against the best-matching gold answer."""
+    refused = says_unanswerable(prediction, unanswerable_sentence)
+    row: dict[str, Any] = {
+        "answerable": answerable,
+        "predicted_unanswerable": refused,
+        "unanswerable_correct": float(refused == (not answerable)),
+    }
+    if answerable:
+        refs = _references(gold)
+        row["answer_recall"] = max(token_recall(prediction, ref) for ref in refs)
+        row["answer_f1"] = max(token_f1(prediction, ref) for ref in refs)
+    return row
+
+
 def grounded_qa_scores(
     rows: Iterable[tuple[str, Gold, bool]], unanswerable_sentence: str
 ) -> GroundedQAScores:
@@ -63,23 +80,18 @@ def grounded_qa_scores(
     ``gold`` may be one reference or several (the best-matching one counts). It is ignored on
     unanswerable rows.
     """
-    tp = fp = fn = correct = n = 0
-    recalls: list[float] = []
-    f1s: list[float] = []
-    for prediction, gold, answerable in rows:
-        n += 1
-        predicted_unanswerable = says_unanswerable(prediction, unanswerable_sentence)
-        correct += predicted_unanswerable == (not answerable)
-        if predicted_unanswerable and not answerable:
-            tp += 1
-        elif predicted_unanswerable:
-            fp += 1
-        elif not answerable:
-            fn += 1
-        if answerable:
-            refs = _references(gold)
-            recalls.append(max(token_recall(prediction, ref) for ref in refs))
-            f1s.append(max(token_f1(prediction, ref) for ref in refs))
+    return aggregate_row_scores([row_scores(p, g, a, unanswerable_sentence) for p, g, a in rows])
+
+
+def aggregate_row_scores(scored: Sequence[dict[str, Any]]) -> GroundedQAScores:
+    """The set's scores from :func:`row_scores` rows."""
+    tp = sum(r["predicted_unanswerable"] and not r["answerable"] for r in scored)
+    fp = sum(r["predicted_unanswerable"] and r["answerable"] for r in scored)
+    fn = sum(not r["predicted_unanswerable"] and not r["answerable"] for r in scored)
+    correct = sum(r["unanswerable_correct"] for r in scored)
+    n = len(scored)
+    recalls = [r["answer_recall"] for r in scored if r["answerable"]]
+    f1s = [r["answer_f1"] for r in scored if r["answerable"]]
     precision, recall, f1 = precision_recall_f1(tp, fp, fn)
     n_answerable = len(recalls)
     return GroundedQAScores(

@@ -1,0 +1,122 @@
+"""ssr-report's per-item statistics, lr choice and Pareto plot on hand-built run directories."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from ssr.cli.report import main as report_main
+from ssr.eval.items import ItemSink
+from ssr.report import find_runs
+from ssr.report_stats import change_rows, choose_lr, difference_rows, measures, pareto_points, task_keys_for
+
+BASE_ARC = [1.0] * 12 + [0.0] * 8  # 20 documents, 12 right
+
+
+def _run(root: Path, method: str, seed: int, lr: float, arc: list[float], recall: float, nll: float) -> Path:
+    """A run whose final arc answers are ``arc`` (per document) and in-domain recall ``recall``."""
+    d = root / f"{method}-{lr}-{seed}"
+    d.mkdir(parents=True)
+    (d / "summary.json").write_text(json.dumps({"method": method, "seed": seed, "lr": lr}))
+    tasks = {
+        "base": {"answer_recall": 0.3, "unanswerable_f1": 0.5},
+        "final": {"answer_recall": recall, "unanswerable_f1": 0.5},
+    }
+    (d / "eval.json").write_text(json.dumps({k: {"tasks": {"in_domain": v}} for k, v in tasks.items()}))
+
+    def scores(acc, rel):
+        return {
+            "ssr_arc_easy": {"acc": sum(acc) / len(acc)},
+            "self_drift": {"nll_increase_rel": rel},
+        }
+
+    (d / "drift.json").write_text(
+        json.dumps(
+            {
+                "base": {"scores": scores(BASE_ARC, 0.0)},
+                "epochs": [{"epoch": 0, "scores": scores(arc, nll - 1)}],
+            }
+        )
+    )
+    for tag, acc, prompt_nll in (("base", BASE_ARC, 1.0), ("epoch_0", arc, nll)):
+        sink = ItemSink(d / "eval_items", tag)
+        sink.write("lm_eval.ssr_arc_easy", [{"id": str(i), "acc": a} for i, a in enumerate(acc)])
+        sink.write(
+            "self_drift",
+            [
+                {"id": f"p{i}", "nll": prompt_nll, "nll_sum": 10 * prompt_nll, "n_tokens": 10}
+                for i in range(4)
+            ],
+        )
+    return d
+
+
+def _sweep(root: Path) -> None:
+    # sft: 6 of the 12 right answers lost (McNemar 6 vs 0 discordant); at lr 1e-3 a better task score
+    sft_arc = [1.0] * 6 + [0.0] * 14
+    _run(root, "sft", 1, 1e-4, sft_arc, 0.4, 1.5)
+    _run(root, "sft", 1, 1e-3, sft_arc, 0.6, 2.0)
+    # ssr: one right answer lost, one wrong answer fixed
+    ssr_arc = [1.0] * 11 + [0.0, 1.0] + [0.0] * 7
+    _run(root, "ssr", 1, 1e-4, ssr_arc, 0.5, 1.1)
+
+
+def test_lr_is_chosen_on_the_task_score_and_stats_are_paired(tmp_path):
+    _sweep(tmp_path)
+    runs = find_runs([tmp_path])
+    keys = task_keys_for(runs)
+    assert choose_lr(runs, keys) == {"sft": 1e-3, "ssr": 1e-4}  # recall 0.6 > 0.4, drift ignored
+    chosen = [r for r in runs if (r.method, r.lr) in {("sft", 1e-3), ("ssr", 1e-4)}]
+    groups = {
+        "sft": [r for r in chosen if r.method == "sft"],
+        "ssr": [r for r in chosen if r.method == "ssr"],
+    }
+    bench = ["suite/ssr_arc_easy/acc", "suite/self_drift/nll_increase_rel"]
+    assert [m.name for m in measures(chosen, bench)] == ["ssr_arc_easy/acc", "self_drift/nll"]
+    rows = {(r.group, r.measure.name): r for r in change_rows(groups, chosen, bench)}
+    sft_arc = rows["sft", "ssr_arc_easy/acc"].estimate
+    # 6 discordant pairs, all one way: two-sided exact p = 2 / 2^6
+    assert sft_arc.mean == pytest.approx(-0.3) and sft_arc.p_value == pytest.approx(2 / 64)
+    assert sft_arc.test == "mcnemar" and sft_arc.n_items == 20 and sft_arc.hi < 0
+    assert rows["ssr", "ssr_arc_easy/acc"].estimate.p_value == pytest.approx(1.0)  # 1 vs 1
+    assert rows["sft", "self_drift/nll"].estimate.mean == pytest.approx(1.0)
+    diff = {r.measure.name: r for r in difference_rows(groups, "sft", chosen, bench)}
+    # ssr - sft on arc: +0.3; ssr right where sft is wrong on 6 docs, never the reverse
+    assert diff["ssr_arc_easy/acc"].estimate.mean == pytest.approx(0.3)
+    assert diff["ssr_arc_easy/acc"].estimate.p_value == pytest.approx(2 / 64)
+    assert diff["ssr_arc_easy/acc"].mdd > 0
+    points = pareto_points(runs, keys, bench)
+    assert [(p["method"], p["lr"], p["chosen"]) for p in points] == [
+        ("sft", 1e-4, False),
+        ("sft", 1e-3, True),
+        ("ssr", 1e-4, True),
+    ]
+    # task gain: mean of (una F1, recall) change vs base, in points
+    assert points[1]["task_gain"] == pytest.approx(100 * (0.6 - 0.3) / 2)
+    assert points[1]["benchmark_change"] == pytest.approx(-30.0)
+
+
+def test_report_has_the_item_sections_and_the_pareto_plot(tmp_path):
+    _sweep(tmp_path / "runs")
+    report_main([str(tmp_path / "runs"), "--out", str(tmp_path / "out")])
+    md = (tmp_path / "out" / "results.md").read_text()
+    paired = md.split("## Paired change vs base")[1].split("\n## ")[0]
+    assert "| sft | ssr_arc_easy/acc | 20 | 1 | -30.0 * | [" in paired
+    assert "| mcnemar |" in paired and "MDD" in paired
+    assert "## Method − SFT" in md and "| ssr | ssr_arc_easy/acc | 20 | 1 | +30.0 * |" in md
+    assert "more at other learning rates" in md
+    assert (tmp_path / "out" / "pareto.png").stat().st_size > 1000
+    stats = json.loads((tmp_path / "out" / "item_stats.json").read_text())
+    assert stats["chosen_lr"] == {"sft": 1e-3, "ssr": 1e-4} and len(stats["pareto"]) == 3
+    # the main table only holds the chosen lr: one sft run
+    assert "| sft | 1 |" in md.split("## Change vs base")[0]
+
+
+def test_runs_without_item_files_get_a_note(tmp_path):
+    d = _run(tmp_path / "runs", "sft", 1, 1e-4, BASE_ARC, 0.4, 1.0)
+    for f in (d / "eval_items").rglob("*.jsonl"):
+        f.unlink()
+    report_main([str(tmp_path / "runs"), "--out", str(tmp_path / "out")])
+    assert "No run has per-item results" in (tmp_path / "out" / "results.md").read_text()
