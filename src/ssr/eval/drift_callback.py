@@ -87,7 +87,7 @@ class GeneralizationDriftCallback(pl.Callback):
 
     def __init__(
         self,
-        evaluator: Evaluator,
+        evaluator: Evaluator | None,
         every_n_epochs: int = 1,
         run_dir: str | Path | None = None,
         mixed_precision: str = "auto",
@@ -104,7 +104,7 @@ class GeneralizationDriftCallback(pl.Callback):
 
     @property
     def enabled(self) -> bool:
-        return self.active and self.evaluator.has_work
+        return self.active and self.evaluator is not None and self.evaluator.has_work
 
     @property
     def base_scores(self) -> Scores | None:
@@ -130,13 +130,14 @@ class GeneralizationDriftCallback(pl.Callback):
             self._evaluate(trainer, pl_module, "epoch")
 
     def state_dict(self) -> dict[str, Any]:
-        ref = self.evaluator.reference
+        ref = self.evaluator.reference if self.evaluator is not None else None
         return {"records": self.records, "reference": ref.__dict__ if ref is not None else None}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.records = list(state_dict.get("records", []))
         ref = state_dict.get("reference")
-        self.evaluator.reference = SelfDriftReference(**ref) if ref else None
+        if self.evaluator is not None:
+            self.evaluator.reference = SelfDriftReference(**ref) if ref else None
 
     # --- one evaluation ---------------------------------------------------------------------------
     def _tokenizer(self, trainer: pl.Trainer) -> Any:
