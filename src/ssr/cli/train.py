@@ -43,7 +43,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     datamodule = build(cfg.data)
     module = build(cfg.module)
     os.environ["SSR_DATA_ROOT"] = str(Path(cfg.paths.data_root).resolve())  # the local lm-eval tasks
-    evaluator = Evaluator.from_config(cfg, datamodule.val_records, datamodule.ood)
+    enabled = cfg.eval.callback.enabled  # off: the eval settings are not read at all
+    evaluator = Evaluator.from_config(cfg, datamodule.val_records, datamodule.ood) if enabled else None
     runtime = {"config": to_dict(cfg), "run_record": run_record, "evaluator": evaluator}
     callbacks = instantiate_callbacks(cfg.callbacks, **runtime)
     loggers = [build(node) for node in cfg.logger.values() if node is not None]
