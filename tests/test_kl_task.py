@@ -12,7 +12,8 @@ from ssr.eval.suite import checked_dataclass
 
 
 class Bigram(torch.nn.Module):
-    """Next-token logits depend only on the current token: ``table[token]``."""
+    """Next-token logits depend only on the current token: ``table[token]`` (a one-hot "decoder"
+    and the table as the output layer, the two parts ``ssr.module.response_logits`` runs)."""
 
     def __init__(self, table):
         super().__init__()
@@ -20,6 +21,15 @@ class Bigram(torch.nn.Module):
 
     def forward(self, input_ids, attention_mask=None):
         return SimpleNamespace(logits=self.table[input_ids])
+
+    def get_decoder(self):
+        vocab = self.table.shape[0]
+        return lambda input_ids, **_: SimpleNamespace(
+            last_hidden_state=torch.nn.functional.one_hot(input_ids, vocab).float()
+        )
+
+    def get_output_embeddings(self):
+        return lambda hidden: hidden @ self.table
 
 
 # row a: tokens 0 1 1, both 1s scored -> p(1|0), p(1|1); row b: tokens 1 0, the 0 scored -> p(0|1)
