@@ -81,3 +81,28 @@ def test_ssr_judge_audit_writes_the_report(tiny_cfg):
     assert "## unanswerable rows" in (out / "judge_audit.md").read_text()
     with pytest.raises(ValueError, match="no such judge config"):
         audit(tiny_cfg("method=ssr", "+audit.reference=nope"))
+
+
+def test_ssr_judge_audit_subcommand_dispatches(tmp_path):
+    """``ssr-judge audit ...`` (the console script's function) runs the audit, not the judge stage."""
+    import subprocess
+    import sys
+
+    from cli_runs import cli_env
+    from conftest import TINY_OVERRIDES
+
+    out = tmp_path / "out"
+    code = "import sys; from ssr.cli.stages import judge_main; sys.argv[0] = 'ssr-judge'; judge_main()"
+    args = ["audit", *TINY_OVERRIDES, "+audit.reference=rule_qa", f"paths.output_dir={out}"]
+    args += [f"paths.cache_dir={tmp_path / 'cache'}", f"hydra.run.dir={out}"]
+    proc = subprocess.run(
+        [sys.executable, "-c", code, *args],
+        cwd=tmp_path,
+        env=cli_env(),
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    assert json.loads((out / "judge_audit.json").read_text())["all"]["kappa"] == 1.0  # the same judge twice
+    assert not (out / "selection.jsonl").exists()  # the judge stage did not run
