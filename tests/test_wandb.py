@@ -119,7 +119,7 @@ def test_wandb_offline_run_has_config_metrics_and_selection_table(tiny_cfg, monk
     (table_file,) = (files / "media" / "table" / "selection").glob("by_source_*.table.json")
     table = json.loads(table_file.read_text())
     assert table["columns"][:3] == ["source", "count", "share"]
-    assert {row[0] for row in table["data"]} == {"self", "paraphrase", "rewrite", "gold"}
+    assert {row[0] for row in table["data"]} == {"self", "paraphrase", "rewrite", "gold", "dropped"}
     assert sum(row[1] for row in table["data"]) == 16
 
     for path in run_dir.rglob("*"):
