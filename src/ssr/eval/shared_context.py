@@ -16,12 +16,11 @@ from __future__ import annotations
 
 import contextlib
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Any
 
 import torch
 import torch.nn.functional as F
-from lm_eval.models import huggingface as lm_eval_hf
-from lm_eval.models.huggingface import HFLM
 
 Request = tuple[tuple[str, str], list[int], list[int]]
 
@@ -79,98 +78,119 @@ def length_batches(rows: list[PackedRow], size: int) -> list[list[PackedRow]]:
     return batches
 
 
-class SharedContextHFLM(HFLM):
-    """``HFLM`` whose ``_loglikelihood_tokens`` forwards each distinct context once (see module doc)."""
+def __getattr__(name: str) -> Any:
+    """``SharedContextHFLM`` is defined on first use: lm-eval is an optional dependency."""
+    if name == "SharedContextHFLM":
+        return _shared_context_hflm()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
-    def _loglikelihood_tokens(
-        self,
-        requests: list[Request],
-        disable_tqdm: bool = False,
-        override_bs: int | None = None,
-    ) -> list[tuple[float, bool]]:
-        if self.backend != "causal" or not requests:
-            return super()._loglikelihood_tokens(requests, disable_tqdm, override_bs)
-        groups: dict[tuple[int, ...], dict[tuple[int, ...], list[int]]] = {}
-        for i, (_, context, continuation) in enumerate(requests):
-            groups.setdefault(tuple(context), {}).setdefault(tuple(continuation), []).append(i)
-        rows, too_long = [], []
-        for context, by_continuation in groups.items():
-            if len(context) + max(len(c) for c in by_continuation) > self.max_length + 1:
-                too_long.extend(i for members in by_continuation.values() for i in members)
-            else:
-                conts = [list(c) for c in by_continuation]
-                rows.append(pack_group(list(context), conts, list(by_continuation.values())))
-        results: list[tuple[float, bool] | None] = [None] * len(requests)
-        if too_long:
-            fallback = super()._loglikelihood_tokens([requests[i] for i in too_long], True, override_bs)
-            for i, answer in zip(too_long, fallback, strict=True):
-                results[i] = answer
-        rows.sort(key=lambda row: -len(row.tokens))  # longest first, as HFLM (memory errors early)
-        size = int(override_bs or (self.batch_size if self.batch_size != "auto" else 16)) or 16
-        pbar = lm_eval_hf.tqdm(
-            total=len(requests), disable=disable_tqdm or self.rank != 0, desc="Running loglikelihood requests"
-        )
-        pbar.update(len(too_long))
-        for batch in length_batches(rows, size):
-            for row, answers in zip(batch, self._score_rows(batch), strict=True):
-                for members, answer in zip(row.members, answers, strict=True):
-                    for i in members:
-                        results[i] = answer
-                        self.cache_hook.add_partial("loglikelihood", requests[i][0], answer)
-                    pbar.update(len(members))
-        pbar.close()
-        return [answer for answer in results if answer is not None]
 
-    def _score_rows(self, batch: list[PackedRow]) -> list[list[tuple[float, bool]]]:
-        """One forward over right-padded packed rows; logits only at the predicting positions."""
-        length = max(len(row.tokens) for row in batch)
-        pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
-        ids = torch.full((len(batch), length), pad, dtype=torch.long)
-        positions = torch.zeros((len(batch), length), dtype=torch.long)
-        mask = torch.zeros((len(batch), 1, length, length), dtype=torch.bool)
-        for b, row in enumerate(batch):
-            ids[b, : len(row.tokens)] = torch.tensor(row.tokens)
-            positions[b, : len(row.positions)] = torch.tensor(row.positions)
-            mask[b, 0] = tree_mask(row.segments, length)
-        hidden = self._final_hidden(ids.to(self.device), positions.to(self.device), mask.to(self.device))
-        where = [
-            (b, pos, tok) for b, row in enumerate(batch) for targets in row.targets for pos, tok in targets
-        ]
-        b_idx = torch.tensor([w[0] for w in where], device=self.device)
-        p_idx = torch.tensor([w[1] for w in where], device=self.device)
-        wanted = torch.tensor([w[2] for w in where], device=self.device)
-        with self._autocast():
-            logits = self.model.get_output_embeddings()(hidden[b_idx, p_idx])
-        logprobs = F.log_softmax(logits.float(), dim=-1)
-        token_lp = logprobs.gather(1, wanted[:, None]).squeeze(1).tolist()
-        greedy = (logprobs.argmax(dim=-1) == wanted).tolist()
-        out, k = [], 0
-        for row in batch:
-            answers = []
-            for targets in row.targets:
-                n = len(targets)
-                answers.append((float(sum(token_lp[k : k + n])), all(greedy[k : k + n])))
-                k += n
-            out.append(answers)
-        return out
+@lru_cache(maxsize=1)
+def _shared_context_hflm() -> type:
+    from lm_eval.models import huggingface as lm_eval_hf
+    from lm_eval.models.huggingface import HFLM
 
-    def _final_hidden(self, ids: torch.Tensor, positions: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        attn = getattr(self.model.config, "_attn_implementation", "sdpa")
-        if attn != "sdpa":  # eager and others add the mask to the scores
-            mask = torch.zeros(mask.shape, dtype=torch.float32, device=mask.device).masked_fill(
-                ~mask, torch.finfo(torch.float32).min
+    class SharedContextHFLM(HFLM):
+        """``HFLM`` whose ``_loglikelihood_tokens`` forwards each distinct context once (see module doc)."""
+
+        def _loglikelihood_tokens(
+            self,
+            requests: list[Request],
+            disable_tqdm: bool = False,
+            override_bs: int | None = None,
+        ) -> list[tuple[float, bool]]:
+            if self.backend != "causal" or not requests:
+                return super()._loglikelihood_tokens(requests, disable_tqdm, override_bs)
+            groups: dict[tuple[int, ...], dict[tuple[int, ...], list[int]]] = {}
+            for i, (_, context, continuation) in enumerate(requests):
+                groups.setdefault(tuple(context), {}).setdefault(tuple(continuation), []).append(i)
+            rows, too_long = [], []
+            for context, by_continuation in groups.items():
+                if len(context) + max(len(c) for c in by_continuation) > self.max_length + 1:
+                    too_long.extend(i for members in by_continuation.values() for i in members)
+                else:
+                    conts = [list(c) for c in by_continuation]
+                    rows.append(pack_group(list(context), conts, list(by_continuation.values())))
+            results: list[tuple[float, bool] | None] = [None] * len(requests)
+            if too_long:
+                fallback = super()._loglikelihood_tokens([requests[i] for i in too_long], True, override_bs)
+                for i, answer in zip(too_long, fallback, strict=True):
+                    results[i] = answer
+            rows.sort(key=lambda row: -len(row.tokens))  # longest first, as HFLM (memory errors early)
+            size = int(override_bs or (self.batch_size if self.batch_size != "auto" else 16)) or 16
+            pbar = lm_eval_hf.tqdm(
+                total=len(requests),
+                disable=disable_tqdm or self.rank != 0,
+                desc="Running loglikelihood requests",
             )
-        with torch.no_grad(), self._autocast():
-            out = self.model.get_decoder()(
-                input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=False
-            )
-        return out.last_hidden_state
+            pbar.update(len(too_long))
+            for batch in length_batches(rows, size):
+                for row, answers in zip(batch, self._score_rows(batch), strict=True):
+                    for members, answer in zip(row.members, answers, strict=True):
+                        for i in members:
+                            results[i] = answer
+                            self.cache_hook.add_partial("loglikelihood", requests[i][0], answer)
+                        pbar.update(len(members))
+            pbar.close()
+            return [answer for answer in results if answer is not None]
 
-    def _autocast(self) -> contextlib.AbstractContextManager:
-        dtype = self.mixed_precision_dtype
-        if dtype is None:
-            return contextlib.nullcontext()
-        return torch.autocast(device_type=self.device.type, dtype=dtype)
+        def _score_rows(self, batch: list[PackedRow]) -> list[list[tuple[float, bool]]]:
+            """One forward over right-padded packed rows; logits only at the predicting positions."""
+            length = max(len(row.tokens) for row in batch)
+            pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
+            ids = torch.full((len(batch), length), pad, dtype=torch.long)
+            positions = torch.zeros((len(batch), length), dtype=torch.long)
+            mask = torch.zeros((len(batch), 1, length, length), dtype=torch.bool)
+            for b, row in enumerate(batch):
+                ids[b, : len(row.tokens)] = torch.tensor(row.tokens)
+                positions[b, : len(row.positions)] = torch.tensor(row.positions)
+                mask[b, 0] = tree_mask(row.segments, length)
+            hidden = self._final_hidden(ids.to(self.device), positions.to(self.device), mask.to(self.device))
+            where = [
+                (b, pos, tok)
+                for b, row in enumerate(batch)
+                for targets in row.targets
+                for pos, tok in targets
+            ]
+            b_idx = torch.tensor([w[0] for w in where], device=self.device)
+            p_idx = torch.tensor([w[1] for w in where], device=self.device)
+            wanted = torch.tensor([w[2] for w in where], device=self.device)
+            with self._autocast():
+                logits = self.model.get_output_embeddings()(hidden[b_idx, p_idx])
+            logprobs = F.log_softmax(logits.float(), dim=-1)
+            token_lp = logprobs.gather(1, wanted[:, None]).squeeze(1).tolist()
+            greedy = (logprobs.argmax(dim=-1) == wanted).tolist()
+            out, k = [], 0
+            for row in batch:
+                answers = []
+                for targets in row.targets:
+                    n = len(targets)
+                    answers.append((float(sum(token_lp[k : k + n])), all(greedy[k : k + n])))
+                    k += n
+                out.append(answers)
+            return out
+
+        def _final_hidden(
+            self, ids: torch.Tensor, positions: torch.Tensor, mask: torch.Tensor
+        ) -> torch.Tensor:
+            attn = getattr(self.model.config, "_attn_implementation", "sdpa")
+            if attn != "sdpa":  # eager and others add the mask to the scores
+                mask = torch.zeros(mask.shape, dtype=torch.float32, device=mask.device).masked_fill(
+                    ~mask, torch.finfo(torch.float32).min
+                )
+            with torch.no_grad(), self._autocast():
+                out = self.model.get_decoder()(
+                    input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=False
+                )
+            return out.last_hidden_state
+
+        def _autocast(self) -> contextlib.AbstractContextManager:
+            dtype = self.mixed_precision_dtype
+            if dtype is None:
+                return contextlib.nullcontext()
+            return torch.autocast(device_type=self.device.type, dtype=dtype)
+
+    return SharedContextHFLM
 
 
 def supports_shared_context(model: Any) -> bool:
