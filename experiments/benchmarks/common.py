@@ -26,10 +26,19 @@ for _k, _v in OFFLINE_ENV.items():
     os.environ.setdefault(_k, _v)
 os.environ.setdefault("SSR_DATA_ROOT", "/work/shared/data")
 
-# The same adapter for every contender: LoRA r16 on every linear layer (conf/peft/lora.yaml).
-LORA = {"r": 16, "lora_alpha": 32, "lora_dropout": 0.05, "target_modules": "all-linear", "bias": "none"}
-LR = 2e-4
-MAX_LENGTH = 512
+
+def shipped(path: str) -> Any:
+    """A file of the shipped config tree (``conf/``), so the benchmark runs what users run."""
+    from omegaconf import OmegaConf
+
+    return OmegaConf.load(REPO / "conf" / path)
+
+
+# The same adapter, learning rate and row length for every contender, read from the shipped
+# config: LoRA (conf/peft/lora.yaml), optim.lr (conf/train.yaml), SQuAD rows (conf/data/squad_v2.yaml).
+LORA: dict[str, Any] = dict(shipped("peft/lora.yaml"))
+LR = float(shipped("train.yaml").optim.lr)
+MAX_LENGTH = int(shipped("data/squad_v2.yaml").max_length)
 
 
 def squad_path() -> Path:
