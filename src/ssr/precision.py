@@ -217,6 +217,13 @@ def autocast_dtype(name: str | torch.dtype | None, device: str = "cpu") -> torch
     raise ValueError(f"unknown precision {name!r}; use auto, bf16, fp16, none or a Lightning precision")
 
 
+def autocast_to(device_type: str, dtype: torch.dtype | None) -> contextlib.AbstractContextManager:
+    """``torch.autocast`` to ``dtype`` on ``device_type``, or no autocast when ``dtype`` is None."""
+    if dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device_type, dtype=dtype)
+
+
 def trainer_autocast(trainer: Any) -> str | None:
     """The autocast dtype a Lightning Trainer trains under: ``bf16``/``fp16`` for ``*-mixed``
     precision, else ``None``."""

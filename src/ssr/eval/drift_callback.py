@@ -191,7 +191,9 @@ class GeneralizationDriftCallback(pl.Callback):
         ev.prepare_kl_task(getattr(trainer, "datamodule", None), tokenizer)
         items = self._items(trainer, stage)
         if stage == "base":
-            return ev.evaluate_base(model, tokenizer, precision=precision, step=trainer.global_step, items=items)
+            return ev.evaluate_base(
+                model, tokenizer, precision=precision, step=trainer.global_step, items=items
+            )
         last = trainer.max_epochs is not None and trainer.current_epoch + 1 >= trainer.max_epochs
         return ev.evaluate(
             model,

@@ -28,6 +28,7 @@ from ssr.eval.self_drift import (
     SelfDriftReference,
     base_weights,
     build_reference,
+    pad_token_id,
     self_drift_scores,
     weights_fingerprint,
 )
@@ -118,8 +119,7 @@ class Evaluator:
             self.kl_task.cfg.enabled = False
             return
         ids, rows = own_answer_rows(datamodule, self.kl_task.cfg.max_rows)
-        pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-        self.kl_task.set_rows(ids, rows, pad)
+        self.kl_task.set_rows(ids, rows, pad_token_id(tokenizer))
 
     def drift_scores(
         self, model: Any, tokenizer: Any, dtype: torch.dtype | None, items: ItemSink | None = None
@@ -203,7 +203,13 @@ class Evaluator:
         return record
 
     def evaluate_base(
-        self, model: Any, tokenizer: Any, *, precision: str | None, step: int = 0, items: ItemSink | None = None
+        self,
+        model: Any,
+        tokenizer: Any,
+        *,
+        precision: str | None,
+        step: int = 0,
+        items: ItemSink | None = None,
     ) -> EvalRecord:
         """The base weights' record (PEFT adapters disabled), reused from ``SSR_CACHE/drift_base``
         with its per-item results: every run of a sweep starts from the same base model, so it is

@@ -122,7 +122,8 @@ def _device(model: Any) -> torch.device:
     return next(model.parameters()).device
 
 
-def _pad_token_id(tokenizer: Any) -> int:
+def pad_token_id(tokenizer: Any) -> int:
+    """The tokenizer's pad token, else its eos token (padding is masked either way)."""
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     if pad is None:
         raise ValueError("tokenizer has neither a pad nor an eos token")
@@ -145,7 +146,7 @@ def generate_answers(
     new_ids = generate_ids(
         model,
         [prompt_ids(tokenizer, p) for p in prompts],
-        _pad_token_id(tokenizer),
+        pad_token_id(tokenizer),
         {
             **DecodingConfig(max_new_tokens=max_new_tokens).hf_kwargs(),
             "eos_token_id": sorted(stops) or None,
@@ -183,9 +184,22 @@ def response_nll(
     mixed_precision: str | torch.dtype | None = None,
 ) -> tuple[float, int]:
     """Summed NLL and count of the response tokens (chat template, prompt tokens masked)."""
-    rows = response_rows(tokenizer, prompts, answers, stop_ids)
-    per_row = row_nll(model, rows, _pad_token_id(tokenizer), batch_size, autocast_dtype(mixed_precision))
+    per_row = response_row_nll(model, tokenizer, prompts, answers, stop_ids, batch_size, mixed_precision)
     return sum(t for t, _ in per_row), sum(c for _, c in per_row)
+
+
+def response_row_nll(
+    model: Any,
+    tokenizer: Any,
+    prompts: Sequence[str],
+    answers: Sequence[str],
+    stop_ids: Sequence[int | None],
+    batch_size: int = 16,
+    mixed_precision: str | torch.dtype | None = None,
+) -> list[tuple[float, int]]:
+    """Per prompt: summed NLL and count of its response tokens."""
+    rows = response_rows(tokenizer, prompts, answers, stop_ids)
+    return row_nll(model, rows, pad_token_id(tokenizer), batch_size, autocast_dtype(mixed_precision))
 
 
 # --- reference (base answers) ---------------------------------------------------------------------
@@ -280,8 +294,15 @@ def self_drift_scores(
 
     ``items`` (an :class:`ssr.eval.items.ItemSink`) also gets each prompt's NLL (source ``self_drift``).
     """
-    rows = response_rows(tokenizer, reference.prompts, reference.answers, reference.stop_ids)
-    per_row = row_nll(model, rows, _pad_token_id(tokenizer), batch_size, autocast_dtype(mixed_precision))
+    per_row = response_row_nll(
+        model,
+        tokenizer,
+        reference.prompts,
+        reference.answers,
+        reference.stop_ids,
+        batch_size,
+        mixed_precision,
+    )
     if items is not None:
         items.write(SELF_DRIFT_SOURCE, self_drift_item_rows(reference.prompts, per_row))
     total, count = sum(t for t, _ in per_row), sum(c for _, c in per_row)

@@ -22,6 +22,9 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from ssr.eval.self_drift import pad_token_id
+from ssr.precision import autocast_to
+
 Request = tuple[tuple[str, str], list[int], list[int]]
 
 
@@ -137,7 +140,7 @@ def _shared_context_hflm() -> type:
         def _score_rows(self, batch: list[PackedRow]) -> list[list[tuple[float, bool]]]:
             """One forward over right-padded packed rows; logits only at the predicting positions."""
             length = max(len(row.tokens) for row in batch)
-            pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
+            pad = pad_token_id(self.tokenizer)
             ids = torch.full((len(batch), length), pad, dtype=torch.long)
             positions = torch.zeros((len(batch), length), dtype=torch.long)
             mask = torch.zeros((len(batch), 1, length, length), dtype=torch.bool)
@@ -185,10 +188,7 @@ def _shared_context_hflm() -> type:
             return out.last_hidden_state
 
         def _autocast(self) -> contextlib.AbstractContextManager:
-            dtype = self.mixed_precision_dtype
-            if dtype is None:
-                return contextlib.nullcontext()
-            return torch.autocast(device_type=self.device.type, dtype=dtype)
+            return autocast_to(self.device.type, self.mixed_precision_dtype)
 
     return SharedContextHFLM
 

@@ -284,6 +284,6 @@ def run_suite(
     if results is None:  # not rank 0 of an lm-eval-managed distributed run
         return {}
     if on_samples is not None:
-        for task, samples in (results.pop("samples", None) or {}).items():
-            on_samples(task, samples)
+        for task, logged in (results.pop("samples", None) or {}).items():
+            on_samples(task, logged)
     return flatten_results(results)

@@ -7,17 +7,17 @@ positions that are not scored.
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import Sequence
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 
+from ssr.data.tokenize import IGNORE_INDEX
 from ssr.module import response_logits
+from ssr.precision import autocast_to
 from ssr.records import chunks
 
-IGNORE = -100
 Row = tuple[list[int], list[int]]
 
 
@@ -33,12 +33,13 @@ def row_nll(
         width = max(len(rows[i][0]) for i in batch)
         ids = torch.tensor([rows[i][0] + [pad_id] * (width - len(rows[i][0])) for i in batch], device=device)
         labels = torch.tensor(
-            [rows[i][1] + [IGNORE] * (width - len(rows[i][1])) for i in batch], device=device
+            [rows[i][1] + [IGNORE_INDEX] * (width - len(rows[i][1])) for i in batch], device=device
         )
         lengths = torch.tensor([len(rows[i][0]) for i in batch], device=device)
         mask = (torch.arange(width, device=device)[None, :] < lengths[:, None]).long()
-        autocast = torch.autocast(device.type, dtype=dtype) if dtype else contextlib.nullcontext()
-        with autocast:  # only scored positions reach the output layer and the float cast
+        with autocast_to(
+            device.type, dtype
+        ):  # only scored positions reach the output layer and the float cast
             logits, targets, keep = response_logits(model, ids, mask, labels)
         nll = F.cross_entropy(logits.float(), targets, reduction="none")
         row_of = keep.nonzero()[:, 0]

@@ -13,7 +13,7 @@ import torch
 
 from ssr.judges.base import Judge, JudgeError, JudgeItem, Verdict
 from ssr.judges.prompt import DEFAULT_SYSTEM_PROMPT, JudgePrompt
-from ssr.precision import autocast_dtype, torch_dtype
+from ssr.precision import autocast_dtype, autocast_to, torch_dtype
 
 log = logging.getLogger(__name__)
 
@@ -150,9 +150,7 @@ class HFJudge(Judge):
         return "\n\n".join(m["content"] for m in messages) + "\n\nAnswer:"
 
     def _autocast(self) -> contextlib.AbstractContextManager[Any]:
-        if self.autocast is None:
-            return contextlib.nullcontext()
-        return torch.autocast(device_type=self.device.type, dtype=self.autocast)
+        return autocast_to(self.device.type, self.autocast)
 
     @torch.inference_mode()
     def yes_probabilities(self, items: list[JudgeItem]) -> list[float]:
