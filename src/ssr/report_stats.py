@@ -108,7 +108,7 @@ def shared_ids(runs: list[Any], measure: Measure, tags: Callable[[Any], list[str
 
 
 def _base_and_final(run: Any) -> list[str]:
-    return ["base", final_tag(run_items(run)) or "missing"]
+    return ["base", _final(run)]
 
 
 def _matrix(runs: list[Any], tag: Callable[[Any], str], measure: Measure, ids: list[str]) -> np.ndarray:
