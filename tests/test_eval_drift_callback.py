@@ -256,3 +256,83 @@ def test_wandb_logger_gets_metrics_and_a_table(tokenizer, tmp_path, monkeypatch)
     assert len(tables) == 2  # base + epoch 0
     assert tables[-1].columns == drift_callback.TABLE_COLUMNS and len(tables[-1].data) == 2 * 3
     assert any("drift_delta/self_drift/nll" in m for m, _ in logged)
+
+
+def test_final_evaluation_at_larger_settings_after_training(tokenizer, tmp_path, monkeypatch):
+    """eval.final: base (cached across runs) and model once more at the end, at larger limits;
+    ssr-report takes the run's base/final suite scores and the paired items from it."""
+    from ssr.report import load_run
+    from ssr.report_stats import Measure, pair_tags
+
+    def fit(run):
+        pl.seed_everything(7)
+        evaluator = _evaluator(SUITE)
+        evaluator.final = _evaluator({**SUITE, "limits": 5}, {**SELF_DRIFT, "limit": 4})
+        drift = GeneralizationDriftCallback(evaluator, run_dir=tmp_path / run)
+        trainer = pl.Trainer(
+            max_epochs=2, accelerator="cpu", logger=False, callbacks=[drift], enable_checkpointing=False,
+            enable_progress_bar=False, enable_model_summary=False, default_root_dir=tmp_path,
+        )  # fmt: skip
+        trainer.fit(TinyLM(tiny_random_model(tokenizer, seed=0)), datamodule=TinyData(tokenizer))
+        return drift
+
+    calls = []
+    real = Evaluator.drift_scores
+    monkeypatch.setattr(Evaluator, "drift_scores", lambda *a, **k: calls.append(1) or real(*a, **k))
+    drift = fit("a")
+    assert len(calls) == 5  # base + 2 epochs + final base + final model
+    payload = json.loads((tmp_path / "a" / "drift.json").read_text())
+    final = payload["final"]
+    assert final["settings"]["suite"]["limits"] == 5 and final["settings"]["self_drift"]["limit"] == 4
+    assert final["base"]["stage"] == "final_base" and final["model"]["stage"] == "final"
+    assert final["model"]["epoch"] == 1 and final["model"]["step"] == 8
+    assert final["model"]["delta"]["self_drift"]["nll"] == pytest.approx(
+        final["model"]["scores"]["self_drift"]["nll"] - final["base"]["scores"]["self_drift"]["nll"]
+    )
+    assert final["model"]["scores"]["self_drift"]["nll"] != final["base"]["scores"]["self_drift"]["nll"]
+    assert [r["stage"] for r in drift.records] == ["base", "epoch", "epoch"]  # eval.json unchanged
+    items = load_items(tmp_path / "a")
+    assert set(items) == {"base", "epoch_0", "epoch_1", "final_base", "final"}
+    assert sorted(items["final"]["lm_eval.ssr_arc_easy"]) == ["0", "1", "2", "3", "4"]
+    assert len(items["final"]["self_drift"]) == len(items["final_base"]["self_drift"]) == 4
+    assert len(items["epoch_1"]["lm_eval.ssr_arc_easy"]) == 3
+    # a second run reuses the final base evaluation (and the per-epoch one)
+    fit("b")
+    assert len(calls) == 8
+    second = json.loads((tmp_path / "b" / "drift.json").read_text())["final"]
+    assert second["base"]["cached"] and second["base"]["scores"] == final["base"]["scores"]
+    assert load_items(tmp_path / "b")["final_base"] == items["final_base"]
+
+    (tmp_path / "a" / "summary.json").write_text(json.dumps({"method": "sft"}))
+    run = load_run(tmp_path / "a")
+    assert run.final_eval
+    assert run.base["suite/ssr_arc_easy/acc"] == final["base"]["scores"]["ssr_arc_easy"]["acc"]
+    assert run.final["suite/self_drift/nll"] == final["model"]["scores"]["self_drift"]["nll"]
+    assert run.curve_base["suite/self_drift/nll"] == payload["base"]["scores"]["self_drift"]["nll"]
+    assert run.epochs[-1]["suite/self_drift/nll"] == payload["epochs"][-1]["scores"]["self_drift"]["nll"]
+    arc = Measure("ssr_arc_easy/acc", ("lm_eval.ssr_arc_easy",), "acc")
+    assert pair_tags(run, arc) == ("final_base", "final")
+    assert pair_tags(run, Measure("x", ("tasks.in_domain",), "answer_recall")) == ("base", "epoch_1")
+
+
+def test_final_settings_replace_the_per_epoch_limits_whole(tokenizer):
+    from conftest import compose
+    from ssr.eval.evaluator import final_settings
+
+    assert final_settings(compose([]).eval) is None  # off by default
+    cfg = compose(
+        [
+            "eval.final.enabled=true",
+            "+eval.final.suite.limits={default: 50}",
+            "eval.final.self_drift={limit: null}",
+        ]
+    )
+    final = final_settings(cfg.eval)
+    assert final.suite.limits == {"default": 50}  # not merged with the per-epoch ssr_arc_easy: 8
+    assert final.suite.tasks == cfg.eval.suite.tasks and final.self_drift.limit is None
+    assert final.kl_task == cfg.eval.kl_task
+    evaluator = Evaluator.from_config(cfg, [], {})
+    assert evaluator.final.suite.limits == {"default": 50} and evaluator.final.task_sets == {}
+    assert evaluator.suite.limits["ssr_arc_easy"] == 8
+    with pytest.raises(KeyError, match=r"eval\.final keys.*tasks"):
+        final_settings(compose(["eval.final.enabled=true", "+eval.final.tasks={max_rows: 3}"]).eval)

@@ -43,7 +43,9 @@ def test_all_tasks_index_and_load_from_the_real_files(loaded):
         assert len(tasks[name].eval_docs) == size, name
     assert loaded["group_map"]["ssr_mmlu"] == [
         "ssr_mmlu_elementary_mathematics", "ssr_mmlu_high_school_biology", "ssr_mmlu_high_school_geography",
-        "ssr_mmlu_nutrition", "ssr_mmlu_world_religions"]  # fmt: skip
+        "ssr_mmlu_nutrition", "ssr_mmlu_world_religions", "ssr_mmlu_conceptual_physics",
+        "ssr_mmlu_high_school_macroeconomics", "ssr_mmlu_sociology", "ssr_mmlu_marketing",
+        "ssr_mmlu_philosophy"]  # fmt: skip
 
 
 def test_rendered_docs_match_known_hub_items(loaded):

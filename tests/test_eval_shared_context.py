@@ -9,6 +9,7 @@ from ssr.eval.shared_context import (
     SharedContextHFLM,
     length_batches,
     pack_group,
+    prefix_clusters,
     supports_shared_context,
     tree_mask,
 )
@@ -48,6 +49,58 @@ def test_length_batches_bound_rows_and_padding():
     ]
     sizes = [[len(r.tokens) for r in b] for b in length_batches(rows, size=3)]
     assert sizes == [[40, 30, 20], [19, 10], [9, 8], [2]]
+
+
+def test_prefix_clusters_share_long_prefixes_only():
+    primer = list(range(100, 140))  # 40 tokens
+    rows = [
+        pack_group([*primer, 1, 2], [[7]], members=[[0]]),
+        pack_group([*primer, 1, 3, 4], [[7]], members=[[1]]),
+        pack_group([*primer, 5], [[7]], members=[[2]]),
+        pack_group(list(range(50)), [[7]], members=[[3]]),  # nothing in common with the others
+        pack_group(primer[:10], [[7]], members=[[4]]),  # too short a common part
+    ]
+    clusters = prefix_clusters(rows, min_prefix=32)
+    assert [(n, sorted(r.members[0][0] for r in members)) for n, members in clusters] == [
+        (40, [0, 1, 2]),
+        (0, [3, 4]),
+    ]
+    # the prefix stops before every member's last context token
+    alone = prefix_clusters(rows[:2], min_prefix=32)
+    assert alone == [(41, alone[0][1])]
+    same_but_one = prefix_clusters([rows[0], pack_group([*primer, 1], [[7]], members=[[9]])], 32)
+    assert same_but_one[0][0] == 40  # = len(primer + [1]) - 1
+
+
+def _primed_requests(tokenizer):
+    enc = tokenizer.encode
+    primer = enc("Q: What colour is the sky?\nA: Blue.\n\nQ: What is two plus two?\nA: Four.\n\n" * 3)
+    questions = ["Q: Who wrote Hamlet?\nA:", "Q: Where is Paris?\nA:", "Q: Why?\nA:"]
+    reqs = [(primer + enc(q), enc(a)) for q in questions for a in (" Shakespeare", " in France", " no idea")]
+    reqs += [(enc("Short and alone"), enc(" yes"))]
+    return [(("c", "x"), c, x) for c, x in reqs]
+
+
+@pytest.mark.parametrize("attn", ["sdpa", "eager"])
+@pytest.mark.parametrize("lora", [False, True])
+def test_shared_prefix_states_give_hflm_loglikelihoods(tokenizer, attn, lora, monkeypatch):
+    model = tiny_random_model(tokenizer, seed=0)
+    model.set_attn_implementation(attn)
+    if lora:
+        model = get_peft_model(
+            model, LoraConfig(r=4, target_modules=["q_proj", "v_proj"], init_lora_weights=False)
+        )
+    model.eval()
+    requests = _primed_requests(tokenizer)
+    plain = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=4)._loglikelihood_tokens(requests)
+    lm = SharedContextHFLM(pretrained=model, tokenizer=tokenizer, batch_size=2)
+    prefixes = []
+    real = type(lm)._prefix_states
+    monkeypatch.setattr(type(lm), "_prefix_states", lambda self, p: prefixes.append(len(p)) or real(self, p))
+    shared = lm._loglikelihood_tokens(requests)
+    assert len(prefixes) == 1 and prefixes[0] >= 60  # the primer, once for the three questions
+    assert [g for _, g in shared] == [g for _, g in plain]
+    assert [lp for lp, _ in shared] == pytest.approx([lp for lp, _ in plain], abs=1e-4)
 
 
 def _requests(model, tokenizer):

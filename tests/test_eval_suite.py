@@ -70,6 +70,11 @@ def test_run_suite_on_tiny_model_with_per_task_limits(tiny_model, tokenizer, dat
                 "high_school_geography",
                 "nutrition",
                 "world_religions",
+                "conceptual_physics",
+                "high_school_macroeconomics",
+                "sociology",
+                "marketing",
+                "philosophy",
             )
         ],
     }

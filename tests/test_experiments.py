@@ -74,3 +74,47 @@ def test_sample_seed_gives_every_run_seed_the_same_rows_and_eval_items():
         assert [r.id for r in task_sets_mod.task_sets(cfg, val)["in_domain"]] == [
             r.id for r in task_sets_mod.task_sets(compose(["eval.tasks.max_rows=4"]), val)["in_domain"]
         ]
+
+
+def _sweep_params(cfg) -> dict[str, list[str]]:
+    return {k: str(v).split(",") for k, v in cfg.hydra.sweeper.params.items()}
+
+
+def test_replication_v2_sweep_gives_every_method_the_same_budget_and_a_grid():
+    from ssr.eval.suite import sample_counts
+
+    params = _sweep_params(compose(["experiment=cpu_replication_v2"]))
+    methods = params["method"]
+    assert set(methods) == {"sft", "ssr", "sdft", "s3ft", "dft", "self_only"}
+    lrs = sorted(float(v) for v in params["optim.lr"])
+    assert len(lrs) >= 3 and 4 <= round(lrs[-1] / lrs[0], 6) <= 10  # the grid: >= 3 values, 4x-10x
+    assert params["seed"] == ["1"]  # phase 1: one seed over the grid
+    # phase 2: the chosen lr with 3 seeds and the final evaluation (the README's command)
+    phase2 = ["experiment=cpu_replication_v2", "eval.final.enabled=true", "seed=1"]
+    cfgs = {m: compose([*phase2, f"method={m}", f"optim.lr={lrs[1]}"]) for m in methods}
+    for cfg in cfgs.values():
+        assert cfg.model.name_or_path == "embedded:smollm2-135m-instruct"
+        assert cfg.data.train.split == "train" and cfg.data.val.split == "test" and cfg.data.balance
+        assert cfg.data.sample_seed == 0 and set(cfg.data.ood) == {"quac", "nq"}
+        assert cfg.judge._target_.endswith("RuleQAJudge") and cfg.peft.r > 0
+        assert cfg.eval.kl_task.enabled and cfg.eval.self_drift.enabled and cfg.eval.suite.name == "local"
+    # the same data, LoRA, steps, optimiser (but the lr) and evaluation for every method
+    for key in ("peft", "optim", "trainer", "data", "eval", "generator", "loss"):
+        if key == "loss":  # dft is the one method whose objective is its point
+            assert {m: cfgs[m].loss for m in methods} == {m: "dft" if m == "dft" else "ce" for m in methods}
+            continue
+        assert len({str(_plain(c, key)) for c in cfgs.values()}) == 1, key
+    # the final evaluation: >= 300 documents per benchmark (or all it has), MMLU >= 20 x >= 10
+    final = cfgs["ssr"].eval.final
+    assert final.enabled and final.self_drift.limit is None and final.kl_task.max_rows is None
+    limits = OmegaConf.to_container(final.suite.limits)
+    counts = sample_counts(list(final.suite.tasks), limits, data_root=cfgs["ssr"].paths.data_root)
+    mmlu = {t: n for t, n in counts.items() if t.startswith("ssr_mmlu_")}
+    assert len(mmlu) >= 10 and min(mmlu.values()) >= 20
+    others = {t: n for t, n in counts.items() if t not in mmlu}
+    assert set(others) >= {"ssr_arc_easy", "ssr_arc_challenge", "ssr_piqa", "ssr_hellaswag"}
+    assert {"ssr_truthfulqa_mc1", "ssr_truthfulqa_mc2"} <= set(others)
+    assert min(others.values()) >= 300, others
+    # per epoch: the small defaults of conf/eval/suite/local.yaml; the final one is off in phase 1
+    assert cfgs["ssr"].eval.suite.limits == compose([]).eval.suite.limits
+    assert not compose(["experiment=cpu_replication_v2"]).eval.final.enabled

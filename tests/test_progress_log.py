@@ -31,7 +31,7 @@ def test_lm_eval_shows_one_progress_bar_per_request_type(tokenizer, tiny_model, 
     run_suite(
         tiny_model,
         tokenizer,
-        ["ssr_piqa", "ssr_arc_easy", "ssr_mmlu"],  # 7 leaf tasks (mmlu: 5 subjects)
+        ["ssr_piqa", "ssr_arc_easy", "ssr_mmlu"],  # 12 leaf tasks (mmlu: 10 subjects)
         limits=2,
         data_root=data_root,
     )

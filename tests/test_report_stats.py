@@ -15,8 +15,18 @@ from ssr.report_stats import change_rows, choose_lr, difference_rows, measures, 
 BASE_ARC = [1.0] * 12 + [0.0] * 8  # 20 documents, 12 right
 
 
-def _run(root: Path, method: str, seed: int, lr: float, arc: list[float], recall: float, nll: float) -> Path:
-    """A run whose final arc answers are ``arc`` (per document) and in-domain recall ``recall``."""
+def _run(
+    root: Path,
+    method: str,
+    seed: int,
+    lr: float,
+    arc: list[float],
+    recall: float,
+    nll: float,
+    final_arc: list[float] | None = None,
+) -> Path:
+    """A run whose final arc answers are ``arc`` (per document) and in-domain recall ``recall``;
+    with ``final_arc``, also an ``eval.final`` evaluation (40 documents: base = BASE_ARC twice)."""
     d = root / f"{method}-{lr}-{seed}"
     d.mkdir(parents=True)
     (d / "summary.json").write_text(json.dumps({"method": method, "seed": seed, "lr": lr}))
@@ -37,9 +47,24 @@ def _run(root: Path, method: str, seed: int, lr: float, arc: list[float], recall
             {
                 "base": {"scores": scores(BASE_ARC, 0.0)},
                 "epochs": [{"epoch": 0, "scores": scores(arc, nll - 1)}],
+                **(
+                    {
+                        "final": {
+                            "base": {"scores": scores(2 * BASE_ARC, 0.0)},
+                            "model": {"scores": scores(final_arc, 0.0)},
+                        }
+                    }
+                    if final_arc
+                    else {}
+                ),
             }
         )
     )
+    if final_arc:
+        for tag, acc in (("final_base", 2 * BASE_ARC), ("final", final_arc)):
+            ItemSink(d / "eval_items", tag).write(
+                "lm_eval.ssr_arc_easy", [{"id": str(i), "acc": a} for i, a in enumerate(acc)]
+            )
     for tag, acc, prompt_nll in (("base", BASE_ARC, 1.0), ("epoch_0", arc, nll)):
         sink = ItemSink(d / "eval_items", tag)
         sink.write("lm_eval.ssr_arc_easy", [{"id": str(i), "acc": a} for i, a in enumerate(acc)])
@@ -120,3 +145,46 @@ def test_runs_without_item_files_get_a_note(tmp_path):
         f.unlink()
     report_main([str(tmp_path / "runs"), "--out", str(tmp_path / "out")])
     assert "No run has per-item results" in (tmp_path / "out" / "results.md").read_text()
+
+
+def test_grid_chooses_the_lr_and_the_seeds_report_their_final_evaluation(tmp_path):
+    """--grid: lr chosen on a one-seed grid; the seed runs (eval.final, 40 docs) fill the tables."""
+    _sweep(tmp_path / "grid")
+    sft_final = [1.0] * 6 + [0.0] * 14 + BASE_ARC  # 6 of 24 right answers lost
+    for seed in (1, 2):
+        _run(tmp_path / "seeds", "sft", seed, 1e-3, [1.0] * 6 + [0.0] * 14, 0.6, 2.0, final_arc=sft_final)
+        _run(tmp_path / "seeds", "ssr", seed, 1e-4, BASE_ARC, 0.5, 1.1, final_arc=2 * BASE_ARC)
+    out = tmp_path / "out"
+    report_main([str(tmp_path / "seeds"), "--grid", str(tmp_path / "grid"), "--out", str(out)])
+    md = (out / "results.md").read_text()
+    assert "the learning rates chosen on 3 grid runs" in md and "`eval.final` evaluation" in md
+    paired = md.split("## Paired change vs base")[1].split("\n## ")[0]
+    assert "| sft | ssr_arc_easy/acc | 40 | 2 | -15.0 * |" in paired  # the final pair, both seeds
+    assert "| ssr | ssr_arc_easy/acc | 40 | 2 | +0.0 |" in paired
+    stats = json.loads((out / "item_stats.json").read_text())
+    assert stats["chosen_lr"] == {"sft": 1e-3, "ssr": 1e-4}
+    assert len(stats["pareto"]) == 3 and [p["seeds"] for p in stats["pareto_final"]] == [2, 2]
+    assert (out / "pareto.png").is_file() and (out / "pareto_final.png").is_file()
+    assert len(json.loads((out / "grid_runs.json").read_text())["runs"]) == 3
+    assert len(json.loads((out / "runs.json").read_text())["runs"]) == 4
+    # the table's benchmark column is the final evaluation's (sft: 18/40)
+    assert "| sft | 2 | " in md and "45.0" in md.split("## Change vs base")[0]
+    # a seed run at another lr than the grid chose is an error naming it
+    _run(tmp_path / "seeds", "ssr", 3, 1e-3, BASE_ARC, 0.5, 1.1)
+    with pytest.raises(ValueError, match=r"ssr-0.001-3 \(ssr, lr 0.001 vs 0.0001\)"):
+        report_main([str(tmp_path / "seeds"), "--grid", str(tmp_path / "grid"), "--out", str(out)])
+
+
+def test_pareto_front_per_drift_measure():
+    from ssr.report_stats import on_front
+
+    points = [
+        {"task_gain": 10.0, "benchmark_change": -5.0, "self_drift": 40.0, "kl_task": 0.3},
+        {"task_gain": 8.0, "benchmark_change": -1.0, "self_drift": -5.0, "kl_task": 0.05},
+        {"task_gain": 7.0, "benchmark_change": -2.0, "self_drift": 1.0, "kl_task": 0.01},
+        {"task_gain": None, "benchmark_change": 0.0, "self_drift": 0.0, "kl_task": 0.0},
+    ]
+    front = {
+        k: [i for i, p in enumerate(points) if on_front(p, points, k)] for k in points[0] if k != "task_gain"
+    }
+    assert front == {"benchmark_change": [0, 1], "self_drift": [0, 1], "kl_task": [0, 1, 2]}

@@ -96,3 +96,46 @@ def test_killed_run_resumes_from_last_checkpoint_like_an_uninterrupted_run(tiny_
     assert resumed_losses[7] == pytest.approx(whole_losses[7], rel=1e-5)
     assert resumed_losses.keys() == set(range(8)), "metrics of the interrupted part are kept"
     assert resumed_losses[kill_at - kill_at % 2 - 1] == pytest.approx(whole_losses[kill_at - kill_at % 2 - 1])
+
+
+def test_a_finished_run_resumed_with_eval_final_gets_that_evaluation_only(tiny_cfg):
+    """eval.final is not part of what a run trains: resuming a finished run with it on adds the
+    larger evaluation (base + model) and leaves the weights, the epochs and their records alone."""
+    import json
+
+    from omegaconf import open_dict
+
+    evals = [
+        "eval.callback.enabled=true",
+        "eval.suite.tasks=[ssr_arc_easy]",
+        "+eval.suite.limits={default: 2}",
+        "eval.self_drift.limit=2",
+        "eval.self_drift.max_new_tokens=4",
+        "eval.tasks.max_rows=2",
+        "eval.tasks.max_new_tokens=4",
+        "eval.kl_task.max_rows=2",
+        # checkpoints at epoch ends only (as the experiments): the last one holds the epoch's record
+        "callbacks.model_checkpoint.every_n_train_steps=0",
+    ]
+    cfg = tiny_cfg(*evals)
+    first = train(cfg)
+    run = Path(cfg.paths.output_dir)
+    drift = json.loads((run / "drift.json").read_text())
+    assert "final" not in drift and not (run / "eval_items" / "final").exists()
+    adapter = (run / "adapter" / "adapter_model.safetensors").read_bytes()
+
+    cfg = tiny_cfg(
+        *evals, "eval.final.enabled=true", "+eval.final.suite.limits={default: 3}", "ckpt_path=last"
+    )
+    with open_dict(cfg):
+        cfg.paths.output_dir = str(run)
+    second = train(cfg)
+    after = json.loads((run / "drift.json").read_text())
+    assert after["epochs"] == drift["epochs"] and after["base"] == drift["base"]  # not re-trained
+    assert after["final"]["settings"]["suite"]["limits"] == {"default": 3}
+    assert len(after["final"]["model"]["scores"]["ssr_arc_easy"]) > 0
+    assert len((run / "eval_items" / "final" / "lm_eval.ssr_arc_easy.jsonl").read_text().splitlines()) == 3
+    assert (run / "adapter" / "adapter_model.safetensors").read_bytes() == adapter
+    assert second["global_step"] == first["global_step"]
+    assert second["wall_s_total"] == pytest.approx(first["wall_s"] + second["wall_s"], abs=0.2)
+    assert second["stages"]["final_eval"] > 0

@@ -144,6 +144,7 @@ RULES: tuple[Rule, ...] = (
     # evaluation
     _rule("eval.callback.every_n_epochs", int_at_least(1)),
     _rule("eval.tasks.max_rows", int_at_least(1)),
+    _rule("eval.tasks.ood_max_rows", int_at_least(1)),
     _rule("eval.tasks.max_new_tokens", int_at_least(1)),
     _rule("eval.tasks.max_prompt_tokens", int_at_least(1)),
     _rule("eval.self_drift.limit", int_at_least(1)),
@@ -155,6 +156,9 @@ RULES: tuple[Rule, ...] = (
     _rule("eval.self_drift.reference_path", readable_file()),
     _rule("eval.suite.limits.*", int_at_least(1)),
     _rule("eval.suite.num_fewshot", int_at_least(0)),
+    _rule("eval.final.suite.limits.*", int_at_least(1)),
+    _rule("eval.final.self_drift.limit", int_at_least(1)),
+    _rule("eval.final.kl_task.max_rows", int_at_least(1)),
 )
 
 

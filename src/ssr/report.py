@@ -2,7 +2,9 @@
 
 Numbers come only from the runs' result files: ``summary.json`` (method, seed, selection),
 ``eval.json`` (base and final task metrics) and ``drift.json`` (base + per-epoch suite and
-self-drift scores written by the drift callback). ``write_report`` also writes ``runs.json``, the
+self-drift scores written by the drift callback, and the ``eval.final`` evaluation: where a run
+has it, its base and model scores are the run's ``base``/``final`` suite scores, and the per-epoch
+curves keep their own base, ``epoch_base``). ``write_report`` also writes ``runs.json``, the
 same numbers in one file, which ``find_runs`` reads back (the notebook draws from it).
 """
 
@@ -45,6 +47,14 @@ class Run:
     seconds: list[dict[str, float]] = field(default_factory=list)
     wall_s: float | None = None
     lr: float | None = None
+    # the base scores of the per-epoch evaluations (== base unless the run has an eval.final one)
+    epoch_base: dict[str, float] = field(default_factory=dict)
+    final_eval: bool = False  # base / final suite scores come from the eval.final evaluation
+
+    @property
+    def curve_base(self) -> dict[str, float]:
+        """The base point of the per-epoch curves (older runs.json files have no ``epoch_base``)."""
+        return self.epoch_base or self.base
 
 
 def _flatten(scores: dict[str, Any], prefix: str = "") -> dict[str, float]:
@@ -66,7 +76,7 @@ def load_run(path: Path) -> Run:
         method=summary["method"],
         seed=int(summary.get("seed", 0)),
         selection=summary.get("selection"),
-        wall_s=summary.get("wall_s"),
+        wall_s=summary.get("wall_s_total", summary.get("wall_s")),
         lr=summary.get("lr", _config_lr(path)),
     )
     if (path / "eval.json").is_file():
@@ -75,17 +85,21 @@ def load_run(path: Path) -> Run:
         run.final.update(_flatten(ev.get("final", {})))
     if (path / "drift.json").is_file():
         drift = json.loads((path / "drift.json").read_text())
-        run.base.update(
-            {f"suite/{k}": v for k, v in _flatten(drift.get("base", {}).get("scores", {})).items()}
-        )
+        suite = lambda rec: {f"suite/{k}": v for k, v in _flatten((rec or {}).get("scores", {})).items()}  # noqa: E731
+        run.base.update(suite(drift.get("base")))
+        run.epoch_base.update(run.base)
         for rec in drift.get("epochs", []):
-            run.epochs.append({f"suite/{k}": v for k, v in _flatten(rec.get("scores", {})).items()})
+            run.epochs.append(suite(rec))
             sec = dict(rec.get("seconds") or {})
             if "drift" not in sec and "eval" in sec and "tasks" not in rec:  # older files: eval = drift
                 sec["drift"] = sec["eval"]
             run.seconds.append(sec)
         if run.epochs:
             run.final.update(run.epochs[-1])
+        if drift.get("final"):  # the larger end-of-training evaluation replaces the last epoch's
+            run.base.update(suite(drift["final"]["base"]))
+            run.final.update(suite(drift["final"]["model"]))
+            run.final_eval = True
     return run
 
 
@@ -158,17 +172,23 @@ def _fmt(values: list[float | None]) -> str:
 
 
 def relative_change(
-    run: Run, keys: list[str], scores: dict[str, float] | None = None, relative: bool = True
+    run: Run,
+    keys: list[str],
+    scores: dict[str, float] | None = None,
+    relative: bool = True,
+    base: dict[str, float] | None = None,
 ) -> float | None:
     """Mean change vs base over the benchmarks (self-drift excluded: lower is better), relative
     to each base score (the paper's average) or, with ``relative=False``, in absolute units.
 
-    ``scores`` defaults to the run's final scores (pass ``run.epochs[i]`` for an epoch)."""
+    ``scores``/``base`` default to the run's final and base scores (pass ``run.epochs[i]`` and
+    ``run.curve_base`` for an epoch)."""
     scores = run.final if scores is None else scores
+    base = run.base if base is None else base
     changes = [
-        (scores[k] - run.base[k]) / (abs(run.base[k]) if relative else 1.0)
+        (scores[k] - base[k]) / (abs(base[k]) if relative else 1.0)
         for k in keys
-        if k in scores and k in run.base and run.base[k] and not any(d in k for d in DRIFT_MEASURES)
+        if k in scores and k in base and base[k] and not any(d in k for d in DRIFT_MEASURES)
     ]
     return statistics.fmean(changes) if changes else None
 
@@ -278,7 +298,7 @@ def plot_drift(runs: list[Run], out_dir: Path) -> list[Path]:
         fig, ax = plt.subplots(figsize=(5, 3.2))
         by_method: dict[str, list[list[float]]] = defaultdict(list)
         for r in runs:
-            series = [r.base.get(key)] + [e.get(key) for e in r.epochs]
+            series = [r.curve_base.get(key)] + [e.get(key) for e in r.epochs]
             by_method[r.method].append([v for v in series if v is not None])
         for method, series in sorted(by_method.items()):
             n = min(len(s) for s in series)
@@ -309,7 +329,7 @@ def plot_summary(runs: list[Run], out_dir: Path) -> Path:
     panels = [
         (
             "benchmarks: avg change vs base (points)",
-            lambda r, sc: relative_change(r, bench, sc, relative=False),
+            lambda r, sc: relative_change(r, bench, sc, relative=False, base=r.curve_base),
             lambda group: benchmark_band(group, bench, runs),
         )
     ]
@@ -356,25 +376,49 @@ def save_figure(fig: Any, out_dir: Path, name: str) -> Path:
     return path
 
 
-def write_report(paths: list[Path], out_dir: Path) -> Path:
+def write_report(paths: list[Path], out_dir: Path, grid: list[Path] | None = None) -> Path:
+    """``results.md``, ``runs.json``, ``item_stats.json`` and the plots of the runs under ``paths``.
+
+    Without ``grid`` the runs are a learning-rate sweep: per method the lr is chosen among them and
+    the tables show the runs at that lr. With ``grid`` (the directories of a one-seed lr grid) the
+    lr is chosen on the grid, every run under ``paths`` must be at its method's chosen lr (e.g. the
+    seeds of a second phase, with the ``eval.final`` evaluation), and the grid's runs go to
+    ``grid_runs.json`` and the lr / Pareto section."""
     from ssr import report_stats as rs
 
     all_runs = find_runs(paths)
     if not all_runs:
         raise FileNotFoundError(f"no run directories (with summary.json) under {[str(p) for p in paths]}")
+    grid_runs = find_runs(grid) if grid else []
+    if grid and not grid_runs:
+        raise FileNotFoundError(
+            f"no run directories (with summary.json) under --grid {[str(p) for p in grid]}"
+        )
     out_dir.mkdir(parents=True, exist_ok=True)
+    lr_runs = grid_runs or all_runs  # the learning rate is chosen on these
     # one learning rate per method, chosen on the in-domain validation task score (not on drift)
-    chosen = rs.choose_lr(all_runs, task_keys(all_runs))
-    runs = [r for r in all_runs if chosen.get(r.method) == r.lr]
-    points = rs.pareto_points(all_runs, task_keys(all_runs), benchmark_keys(all_runs))
+    chosen = rs.choose_lr(lr_runs, task_keys(lr_runs))
+    if grid:
+        stray = [r for r in all_runs if chosen.get(r.method, r.lr) != r.lr]
+        if stray:
+            raise ValueError(
+                "runs not at the learning rate chosen on the grid: "
+                + ", ".join(f"{r.path} ({r.method}, lr {r.lr} vs {chosen.get(r.method)})" for r in stray)
+            )
+    runs = [r for r in all_runs if chosen.get(r.method, r.lr) == r.lr]
+    points = rs.pareto_points(lr_runs, task_keys(lr_runs), benchmark_keys(lr_runs), chosen)
+    final_points = rs.pareto_points(runs, task_keys(runs), benchmark_keys(runs), chosen) if grid else []
     if importlib.util.find_spec("matplotlib") is None:
         log.warning("matplotlib is not installed (pip install 'ssr[report]'): writing the tables only")
         plots = []
     else:
         plots = [plot_summary(runs, out_dir), *plot_drift(runs, out_dir)]
-        pareto = rs.plot_pareto(points, out_dir)
-        plots += [pareto] if pareto else []
+        for pts, name in ((points, "pareto.png"), (final_points, "pareto_final.png")):
+            pareto = rs.plot_pareto(pts, out_dir, name) if pts else None
+            plots += [pareto] if pareto else []
     export_runs(all_runs, out_dir / "runs.json")
+    if grid_runs:
+        export_runs(grid_runs, out_dir / "grid_runs.json")
     item_runs = [r for r in runs if rs.has_items(r)]
     groups = _by_method(item_runs)
     bench = benchmark_keys(runs)
@@ -385,6 +429,7 @@ def write_report(paths: list[Path], out_dir: Path) -> Path:
             {
                 "chosen_lr": chosen,
                 "pareto": points,
+                **({"pareto_final": final_points} if grid else {}),
                 "change_vs_base": [r.to_dict() for r in changes],
                 "difference_vs_sft": [r.to_dict() for r in differences],
             },
@@ -399,8 +444,15 @@ def write_report(paths: list[Path], out_dir: Path) -> Path:
             f"; {len(all_runs) - len(runs)} more at other learning rates (Pareto section)"
             if len(runs) < len(all_runs)
             else ""
+        )
+        + (
+            f"; the learning rates chosen on {len(grid_runs)} grid runs from "
+            f"{', '.join(str(p) for p in grid or [])} (`grid_runs.json`)"
+            if grid
+            else ""
         ),
         "",
+        *_final_eval_note(runs),
         "Scores in % (mean ± std over seeds) after the last epoch; the base row is the model before "
         "training. `self_drift/nll_increase_rel` is the relative increase (%) of the NLL on the base "
         "model's own answers (lower = less drift). The averages run over the benchmark columns "
@@ -426,6 +478,17 @@ def write_report(paths: list[Path], out_dir: Path) -> Path:
         "",
         rs.pareto_table(points),
         "",
+        *(
+            [
+                "The chosen learning rates again, from the runs above (all their seeds; benchmark "
+                "change from the `eval.final` evaluation where the runs have it):",
+                "",
+                rs.pareto_table(final_points),
+                "",
+            ]
+            if final_points
+            else []
+        ),
         "## Selection statistics",
         "",
         selection_table(runs),
@@ -441,6 +504,19 @@ def write_report(paths: list[Path], out_dir: Path) -> Path:
     report = out_dir / "results.md"
     report.write_text("\n".join(md) + "\n")
     return report
+
+
+def _final_eval_note(runs: list[Run]) -> list[str]:
+    """Where the table's benchmark and drift columns come from."""
+    n = sum(r.final_eval for r in runs)
+    if not n:
+        return []
+    return [
+        f"Benchmark, self-drift and kl_task columns of {n} of {len(runs)} runs (and of their base row) "
+        "come from the larger `eval.final` evaluation after training (settings in each run's "
+        "`drift.json`); the per-epoch plots use the small per-epoch evaluations.",
+        "",
+    ]
 
 
 def _item_sections(changes: list[Any], differences: list[Any], n_item_runs: int, n_runs: int) -> list[str]:

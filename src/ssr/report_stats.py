@@ -3,11 +3,14 @@ exact p-values, sample sizes and minimum detectable differences, the learning-ra
 method and the Pareto plot (task gain vs drift).
 
 Everything is computed on the items every compared run shares (``<run>/eval_items``, see
-:mod:`ssr.eval.items`); runs without item files are left out of these tables.
+:mod:`ssr.eval.items`); runs without item files are left out of these tables. A measure that a
+run's ``eval.final`` evaluation has is compared there (``final_base`` vs ``final``: larger
+samples); the others (the task metrics) on ``base`` vs the last epoch.
 """
 
 from __future__ import annotations
 
+import functools
 import math
 import statistics
 from collections import defaultdict
@@ -18,7 +21,16 @@ from typing import Any
 
 import numpy as np
 
-from ssr.eval.items import LM_EVAL_PREFIX, TASKS_PREFIX, Items, final_tag, item_values, load_items
+from ssr.eval.items import (
+    FINAL_BASE_TAG,
+    FINAL_TAG,
+    LM_EVAL_PREFIX,
+    TASKS_PREFIX,
+    Items,
+    final_tag,
+    item_values,
+    load_items,
+)
 from ssr.stats import (
     DEFAULT_BOOT,
     DEFAULT_SEED,
@@ -107,8 +119,13 @@ def shared_ids(runs: list[Any], measure: Measure, tags: Callable[[Any], list[str
     return sorted(common or ())
 
 
-def _base_and_final(run: Any) -> list[str]:
-    return ["base", _final(run)]
+def pair_tags(run: Any, measure: Measure) -> tuple[str, str]:
+    """The (base, final) evaluations a measure is compared on: the ``eval.final`` pair when that
+    evaluation has every source of the measure, else ``base`` and the last epoch."""
+    items = run_items(run)
+    if all(source in items.get(FINAL_TAG, {}) for source in measure.sources):
+        return FINAL_BASE_TAG, FINAL_TAG
+    return "base", final_tag(items) or "missing"
 
 
 def _matrix(runs: list[Any], tag: Callable[[Any], str], measure: Measure, ids: list[str]) -> np.ndarray:
@@ -117,10 +134,6 @@ def _matrix(runs: list[Any], tag: Callable[[Any], str], measure: Measure, ids: l
         vals = values_at(run, tag(run), measure)
         rows.append([vals[i] for i in ids])
     return np.asarray(rows, dtype=float)
-
-
-def _final(run: Any) -> str:
-    return final_tag(run_items(run)) or "missing"
 
 
 @dataclass
@@ -138,12 +151,13 @@ def change_rows(groups: dict[str, list[Any]], all_runs: list[Any], bench: list[s
     """Paired change final - base per group and measure, on the items all ``all_runs`` share."""
     rows = []
     for measure in measures(all_runs, bench):
-        ids = shared_ids(all_runs, measure, _base_and_final)
+        tags = functools.partial(pair_tags, measure=measure)
+        ids = shared_ids(all_runs, measure, lambda r, tags=tags: list(tags(r)))
         if not ids:
             continue
         for name, group in groups.items():
-            base = _matrix(group, lambda r: "base", measure, ids).mean(axis=0)
-            final = _matrix(group, _final, measure, ids)
+            base = _matrix(group, lambda r, tags=tags: tags(r)[0], measure, ids).mean(axis=0)
+            final = _matrix(group, lambda r, tags=tags: tags(r)[1], measure, ids)
             est = paired_change(base, final)
             sd = difference_sd(final.mean(axis=0) - base, base)
             rows.append(Row(name, measure, est, minimum_detectable_difference(len(ids), sd, ALPHA)))
@@ -158,14 +172,16 @@ def difference_rows(
         return []
     rows = []
     for measure in measures(all_runs, bench):
-        ids = shared_ids(all_runs, measure, lambda r: [_final(r)])
+        tags = functools.partial(pair_tags, measure=measure)
+        final = lambda r, tags=tags: tags(r)[1]  # noqa: E731
+        ids = shared_ids(all_runs, measure, lambda r, final=final: [final(r)])
         if not ids:
             continue
-        ref = _matrix(groups[reference], _final, measure, ids)
+        ref = _matrix(groups[reference], final, measure, ids)
         for name, group in groups.items():
             if name == reference:
                 continue
-            other = _matrix(group, _final, measure, ids)
+            other = _matrix(group, final, measure, ids)
             est = method_difference(ref, other)
             sd = difference_sd(other.mean(axis=0) - ref.mean(axis=0), ref.mean(axis=0))
             rows.append(Row(name, measure, est, minimum_detectable_difference(len(ids), sd, ALPHA)))
@@ -297,12 +313,16 @@ def self_drift_band(group: list[Any]) -> list[tuple[float, float]] | None:
 # --- Pareto plot ----------------------------------------------------------------------------------
 
 
-def pareto_points(runs: list[Any], task_keys: list[str], bench: list[str]) -> list[dict[str, Any]]:
-    """One point per method x lr (mean over seeds): task gain and the drift measures."""
+def pareto_points(
+    runs: list[Any], task_keys: list[str], bench: list[str], chosen: dict[str, float | None] | None = None
+) -> list[dict[str, Any]]:
+    """One point per method x lr (mean over seeds): task gain, the drift measures and, per drift
+    measure, whether the point is on the Pareto front (``front``). ``chosen``: the lr per method
+    (default: :func:`choose_lr` on these runs)."""
     from ssr.report import relative_change
 
     keys = selection_keys(task_keys)
-    chosen = choose_lr(runs, task_keys)
+    chosen = choose_lr(runs, task_keys) if chosen is None else chosen
     groups: dict[tuple[str, float | None], list[Any]] = defaultdict(list)
     for run in runs:
         groups[(run.method, lr_of(run))].append(run)
@@ -339,7 +359,29 @@ def pareto_points(runs: list[Any], task_keys: list[str], bench: list[str]) -> li
                 "kl_task": mean([r.final.get("suite/kl_task/kl") for r in group]),
             }
         )
+    for p in points:
+        p["front"] = [key for key, _ in PARETO_PANELS if on_front(p, points, key)]
     return points
+
+
+def on_front(point: dict[str, Any], points: list[dict[str, Any]], key: str) -> bool:
+    """No other point has at least the task gain and at most the drift (lower ``self_drift`` /
+    ``kl_task``; for ``benchmark_change`` higher is better), one of them strictly."""
+    sign = -1.0 if key == "benchmark_change" else 1.0
+
+    def ok(p: dict[str, Any]) -> bool:
+        return p["task_gain"] is not None and p[key] is not None
+
+    if not ok(point):
+        return False
+    gain, drift = point["task_gain"], sign * point[key]
+    for other in points:
+        if other is point or not ok(other):
+            continue
+        g, d = other["task_gain"], sign * other[key]
+        if g >= gain and d <= drift and (g > gain or d < drift):
+            return False
+    return True
 
 
 PARETO_PANELS = (
@@ -349,8 +391,8 @@ PARETO_PANELS = (
 )
 
 
-def plot_pareto(points: list[dict[str, Any]], out_dir: Path) -> Path | None:
-    """``pareto.png``: task gain (x) vs each drift measure (y), a point per method x lr, the
+def plot_pareto(points: list[dict[str, Any]], out_dir: Path, name: str = "pareto.png") -> Path | None:
+    """``name`` (``pareto.png``): task gain (x) vs each drift measure (y), a point per method x lr, the
     chosen lr of each method drawn as a star."""
     panels = [(k, t) for k, t in PARETO_PANELS if any(p[k] is not None for p in points)]
     if not panels or not any(p["task_gain"] is not None for p in points):
@@ -390,7 +432,7 @@ def plot_pareto(points: list[dict[str, Any]], out_dir: Path) -> Path | None:
         ax.legend(fontsize=8, title="star = chosen lr", title_fontsize=7)
     from ssr.report import save_figure
 
-    return save_figure(fig, out_dir, "pareto.png")
+    return save_figure(fig, out_dir, name)
 
 
 def pareto_table(points: list[dict[str, Any]]) -> str:
@@ -398,13 +440,15 @@ def pareto_table(points: list[dict[str, Any]]) -> str:
         return "–" if v is None else f"{v:+.{digits}f}"
 
     lines = [
-        "| method | lr | seeds | chosen | task gain (points) | benchmark change (points) | self-drift (%) | kl_task |",
-        "|---|---|---|---|---|---|---|---|",
+        "| method | lr | seeds | chosen | task gain (points) | benchmark change (points) | self-drift (%) "
+        "| kl_task | on the Pareto front of |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for p in points:
         lr = "–" if p["lr"] is None else f"{p['lr']:g}"
+        front = ", ".join(p.get("front", [])) or "–"
         lines.append(
             f"| {p['method']} | {lr} | {p['seeds']} | {'yes' if p['chosen'] else ''} | {f(p['task_gain'])} "
-            f"| {f(p['benchmark_change'])} | {f(p['self_drift'])} | {f(p['kl_task'], 4)} |"
+            f"| {f(p['benchmark_change'])} | {f(p['self_drift'])} | {f(p['kl_task'], 4)} | {front} |"
         )
     return "\n".join(lines)

@@ -46,6 +46,7 @@ VOLATILE = (
     "trainer.log_every_n_steps",
     "callbacks",  # checkpoint cadence and place, LR monitor, loss guard, test hooks
     "eval.callback.run_dir",
+    "eval.final",  # measured after training: a finished run resumed with it gets that evaluation
     "data.num_workers",
 )
 

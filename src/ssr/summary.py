@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import time
@@ -48,6 +49,14 @@ def write_summary(
         "wall_s": round(time.perf_counter() - started, 1),
     }
     summary["stages"] = stage_seconds(summary["selection"], drift_records, fit_s, summary["wall_s"])
+    # a finished run resumed (e.g. to add the eval.final evaluation): its cost is both invocations
+    previous = run_dir / "summary.json"
+    if previous.is_file():
+        with contextlib.suppress(ValueError, KeyError, TypeError):
+            before = json.loads(previous.read_text())
+            summary["wall_s_total"] = round(
+                before.get("wall_s_total", before["wall_s"]) + summary["wall_s"], 1
+            )
     atomic_write_text(run_dir / "summary.json", json.dumps(summary, indent=2))
     sel = summary["selection"] or {}
     log.info("selection by source: %s | stages: %s", sel.get("by_source"), sel.get("extra", {}).get("stages"))
@@ -63,7 +72,8 @@ def stage_seconds(
 
     ``generate``/``judge``: rows computed this run (0 when cached); ``base_eval``: suite +
     self-drift + task metrics of the base model (0 when reused); per epoch: ``train`` (training and
-    validation) and ``eval``; ``task_metrics``: their share of the evaluations; ``fit``: all of
+    validation) and ``eval``; ``task_metrics``: their share of the evaluations; ``final_eval``: the
+    ``eval.final`` evaluation (its base part 0 when reused); ``fit``: all of
     ``trainer.fit`` (data preparation, i.e. generation and judging, included); ``total``: ``train()``.
     """
     stages = ((selection or {}).get("extra") or {}).get("stages") or {}
@@ -72,8 +82,9 @@ def stage_seconds(
     epochs = [
         {"epoch": r["epoch"], "train": seconds(r, "epoch"), "eval": seconds(r, "eval")}
         for r in drift_records
-        if r["stage"] != "base"
+        if r["stage"] == "epoch"
     ]
+    final = [r for r in drift_records if r["stage"] in ("final_base", "final") and not r.get("cached")]
     return {
         "generate": round(sum(v["seconds"] for k, v in stages.items() if k.startswith("generate")), 2),
         "judge": round(sum(v["seconds"] for k, v in stages.items() if k.startswith("judge")), 2),
@@ -81,6 +92,7 @@ def stage_seconds(
         "base_eval_cached": bool(base and base.get("cached")),
         "epochs": epochs,
         "task_metrics": round(sum(seconds(r, "tasks") for r in drift_records if not r.get("cached")), 2),
+        "final_eval": round(sum(seconds(r, "eval") for r in final), 2),
         "fit": round(fit_s, 2),
         "total": round(total_s, 2),
         "process": round(process_age_s(), 2),

@@ -63,7 +63,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
             datamodule.tokenizer.save_pretrained(run_dir / "merged")
         datamodule.tokenizer.save_pretrained(adapter)
         drift = callbacks.get("drift")
-        records = drift.records if drift is not None else []
+        records = drift.records + drift.final_records if drift is not None else []
         summary = write_summary(
             cfg, trainer, datamodule, adapter, precision, threads, records, fit_s, started
         )

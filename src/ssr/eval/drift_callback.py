@@ -8,12 +8,18 @@ a W&B table for W&B loggers, and written to ``drift.json`` (and the task metrics
 
     {"suite": {...}, "self_drift": {...}, "kl_task": {...},
      "base": {"stage": "base", "epoch": -1, "step": 0, "scores": {task: {metric: value}}},
-     "epochs": [{"stage": "epoch", "epoch": 0, "step": 40, "scores": {...}, "delta": {...}}, ...]}
+     "epochs": [{"stage": "epoch", "epoch": 0, "step": 40, "scores": {...}, "delta": {...}}, ...],
+     "final": {"settings": {"suite", "self_drift", "kl_task"}, "base": {...}, "model": {..., "delta"}}}
+
+``final`` is there when ``eval.final`` is enabled: the base and the trained model evaluated once
+more at the end of training at its larger settings (logged as ``final/...``, ``final_delta/...``;
+items under ``eval_items/final_base`` and ``eval_items/final``).
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import math
 import time
@@ -27,7 +33,7 @@ import torch
 from lightning.pytorch.loggers import WandbLogger
 
 from ssr.eval.evaluator import SELF_DRIFT_KEY, EvalRecord, Evaluator, eval_summary, write_json
-from ssr.eval.items import ITEMS_DIR, ItemSink, epoch_tag
+from ssr.eval.items import FINAL_BASE_TAG, FINAL_TAG, ITEMS_DIR, ItemSink, epoch_tag
 from ssr.eval.self_drift import SelfDriftReference
 from ssr.eval.suite import Scores
 from ssr.precision import trainer_autocast
@@ -102,6 +108,7 @@ class GeneralizationDriftCallback(pl.Callback):
         self.run_dir = Path(run_dir) if run_dir else None
         self.active, self.tokenizer = enabled, tokenizer
         self.records: list[EvalRecord] = []
+        self.final_records: list[EvalRecord] = []  # eval.final: [base, model] at the end of training
         self._epoch_started: float | None = None
 
     @property
@@ -131,12 +138,23 @@ class GeneralizationDriftCallback(pl.Callback):
         if (trainer.current_epoch + 1) % self.every_n_epochs == 0:
             self._evaluate(trainer, pl_module, "epoch")
 
+    def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        # after the last epoch's own evaluation (also when a resumed run had nothing left to train)
+        final = self.evaluator.final if self.evaluator is not None else None
+        if final is not None and not self.final_records:
+            self._evaluate(trainer, pl_module, "final")
+
     def state_dict(self) -> dict[str, Any]:
         ref = self.evaluator.reference if self.evaluator is not None else None
-        return {"records": self.records, "reference": ref.__dict__ if ref is not None else None}
+        return {
+            "records": self.records,
+            "final_records": self.final_records,
+            "reference": ref.__dict__ if ref is not None else None,
+        }
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.records = list(state_dict.get("records", []))
+        self.final_records = list(state_dict.get("final_records", []))
         ref = state_dict.get("reference")
         if self.evaluator is not None:
             self.evaluator.reference = SelfDriftReference(**ref) if ref else None
@@ -167,12 +185,16 @@ class GeneralizationDriftCallback(pl.Callback):
             )
             started = time.perf_counter()
             with preserved_state(pl_module):
-                record = self._measure(trainer, pl_module, stage)
-            record["seconds"]["eval"] = round(time.perf_counter() - started, 2)  # all this evaluation took
-            if epoch_s is not None:
-                record["seconds"]["epoch"] = round(epoch_s, 2)  # training + validation, before it
-            self.records.append(record)
-            self._log(trainer, record)
+                if stage == "final":
+                    self.final_records = self._measure_final(trainer, pl_module)
+                    self._log_final(trainer)
+                else:
+                    record = self._measure(trainer, pl_module, stage)
+                    record["seconds"]["eval"] = round(time.perf_counter() - started, 2)  # all of it
+                    if epoch_s is not None:
+                        record["seconds"]["epoch"] = round(epoch_s, 2)  # training + validation, before it
+                    self.records.append(record)
+                    self._log(trainer, record)
             self._write(trainer)
         trainer.strategy.barrier("ssr_drift_end")
 
@@ -206,6 +228,38 @@ class GeneralizationDriftCallback(pl.Callback):
             items=items,
         )
 
+    def _measure_final(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> list[EvalRecord]:
+        """``eval.final``: the base (cached across runs) and the trained model at the larger settings."""
+        model, tokenizer, final = pl_module.model, self._tokenizer(trainer), self.evaluator.final
+        precision = trainer_autocast(trainer) if self.mixed_precision == "auto" else self.mixed_precision
+        final.prepare_kl_task(getattr(trainer, "datamodule", None), tokenizer)
+        root, step = self._run_dir(trainer) / ITEMS_DIR, trainer.global_step
+        records = []
+        for stage, tag in (("final_base", FINAL_BASE_TAG), ("final", FINAL_TAG)):
+            started = time.perf_counter()
+            kwargs = {"precision": precision, "step": step, "items": ItemSink(root, tag)}
+            if stage == "final_base":
+                record = final.evaluate_base(model, tokenizer, **kwargs)
+            else:
+                epoch = max(trainer.current_epoch - 1, 0)  # on_fit_end: the loop has counted past it
+                record = final.evaluate(model, tokenizer, stage, epoch=epoch, with_tasks=False, **kwargs)
+            records.append(
+                {
+                    **record,
+                    "stage": stage,
+                    "seconds": {**record["seconds"], "eval": round(time.perf_counter() - started, 2)},
+                }
+            )
+        return records
+
+    def _log_final(self, trainer: pl.Trainer) -> None:
+        base, model = self.final_records
+        metrics = flat_metrics(model["scores"], "final")
+        metrics.update(flat_metrics(score_deltas(model["scores"], base["scores"]), "final_delta"))
+        for logger in trainer.loggers:
+            logger.log_metrics(metrics, step=trainer.global_step)
+        log.info("drift final: %s", json.dumps(score_deltas(model["scores"], base["scores"])))
+
     def _items(self, trainer: pl.Trainer, stage: str) -> ItemSink:
         """Where this evaluation's per-item results go (``<run>/eval_items/<base|epoch_n>/``)."""
         tag = "base" if stage == "base" else epoch_tag(trainer.current_epoch)
@@ -226,6 +280,19 @@ class GeneralizationDriftCallback(pl.Callback):
         if SELF_DRIFT_KEY in record["scores"]:
             log.info("drift %s: self_drift %s", record["stage"], record["scores"][SELF_DRIFT_KEY])
 
+    def _final_payload(self) -> dict[str, Any]:
+        base, model = self.final_records
+        final = self.evaluator.final
+        return {
+            "settings": {
+                "suite": asdict(final.suite),
+                "self_drift": asdict(final.self_drift),
+                "kl_task": asdict(final.kl_task.cfg),
+            },
+            "base": base,
+            "model": {**model, "delta": score_deltas(model["scores"], base["scores"])},
+        }
+
     def _write(self, trainer: pl.Trainer) -> Path:
         path = self._run_dir(trainer) / DRIFT_FILE
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -239,6 +306,7 @@ class GeneralizationDriftCallback(pl.Callback):
                 "kl_task": asdict(self.evaluator.kl_task.cfg),
                 "base": next((r for r in self.records if r["stage"] == "base"), None),
                 "epochs": [{**r, "delta": score_deltas(r["scores"], base) if base else None} for r in epochs],
+                **({"final": self._final_payload()} if self.final_records else {}),
             },
         )
         if any(r.get("tasks") for r in self.records):

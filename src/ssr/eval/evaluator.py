@@ -4,6 +4,12 @@ The drift callback (base at fit start, then after epochs) and ``ssr-eval`` both 
 :meth:`Evaluator.evaluate`, which returns one :data:`EvalRecord`; :func:`eval_summary` turns a
 run's records into ``eval.json`` (one schema for both). One precision rule: every stage runs under
 the autocast dtype of the ``precision`` setting it is given (:func:`ssr.precision.autocast_dtype`).
+
+``eval.final`` (off by default) adds a second, larger evaluation of the base and of the trained
+model after the last epoch (:attr:`Evaluator.final`): the same suite tasks at larger limits, more
+self-drift prompts and kl_task rows, no task metrics (those run after the last epoch already).
+Small per-epoch checks and one measurement that can resolve a few points: ssr-report's paired
+statistics use the final one where a run has it.
 """
 
 from __future__ import annotations
@@ -17,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from ssr.data.prompts import PromptConfig, prompt_token_budget
 from ssr.eval.grounded import evaluate_grounded
@@ -32,7 +38,7 @@ from ssr.eval.self_drift import (
     self_drift_scores,
     weights_fingerprint,
 )
-from ssr.eval.suite import Scores, SuiteConfig, checked_dataclass, run_suite
+from ssr.eval.suite import Scores, SuiteConfig, checked_dataclass, plain_config, run_suite
 from ssr.eval.task_sets import TaskMetricsConfig, task_sets
 from ssr.files import atomic_write_text
 from ssr.generation import DecodingConfig
@@ -43,6 +49,7 @@ from ssr.records import Record, content_hash
 log = logging.getLogger(__name__)
 
 SELF_DRIFT_KEY = "self_drift"
+FINAL_KEYS = ("suite", "self_drift", "kl_task")  # what eval.final may override
 # {"stage": "base"|"epoch"|"eval", "epoch", "step", "scores": {task: {metric: value}},
 #  "tasks": {set: scores} (when task metrics ran), "seconds": {"drift", "tasks"}, "cached"?}
 EvalRecord = dict[str, Any]
@@ -75,29 +82,44 @@ class Evaluator:
         self.task_sets = {name: records for name, records in task_sets.items() if records}
         self.max_prompt_tokens, self.data_root, self.cache_base = max_prompt_tokens, data_root, cache_base
         self.reference: SelfDriftReference | None = None
+        self.final: Evaluator | None = None  # eval.final: the larger evaluation after the last epoch
 
     @classmethod
     def from_config(
         cls, cfg: DictConfig, val_records: list[Record], ood: dict[str, list[Record]] | None = None
     ) -> Evaluator:
-        """From the composed run config: ``eval`` (suite, self_drift, tasks, callback.cache_base),
-        ``prompt``, ``data`` (``max_length`` and the ``ood`` sets) and ``paths.data_root``."""
+        """From the composed run config: ``eval`` (suite, self_drift, tasks, kl_task, final,
+        callback.cache_base), ``prompt``, ``data`` (``max_length`` and the ``ood`` sets) and
+        ``paths.data_root``."""
         from hydra.utils import instantiate
 
         ev = cfg.eval
         tasks = checked_dataclass(TaskMetricsConfig, ev.tasks, "eval.tasks")
         budget = tasks.max_prompt_tokens or prompt_token_budget(cfg.data.max_length, tasks.max_new_tokens)
-        return cls(
+        shared = {
+            "tasks": tasks,
+            "prompt": instantiate(cfg.prompt),
+            "max_prompt_tokens": budget,
+            "data_root": str(Path(cfg.paths.data_root).resolve()),
+            "cache_base": ev.callback.cache_base,
+        }
+        evaluator = cls(
             suite=checked_dataclass(SuiteConfig, ev.suite, "eval suite"),
             self_drift=checked_dataclass(SelfDriftConfig, ev.self_drift, "self_drift"),
-            tasks=tasks,
-            prompt=instantiate(cfg.prompt),
             task_sets=task_sets(cfg, val_records, ood),
-            max_prompt_tokens=budget,
-            data_root=str(Path(cfg.paths.data_root).resolve()),
-            cache_base=ev.callback.cache_base,
             kl_task=checked_dataclass(KLTaskConfig, ev.kl_task, "eval.kl_task"),
+            **shared,
         )
+        final = final_settings(ev)
+        if final is not None:
+            evaluator.final = cls(
+                suite=checked_dataclass(SuiteConfig, final.suite, "eval.final.suite"),
+                self_drift=checked_dataclass(SelfDriftConfig, final.self_drift, "eval.final.self_drift"),
+                task_sets={},
+                kl_task=checked_dataclass(KLTaskConfig, final.kl_task, "eval.final.kl_task"),
+                **shared,
+            )
+        return evaluator
 
     @property
     def has_work(self) -> bool:
@@ -255,6 +277,24 @@ class Evaluator:
             self.data_root,
             *([self.kl_task.key()] if self.kl_task.enabled else []),
         )
+
+
+def final_settings(ev: DictConfig) -> DictConfig | None:
+    """``eval.suite``/``self_drift``/``kl_task`` with ``eval.final``'s keys on top (``None`` when
+    ``eval.final.enabled`` is off). A mapping given there (``suite.limits``) replaces the per-epoch
+    one whole: the final limits are not mixed with the per-epoch ones."""
+    final = ev.get("final")
+    if final is None or not final.get("enabled", False):
+        return None
+    unknown = sorted(set(final) - {"enabled", *FINAL_KEYS})
+    if unknown:
+        raise KeyError(f"unknown eval.final keys {unknown} (known: {['enabled', *FINAL_KEYS]})")
+    out = {}
+    for key in FINAL_KEYS:
+        node = plain_config(ev[key])
+        node.update(plain_config(final.get(key)) or {})
+        out[key] = node
+    return OmegaConf.create(out)
 
 
 def eval_summary(records: list[EvalRecord], **about: Any) -> dict[str, Any]:

@@ -2,7 +2,8 @@
 
 Layout: ``<run>/eval_items/<tag>/<source>.jsonl``, one JSON object per item with an ``id``:
 
-- tags: ``base``, ``epoch_<n>`` (the last epoch is the final model);
+- tags: ``base``, ``epoch_<n>`` (the last epoch is the final model); with ``eval.final``,
+  ``final_base`` and ``final`` (the base and the final model at the larger final settings);
 - sources: ``lm_eval.<task>`` (per document: each metric's 0/1 or value, per-choice
   log-likelihoods ``ll`` for multiple-choice tasks, ``doc_hash``), ``tasks.<set>`` (per grounded-QA
   row: prediction and its scores), ``self_drift`` (per prompt NLL), ``kl_task`` (per training
@@ -26,6 +27,9 @@ from ssr.files import atomic_write_text
 ITEMS_DIR = "eval_items"
 LM_EVAL_PREFIX = "lm_eval."
 TASKS_PREFIX = "tasks."
+
+FINAL_BASE_TAG = "final_base"
+FINAL_TAG = "final"
 
 Items = dict[str, dict[str, Any]]  # id -> row
 

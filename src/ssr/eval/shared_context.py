@@ -7,7 +7,10 @@ and it computes full-vocabulary logits at every position. Here the requests that
 packed into one row: the context once, then each continuation's tokens (minus its last one) with
 positions restarting at the context length and a 4D mask so that each continuation attends to the
 context and to itself only (a tree); identical requests are computed once. Logits are computed only
-where a continuation token is predicted.
+where a continuation token is predicted. Rows whose contexts start with the same long prefix (a
+task's few-shot primer: TruthfulQA's 6 questions, ~170 tokens, open every one of its documents)
+forward that prefix once: its keys and values are computed for one sequence and reused by every
+batch of those rows (:func:`prefix_clusters`).
 The results are HFLM's (same log-probabilities up to float noise, same greedy flags; tested against
 HFLM itself); groups that would be truncated to the model's length go through HFLM's own path.
 """
@@ -15,6 +18,7 @@ HFLM itself); groups that would be truncated to the model's length go through HF
 from __future__ import annotations
 
 import contextlib
+import inspect
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
@@ -37,6 +41,10 @@ class PackedRow:
     segments: list[int]  # 0 = context, j+1 = continuation j
     members: list[list[int]]  # per continuation: the requests asking for it (identical ones share it)
     targets: list[list[tuple[int, int]]]
+
+    @property
+    def context_length(self) -> int:
+        return self.segments.count(0)
 
 
 def pack_group(context: list[int], continuations: list[list[int]], members: list[list[int]]) -> PackedRow:
@@ -67,6 +75,42 @@ def tree_mask(segments: list[int], length: int) -> torch.Tensor:
     same = seg[:, None] == seg[None, :]
     sees_context = (seg[None, :] == 0) & (seg[:, None] >= 0)
     return (causal & (same | sees_context)) | torch.eye(length, dtype=torch.bool)
+
+
+MIN_SHARED_PREFIX = 32  # tokens: a shorter common prefix is recomputed with each row
+
+
+def common_prefix_length(a: list[int], b: list[int]) -> int:
+    n = min(len(a), len(b))
+    for i in range(n):
+        if a[i] != b[i]:
+            return i
+    return n
+
+
+def prefix_clusters(
+    rows: list[PackedRow], min_prefix: int = MIN_SHARED_PREFIX
+) -> list[tuple[int, list[PackedRow]]]:
+    """Rows grouped by a shared context prefix: ``(prefix length, rows)``; 0 for rows that share
+    fewer than ``min_prefix`` tokens with any other. A prefix stops short of every row's last
+    context token (that position predicts the first continuation token)."""
+    ordered = sorted(rows, key=lambda row: row.tokens[: row.context_length])
+    clusters: list[tuple[int, list[PackedRow]]] = []
+    for row in ordered:
+        if clusters:
+            shared, members = clusters[-1]
+            head = members[0]
+            n = min(
+                shared if len(members) > 1 else head.context_length - 1,
+                common_prefix_length(head.tokens[: head.context_length], row.tokens[: row.context_length]),
+                row.context_length - 1,
+            )
+            if n >= min_prefix:
+                clusters[-1] = (n, [*members, row])
+                continue
+        clusters.append((0, [row]))
+    singles = [row for n, members in clusters if n == 0 for row in members]
+    return [(n, members) for n, members in clusters if n > 0] + ([(0, singles)] if singles else [])
 
 
 def length_batches(rows: list[PackedRow], size: int) -> list[list[PackedRow]]:
@@ -127,30 +171,55 @@ def _shared_context_hflm() -> type:
                 desc="Running loglikelihood requests",
             )
             pbar.update(len(too_long))
-            for batch in length_batches(rows, size):
-                for row, answers in zip(batch, self._score_rows(batch), strict=True):
-                    for members, answer in zip(row.members, answers, strict=True):
-                        for i in members:
-                            results[i] = answer
-                            self.cache_hook.add_partial("loglikelihood", requests[i][0], answer)
-                        pbar.update(len(members))
+            for shared, cluster in prefix_clusters(rows, self.min_shared_prefix):
+                prefix = self._prefix_states(cluster[0].tokens[:shared]) if shared else None
+                cluster.sort(key=lambda row: -len(row.tokens))
+                for batch in length_batches(cluster, size):
+                    for row, answers in zip(batch, self._score_rows(batch, prefix), strict=True):
+                        for members, answer in zip(row.members, answers, strict=True):
+                            for i in members:
+                                results[i] = answer
+                                self.cache_hook.add_partial("loglikelihood", requests[i][0], answer)
+                            pbar.update(len(members))
             pbar.close()
             return [answer for answer in results if answer is not None]
 
-        def _score_rows(self, batch: list[PackedRow]) -> list[list[tuple[float, bool]]]:
-            """One forward over right-padded packed rows; logits only at the predicting positions."""
-            length = max(len(row.tokens) for row in batch)
+        min_shared_prefix = MIN_SHARED_PREFIX
+
+        def _prefix_states(self, prefix: list[int]) -> list[tuple[torch.Tensor, torch.Tensor]]:
+            """Per layer, the keys and values of one ``prefix`` sequence (shared by a cluster's rows)."""
+            ids = torch.tensor([prefix], dtype=torch.long, device=self.device)
+            with torch.no_grad(), self._autocast():
+                out = self.model.get_decoder()(input_ids=ids, use_cache=True)
+            return [(layer.keys, layer.values) for layer in out.past_key_values.layers]
+
+        def _score_rows(
+            self, batch: list[PackedRow], prefix: list[tuple[torch.Tensor, torch.Tensor]] | None = None
+        ) -> list[list[tuple[float, bool]]]:
+            """One forward over right-padded packed rows (their first ``prefix`` tokens read from the
+            given keys and values); logits only at the predicting positions."""
+            shared = prefix[0][0].shape[-2] if prefix else 0
+            length = max(len(row.tokens) for row in batch) - shared
             pad = pad_token_id(self.tokenizer)
             ids = torch.full((len(batch), length), pad, dtype=torch.long)
             positions = torch.zeros((len(batch), length), dtype=torch.long)
-            mask = torch.zeros((len(batch), 1, length, length), dtype=torch.bool)
+            mask = torch.ones((len(batch), 1, length, shared + length), dtype=torch.bool)
             for b, row in enumerate(batch):
-                ids[b, : len(row.tokens)] = torch.tensor(row.tokens)
-                positions[b, : len(row.positions)] = torch.tensor(row.positions)
-                mask[b, 0] = tree_mask(row.segments, length)
-            hidden = self._final_hidden(ids.to(self.device), positions.to(self.device), mask.to(self.device))
+                ids[b, : len(row.tokens) - shared] = torch.tensor(row.tokens[shared:])
+                positions[b, : len(row.positions) - shared] = torch.tensor(row.positions[shared:])
+                mask[b, 0, :, shared:] = tree_mask(row.segments[shared:], length)
+            cache = None
+            if prefix:
+                from transformers import DynamicCache
+
+                n = len(batch)
+                states = [(k.expand(n, -1, -1, -1), v.expand(n, -1, -1, -1)) for k, v in prefix]
+                cache = DynamicCache(ddp_cache_data=states, config=self.model.config)
+            hidden = self._final_hidden(
+                ids.to(self.device), positions.to(self.device), mask.to(self.device), cache
+            )
             where = [
-                (b, pos, tok)
+                (b, pos - shared, tok)
                 for b, row in enumerate(batch)
                 for targets in row.targets
                 for pos, tok in targets
@@ -174,16 +243,23 @@ def _shared_context_hflm() -> type:
             return out
 
         def _final_hidden(
-            self, ids: torch.Tensor, positions: torch.Tensor, mask: torch.Tensor
+            self, ids: torch.Tensor, positions: torch.Tensor, mask: torch.Tensor, cache: Any = None
         ) -> torch.Tensor:
             attn = getattr(self.model.config, "_attn_implementation", "sdpa")
             if attn != "sdpa":  # eager and others add the mask to the scores
                 mask = torch.zeros(mask.shape, dtype=torch.float32, device=mask.device).masked_fill(
                     ~mask, torch.finfo(torch.float32).min
                 )
+            decoder = self.model.get_decoder()
+            # transformers 5 names the argument `cache` (`past_key_values` is deprecated there)
+            name = "cache" if "cache" in inspect.signature(decoder.forward).parameters else "past_key_values"
             with torch.no_grad(), self._autocast():
-                out = self.model.get_decoder()(
-                    input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=False
+                out = decoder(
+                    input_ids=ids,
+                    attention_mask=mask,
+                    position_ids=positions,
+                    use_cache=cache is not None,
+                    **({name: cache} if cache is not None else {}),
                 )
             return out.last_hidden_state
 

@@ -18,6 +18,7 @@ class TaskMetricsConfig:
 
     in_domain: bool = True
     max_rows: int | None = None  # per set
+    ood_max_rows: int | None = None  # per data.ood set (None: max_rows)
     seed: int = 0  # which max_rows items: fixed, so every run (and seed) scores the same items
     max_new_tokens: int = 64
     max_prompt_tokens: int | None = None  # None: data.max_length - max_new_tokens
@@ -31,6 +32,7 @@ def task_sets(
     sets (``ood``: already loaded, e.g. by the DataModule; else loaded here)."""
     tasks = checked_dataclass(TaskMetricsConfig, cfg.eval.tasks, "eval.tasks")
     cap, seed = tasks.max_rows, tasks.seed
+    ood_cap = tasks.ood_max_rows or cap
     sets = (
         {"in_domain": subsample(val_records, max_rows=cap, seed=seed)}
         if tasks.in_domain and val_records
@@ -40,5 +42,5 @@ def task_sets(
         ood = {str(name): instantiate(node) for name, node in cfg.data.ood.items()}
     for name, records in ood.items():
         balance = any(not r.answerable for r in records)
-        sets[f"ood_{name}"] = subsample(records, max_rows=cap, balance=balance, seed=seed)
+        sets[f"ood_{name}"] = subsample(records, max_rows=ood_cap, balance=balance, seed=seed)
     return sets
