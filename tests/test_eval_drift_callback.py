@@ -305,7 +305,9 @@ def test_final_evaluation_at_larger_settings_after_training(tokenizer, tmp_path,
 
     (tmp_path / "a" / "summary.json").write_text(json.dumps({"method": "sft"}))
     run = load_run(tmp_path / "a")
-    assert run.final_eval
+    assert run.final_eval and run.final_eval_s == pytest.approx(
+        final["model"]["seconds"]["eval"] + final["base"]["seconds"]["eval"]
+    )
     assert run.base["suite/ssr_arc_easy/acc"] == final["base"]["scores"]["ssr_arc_easy"]["acc"]
     assert run.final["suite/self_drift/nll"] == final["model"]["scores"]["self_drift"]["nll"]
     assert run.curve_base["suite/self_drift/nll"] == payload["base"]["scores"]["self_drift"]["nll"]
@@ -324,7 +326,7 @@ def test_final_settings_replace_the_per_epoch_limits_whole(tokenizer):
         [
             "eval.final.enabled=true",
             "+eval.final.suite.limits={default: 50}",
-            "eval.final.self_drift={limit: null}",
+            "+eval.final.self_drift.limit=null",
         ]
     )
     final = final_settings(cfg.eval)

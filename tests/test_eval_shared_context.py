@@ -72,6 +72,17 @@ def test_prefix_clusters_share_long_prefixes_only():
     assert same_but_one[0][0] == 40  # = len(primer + [1]) - 1
 
 
+def _model(tokenizer, attn: str, lora: bool):
+    """The tiny model with ``attn`` attention, optionally under a (non-zero) LoRA adapter, in eval mode."""
+    model = tiny_random_model(tokenizer, seed=0)
+    model.set_attn_implementation(attn)
+    if lora:
+        model = get_peft_model(
+            model, LoraConfig(r=4, target_modules=["q_proj", "v_proj"], init_lora_weights=False)
+        )
+    return model.eval()
+
+
 def _primed_requests(tokenizer):
     enc = tokenizer.encode
     primer = enc("Q: What colour is the sky?\nA: Blue.\n\nQ: What is two plus two?\nA: Four.\n\n" * 3)
@@ -84,13 +95,7 @@ def _primed_requests(tokenizer):
 @pytest.mark.parametrize("attn", ["sdpa", "eager"])
 @pytest.mark.parametrize("lora", [False, True])
 def test_shared_prefix_states_give_hflm_loglikelihoods(tokenizer, attn, lora, monkeypatch):
-    model = tiny_random_model(tokenizer, seed=0)
-    model.set_attn_implementation(attn)
-    if lora:
-        model = get_peft_model(
-            model, LoraConfig(r=4, target_modules=["q_proj", "v_proj"], init_lora_weights=False)
-        )
-    model.eval()
+    model = _model(tokenizer, attn, lora)
     requests = _primed_requests(tokenizer)
     plain = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=4)._loglikelihood_tokens(requests)
     lm = SharedContextHFLM(pretrained=model, tokenizer=tokenizer, batch_size=2)
@@ -117,13 +122,7 @@ def _requests(model, tokenizer):
 @pytest.mark.parametrize("attn", ["sdpa", "eager"])
 @pytest.mark.parametrize("lora", [False, True])
 def test_loglikelihoods_equal_hflm(tokenizer, attn, lora):
-    model = tiny_random_model(tokenizer, seed=0)
-    model.set_attn_implementation(attn)
-    if lora:
-        model = get_peft_model(
-            model, LoraConfig(r=4, target_modules=["q_proj", "v_proj"], init_lora_weights=False)
-        )
-    model.eval()
+    model = _model(tokenizer, attn, lora)
     requests = _requests(model, tokenizer)
     plain = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=4)._loglikelihood_tokens(requests)
     shared = SharedContextHFLM(pretrained=model, tokenizer=tokenizer, batch_size=2)._loglikelihood_tokens(

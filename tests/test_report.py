@@ -95,7 +95,7 @@ def test_cost_table_reads_drift_seconds(tmp_path):
     drift["epochs"][-1]["seconds"].update(eval=90.0, tasks=60.0)
     (tmp_path / "sft-1" / "drift.json").write_text(json.dumps(drift))
     (tmp_path / "sft-1" / "summary.json").write_text(json.dumps({"method": "sft", "seed": 1, "wall_s": 900}))
-    assert "| sft | 1 | 900 | 200 | 30 | 15% | 60 |" in cost_table(find_runs([tmp_path]))
+    assert "| sft | 1 | 900 | 200 | 30 | 15% | 60 | – |" in cost_table(find_runs([tmp_path]))
 
 
 def test_no_runs_is_a_clear_error(tmp_path):
