@@ -145,7 +145,7 @@ def test_built_tasks_are_reused_across_evaluations_with_the_scores_of_a_fresh_bu
     suite_mod._BUILT.clear()
     first = suite_mod.run_suite(tiny_model, tokenizer, tasks, limits=3, data_root=data_root)
     n_built = len(built)
-    assert n_built == 6  # piqa + 5 mmlu subjects, once (not twice: doc counts and evaluation)
+    assert n_built == 11  # piqa + 10 mmlu subjects, once (not twice: doc counts and evaluation)
     again = suite_mod.run_suite(tiny_model, tokenizer, tasks, limits=3, data_root=data_root)
     other = suite_mod.run_suite(tiny_model, tokenizer, tasks, limits=5, data_root=data_root)
     assert len(built) == n_built and again == first

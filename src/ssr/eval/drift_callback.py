@@ -34,7 +34,7 @@ from lightning.pytorch.loggers import WandbLogger
 
 from ssr.eval.evaluator import SELF_DRIFT_KEY, EvalRecord, Evaluator, eval_summary, write_json
 from ssr.eval.items import FINAL_BASE_TAG, FINAL_TAG, ITEMS_DIR, ItemSink, epoch_tag
-from ssr.eval.self_drift import SelfDriftReference
+from ssr.eval.self_drift import SelfDriftReference, is_peft
 from ssr.eval.suite import Scores
 from ssr.precision import trainer_autocast
 from ssr.rng import rng_states, set_rng_states
@@ -109,6 +109,7 @@ class GeneralizationDriftCallback(pl.Callback):
         self.active, self.tokenizer = enabled, tokenizer
         self.records: list[EvalRecord] = []
         self.final_records: list[EvalRecord] = []  # eval.final: [base, model] at the end of training
+        self._early_final_base: EvalRecord | None = None  # a plain model's final base, before training
         self._epoch_started: float | None = None
 
     @property
@@ -149,12 +150,14 @@ class GeneralizationDriftCallback(pl.Callback):
         return {
             "records": self.records,
             "final_records": self.final_records,
+            "final_base": self._early_final_base,
             "reference": ref.__dict__ if ref is not None else None,
         }
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.records = list(state_dict.get("records", []))
         self.final_records = list(state_dict.get("final_records", []))
+        self._early_final_base = state_dict.get("final_base")
         ref = state_dict.get("reference")
         if self.evaluator is not None:
             self.evaluator.reference = SelfDriftReference(**ref) if ref else None
@@ -213,6 +216,8 @@ class GeneralizationDriftCallback(pl.Callback):
         ev.prepare_kl_task(getattr(trainer, "datamodule", None), tokenizer)
         items = self._items(trainer, stage)
         if stage == "base":
+            if ev.final is not None and not is_peft(model) and self._early_final_base is None:
+                self._early_final_base = self._final_base(trainer, pl_module)
             return ev.evaluate_base(
                 model, tokenizer, precision=precision, step=trainer.global_step, items=items
             )
@@ -228,29 +233,36 @@ class GeneralizationDriftCallback(pl.Callback):
             items=items,
         )
 
-    def _measure_final(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> list[EvalRecord]:
-        """``eval.final``: the base (cached across runs) and the trained model at the larger settings."""
+    def _final_base(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> EvalRecord:
+        """The base at the final settings (cached across runs). A PEFT model gives its base with the
+        adapters disabled at any time; a plain model only before training, so that is when it runs."""
         model, tokenizer, final = pl_module.model, self._tokenizer(trainer), self.evaluator.final
         precision = trainer_autocast(trainer) if self.mixed_precision == "auto" else self.mixed_precision
         final.prepare_kl_task(getattr(trainer, "datamodule", None), tokenizer)
-        root, step = self._run_dir(trainer) / ITEMS_DIR, trainer.global_step
-        records = []
-        for stage, tag in (("final_base", FINAL_BASE_TAG), ("final", FINAL_TAG)):
-            started = time.perf_counter()
-            kwargs = {"precision": precision, "step": step, "items": ItemSink(root, tag)}
-            if stage == "final_base":
-                record = final.evaluate_base(model, tokenizer, **kwargs)
-            else:
-                epoch = max(trainer.current_epoch - 1, 0)  # on_fit_end: the loop has counted past it
-                record = final.evaluate(model, tokenizer, stage, epoch=epoch, with_tasks=False, **kwargs)
-            records.append(
-                {
-                    **record,
-                    "stage": stage,
-                    "seconds": {**record["seconds"], "eval": round(time.perf_counter() - started, 2)},
-                }
-            )
-        return records
+        items = ItemSink(self._run_dir(trainer) / ITEMS_DIR, FINAL_BASE_TAG)
+        started = time.perf_counter()
+        record = final.evaluate_base(
+            model, tokenizer, precision=precision, step=trainer.global_step, items=items
+        )
+        seconds = {**record["seconds"], "eval": round(time.perf_counter() - started, 2)}
+        return {**record, "stage": "final_base", "seconds": seconds}
+
+    def _measure_final(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> list[EvalRecord]:
+        """``eval.final``: the base and the trained model at the larger settings."""
+        model, tokenizer, final = pl_module.model, self._tokenizer(trainer), self.evaluator.final
+        precision = trainer_autocast(trainer) if self.mixed_precision == "auto" else self.mixed_precision
+        base = self._early_final_base or self._final_base(trainer, pl_module)
+        started = time.perf_counter()
+        epoch = max(trainer.current_epoch - 1, 0)  # on_fit_end: the loop has counted past it
+        items = ItemSink(self._run_dir(trainer) / ITEMS_DIR, FINAL_TAG)
+        record = final.evaluate(
+            model, tokenizer, "final", precision=precision, epoch=epoch, step=trainer.global_step,
+            with_tasks=False, items=items,
+        )  # fmt: skip
+        return [
+            base,
+            {**record, "seconds": {**record["seconds"], "eval": round(time.perf_counter() - started, 2)}},
+        ]
 
     def _log_final(self, trainer: pl.Trainer) -> None:
         base, model = self.final_records

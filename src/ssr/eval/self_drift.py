@@ -205,13 +205,13 @@ def response_row_nll(
 # --- reference (base answers) ---------------------------------------------------------------------
 
 
-def _is_peft(model: Any) -> bool:
+def is_peft(model: Any) -> bool:
     return hasattr(model, "disable_adapter") and hasattr(model, "get_base_model")
 
 
 def weights_fingerprint(model: Any) -> str:
     """Identity of the base weights (PEFT adapter weights excluded, ``base_layer`` names unwrapped)."""
-    base = model.get_base_model() if _is_peft(model) else model
+    base = model.get_base_model() if is_peft(model) else model
     parts = []
     with torch.no_grad():
         for name, param in base.named_parameters():
@@ -233,7 +233,7 @@ def weights_fingerprint(model: Any) -> str:
 @contextlib.contextmanager
 def base_weights(model: Any) -> Iterator[None]:
     """Run a PEFT model with its adapters disabled (the base model); no-op for plain models."""
-    with model.disable_adapter() if _is_peft(model) else contextlib.nullcontext():
+    with model.disable_adapter() if is_peft(model) else contextlib.nullcontext():
         yield
 
 
