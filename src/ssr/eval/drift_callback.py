@@ -172,6 +172,10 @@ class GeneralizationDriftCallback(pl.Callback):
             )
         return tokenizer
 
+    def _precision(self, trainer: pl.Trainer) -> str | None:
+        """The evaluations' autocast setting: the trainer's (``auto``) or the callback's own."""
+        return trainer_autocast(trainer) if self.mixed_precision == "auto" else self.mixed_precision
+
     def _run_dir(self, trainer: pl.Trainer) -> Path:
         return self.run_dir or Path(trainer.default_root_dir)
 
@@ -209,7 +213,7 @@ class GeneralizationDriftCallback(pl.Callback):
                 f"at pl_module.model; {type(pl_module).__name__} has none"
             )
         tokenizer, ev = self._tokenizer(trainer), self.evaluator
-        precision = trainer_autocast(trainer) if self.mixed_precision == "auto" else self.mixed_precision
+        precision = self._precision(trainer)
         if ev.self_drift.enabled and ev.reference is None:
             with torch.no_grad():
                 ev.ensure_reference(model, tokenizer, precision).save(self._run_dir(trainer) / REFERENCE_FILE)
@@ -237,7 +241,7 @@ class GeneralizationDriftCallback(pl.Callback):
         """The base at the final settings (cached across runs). A PEFT model gives its base with the
         adapters disabled at any time; a plain model only before training, so that is when it runs."""
         model, tokenizer, final = pl_module.model, self._tokenizer(trainer), self.evaluator.final
-        precision = trainer_autocast(trainer) if self.mixed_precision == "auto" else self.mixed_precision
+        precision = self._precision(trainer)
         final.prepare_kl_task(getattr(trainer, "datamodule", None), tokenizer)
         items = ItemSink(self._run_dir(trainer) / ITEMS_DIR, FINAL_BASE_TAG)
         started = time.perf_counter()
@@ -250,7 +254,7 @@ class GeneralizationDriftCallback(pl.Callback):
     def _measure_final(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> list[EvalRecord]:
         """``eval.final``: the base and the trained model at the larger settings."""
         model, tokenizer, final = pl_module.model, self._tokenizer(trainer), self.evaluator.final
-        precision = trainer_autocast(trainer) if self.mixed_precision == "auto" else self.mixed_precision
+        precision = self._precision(trainer)
         base = self._early_final_base or self._final_base(trainer, pl_module)
         started = time.perf_counter()
         epoch = max(trainer.current_epoch - 1, 0)  # on_fit_end: the loop has counted past it
@@ -322,6 +326,6 @@ class GeneralizationDriftCallback(pl.Callback):
             },
         )
         if any(r.get("tasks") for r in self.records):
-            precision = trainer_autocast(trainer) if self.mixed_precision == "auto" else self.mixed_precision
+            precision = self._precision(trainer)
             write_json(path.with_name(EVAL_FILE), eval_summary(self.records, precision=precision))
         return path

@@ -251,16 +251,15 @@ def _shared_context_hflm() -> type:
                     ~mask, torch.finfo(torch.float32).min
                 )
             decoder = self.model.get_decoder()
-            # transformers 5 names the argument `cache` (`past_key_values` is deprecated there)
-            name = "cache" if "cache" in inspect.signature(decoder.forward).parameters else "past_key_values"
-            with torch.no_grad(), self._autocast():
-                out = decoder(
-                    input_ids=ids,
-                    attention_mask=mask,
-                    position_ids=positions,
-                    use_cache=cache is not None,
-                    **({name: cache} if cache is not None else {}),
+            cached: dict[str, Any] = {"use_cache": False}
+            if cache is not None:
+                # transformers 5 names the argument `cache` (`past_key_values` is deprecated there)
+                name = (
+                    "cache" if "cache" in inspect.signature(decoder.forward).parameters else "past_key_values"
                 )
+                cached = {name: cache, "use_cache": True}
+            with torch.no_grad(), self._autocast():
+                out = decoder(input_ids=ids, attention_mask=mask, position_ids=positions, **cached)
             return out.last_hidden_state
 
         def _autocast(self) -> contextlib.AbstractContextManager:
