@@ -21,14 +21,14 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 @pytest.fixture(scope="session")
 def tokenizer():
     """The real SmolLM2-135M-Instruct tokenizer (and chat template), from the embedded GGUF."""
-    from ssr.models import ModelSpec, load_tokenizer
+    from ssr.models.loading import ModelSpec, load_tokenizer
 
     return load_tokenizer(ModelSpec(name_or_path="tiny-random"))
 
 
 @pytest.fixture
 def tiny_model(tokenizer):
-    from ssr.models import tiny_random_model
+    from ssr.models.loading import tiny_random_model
 
     return tiny_random_model(tokenizer, seed=0)
 
@@ -86,17 +86,17 @@ def tiny_cfg(tmp_path):
 @pytest.fixture
 def no_model_loading(monkeypatch):
     """Fail the test if a mistake is caught only after a tokenizer or model was loaded."""
-    import ssr.datamodule
-    import ssr.generation
-    import ssr.models
+    import ssr.generation.generator
+    import ssr.models.loading
+    import ssr.training.datamodule
 
     def forbidden(*args, **kwargs):
         raise AssertionError("the config error must be raised before any model or tokenizer is loaded")
 
     for module, name in [
-        (ssr.models, "load_model"),
-        (ssr.datamodule, "load_tokenizer"),
-        (ssr.generation, "load_model"),  # BaseModelGenerator
-        (ssr.generation, "load_tokenizer"),
+        (ssr.models.loading, "load_model"),
+        (ssr.training.datamodule, "load_tokenizer"),
+        (ssr.generation.generator, "load_model"),  # BaseModelGenerator
+        (ssr.generation.generator, "load_tokenizer"),
     ]:
         monkeypatch.setattr(module, name, forbidden)

@@ -2,7 +2,7 @@
 
 Test modules load it with ``pytest_plugins = ["llama_server_fixtures"]`` (and import it only under
 TYPE_CHECKING: the fixture object carries the URL, model alias and key). It is started through
-``ssr.llama_server.LlamaCppServer`` (what ``generator.server=llama_cpp`` runs), with an API key the
+``ssr.generation.llama_server.LlamaCppServer`` (what ``generator.server=llama_cpp`` runs), with an API key the
 server demands. Skipped without llama-cpp-python, except in CI (``CI`` set), where that fails.
 """
 
@@ -16,8 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from ssr.llama_server import LlamaCppServer
-from ssr.models import embedded_gguf_path
+from ssr.generation.llama_server import LlamaCppServer
+from ssr.models.loading import embedded_gguf_path
 
 SERVER_KEY = "ssr-test-server-key-7f3a9c"  # the server demands it: a request without it gets 401
 KEY_ENV = "SSR_TEST_LLAMA_SERVER_KEY"

@@ -18,8 +18,8 @@ from hypothesis import strategies as st
 
 from ssr.data.adapters import DataError, jsonl, quac, squad_v2
 from ssr.data.prompts import PromptConfig, build_messages
+from ssr.data.records import Record
 from ssr.data.tokenize import IGNORE_INDEX, tokenize_pair, tokenize_record
-from ssr.records import Record
 
 SETTINGS = settings(
     max_examples=int(os.environ.get("SSR_HYPOTHESIS_EXAMPLES", "80")),

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from ssr.cache import CacheCorruptError, JsonlCache
+from ssr.runtime.cache import CacheCorruptError, JsonlCache
 
 
 def test_put_get_and_reload(tmp_path):

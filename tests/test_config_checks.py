@@ -51,7 +51,7 @@ def test_bad_setting_fails_before_any_model_load_naming_key_value_and_range(
     tiny_cfg, no_model_loading, overrides, message
 ):
     from ssr.cli.train import train
-    from ssr.config_checks import ConfigError
+    from ssr.runtime.configs import ConfigError
 
     cfg = tiny_cfg(*overrides)
     with pytest.raises(ConfigError, match=message) as err:
@@ -62,7 +62,8 @@ def test_bad_setting_fails_before_any_model_load_naming_key_value_and_range(
 
 
 def test_every_broken_setting_is_named_in_the_one_line():
-    from ssr.config_checks import ConfigError, check_config
+    from ssr.cli.config_checks import check_config
+    from ssr.runtime.configs import ConfigError
 
     with pytest.raises(ConfigError) as err:
         check_config(_cfg("data.batch_size=0", "optim.lr=-1", "trainer.max_epochs=0"))
@@ -86,13 +87,13 @@ def test_every_broken_setting_is_named_in_the_one_line():
     ],
 )
 def test_valid_settings_pass(overrides):
-    from ssr.config_checks import check_config
+    from ssr.cli.config_checks import check_config
 
     check_config(_cfg(*overrides))
 
 
 def test_every_precision_lightning_accepts_and_auto_pass():
-    from ssr.config_checks import PRECISIONS, check_config
+    from ssr.cli.config_checks import PRECISIONS, check_config
 
     for value in ("auto", "32-true", "32", "bf16-mixed", "16-mixed", "bf16-true", "16-true", "64-true"):
         assert value in PRECISIONS
@@ -101,7 +102,7 @@ def test_every_precision_lightning_accepts_and_auto_pass():
 
 def test_missing_data_file_names_the_key_and_the_path(tiny_cfg, no_model_loading, tmp_path):
     from ssr.cli.train import train
-    from ssr.config_checks import ConfigError
+    from ssr.runtime.configs import ConfigError
 
     missing = tmp_path / "nope" / "train.jsonl"
     with pytest.raises(ConfigError, match=rf"data\.train\.path={missing}: no such file"):
@@ -175,7 +176,7 @@ def test_every_entry_point_checks_the_config(tmp_path, module):
 
 def test_a_failure_inside_the_job_removes_the_fresh_run_dir_or_marks_an_old_one(tmp_path, monkeypatch):
     from ssr.cli.guard import FAILED_FILE, mark_failed
-    from ssr.config_checks import ConfigError
+    from ssr.runtime.configs import ConfigError
 
     monkeypatch.chdir(tmp_path)
     fresh = tmp_path / "outputs" / "default" / "2026-01-01" / "10-00-00"

@@ -103,7 +103,7 @@ def test_ddp_trainer_config():
 
 def test_deepspeed_without_cuda_fails_before_generation(tiny_cfg, monkeypatch):
     import ssr.cli.train as train_cli
-    from ssr import hardware
+    from ssr.runtime import hardware
 
     monkeypatch.setattr(hardware, "cuda_available", lambda: False)
     cfg = tiny_cfg("trainer=deepspeed_zero2")
@@ -125,7 +125,7 @@ def test_deepspeed_without_cuda_fails_before_generation(tiny_cfg, monkeypatch):
 )
 def test_deepspeed_config_mistakes_are_named(tiny_cfg, monkeypatch, override, message):
     import ssr.cli.train as train_cli
-    from ssr import hardware
+    from ssr.runtime import hardware
 
     monkeypatch.setattr(hardware, "cuda_available", lambda: True)
     trainer = "deepspeed_zero3" if override.startswith("export_merged") else "deepspeed_zero2"
@@ -136,7 +136,7 @@ def test_deepspeed_config_mistakes_are_named(tiny_cfg, monkeypatch, override, me
 @pytest.fixture(scope="module")
 def tiny_model_dir(tmp_path_factory) -> Path:
     """The tiny random model saved as a local checkpoint, so ZeRO-3 loads it through from_pretrained."""
-    from ssr.models import ModelSpec, load_model
+    from ssr.models.loading import ModelSpec, load_model
 
     path = tmp_path_factory.mktemp("tiny-model")
     model, tokenizer = load_model(ModelSpec(name_or_path="tiny-random"))
@@ -170,7 +170,7 @@ def _cpu_deepspeed(option: str) -> tuple[str, ...]:
 @needs_deepspeed
 def test_zero2_on_cpu_trains_and_writes_adapter_only_checkpoints(tiny_cfg, monkeypatch):
     import ssr.cli.train as train_cli
-    from ssr import hardware
+    from ssr.runtime import hardware
 
     monkeypatch.setattr(hardware, "cuda_available", lambda: True)
     cfg = tiny_cfg("method=sft", "trainer.accumulate_grad_batches=2", *_cpu_deepspeed("deepspeed_zero2"))
@@ -196,7 +196,7 @@ def test_zero3_on_cpu_shards_trains_saves_the_gathered_adapter_and_resumes(
     at zero, the adapter is gathered from the shards, checkpoints hold no frozen weights, and a run
     resumed from a sharded checkpoint ends where an uninterrupted one does."""
     import ssr.cli.train as train_cli
-    from ssr import hardware
+    from ssr.runtime import hardware
 
     monkeypatch.setattr(hardware, "cuda_available", lambda: True)
     common = (

@@ -19,7 +19,7 @@ from ssr.eval.items import final_tag, load_items
 from ssr.eval.self_drift import SelfDriftConfig
 from ssr.eval.suite import SuiteConfig
 from ssr.eval.task_sets import TaskMetricsConfig
-from ssr.models import tiny_random_model
+from ssr.models.loading import tiny_random_model
 
 SUITE = {"tasks": ["ssr_arc_easy"], "limits": 3, "batch_size": 4}
 SELF_DRIFT = {"limit": 3, "max_new_tokens": 4, "batch_size": 3}
@@ -117,7 +117,7 @@ def test_two_epochs_write_base_and_epoch_records_and_restore_state(tokenizer, tm
     assert (tmp_path / "a" / "run" / "self_drift_reference.json").is_file()
 
     # ssr-report reads this drift.json
-    from ssr.report import load_run
+    from ssr.report.runs import load_run
 
     (tmp_path / "a" / "run" / "summary.json").write_text(json.dumps({"method": "sft"}))
     run = load_run(tmp_path / "a" / "run")
@@ -208,7 +208,7 @@ def test_from_eval_config(tokenizer):
     from hydra import compose, initialize_config_dir
 
     conf = Path(__file__).resolve().parents[1] / "conf"
-    from ssr.callbacks import instantiate_callbacks
+    from ssr.training.callbacks import instantiate_callbacks
 
     def drift_of(*overrides):
         with initialize_config_dir(config_dir=str(conf), version_base=None):
@@ -261,8 +261,8 @@ def test_wandb_logger_gets_metrics_and_a_table(tokenizer, tmp_path, monkeypatch)
 def test_final_evaluation_at_larger_settings_after_training(tokenizer, tmp_path, monkeypatch):
     """eval.final: base (cached across runs) and model once more at the end, at larger limits;
     ssr-report takes the run's base/final suite scores and the paired items from it."""
-    from ssr.report import load_run
-    from ssr.report_stats import Measure, pair_tags
+    from ssr.report.paired import Measure, pair_tags
+    from ssr.report.runs import load_run
 
     def fit(run):
         pl.seed_everything(7)

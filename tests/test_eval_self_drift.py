@@ -17,7 +17,7 @@ from ssr.eval.self_drift import (
     self_drift_scores,
     weights_fingerprint,
 )
-from ssr.models import tiny_random_model
+from ssr.models.loading import tiny_random_model
 
 CFG = SelfDriftConfig(limit=5, max_new_tokens=6, batch_size=3)
 

@@ -14,7 +14,7 @@ from ssr.eval.shared_context import (
     tree_mask,
 )
 from ssr.eval.suite import run_suite
-from ssr.models import tiny_random_model
+from ssr.models.loading import tiny_random_model
 
 
 def test_pack_group_lays_out_context_once_and_predicting_positions():

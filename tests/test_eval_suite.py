@@ -8,7 +8,7 @@ import torch
 
 from hub_mirror import hub_task_config
 from ssr.eval.suite import SuiteConfig, flatten_results, run_suite, sample_indices
-from ssr.models import ModelSpec, load_model, tiny_random_model
+from ssr.models.loading import ModelSpec, load_model, tiny_random_model
 
 ROOT = Path(__file__).resolve().parents[1]
 

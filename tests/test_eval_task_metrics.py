@@ -56,8 +56,8 @@ def test_answerable_row_without_gold_is_an_error():
 
 
 def test_per_row_items_carry_each_rows_scores():
+    from ssr.data.records import Record
     from ssr.eval.grounded import grounded_row_items
-    from ssr.records import Record
 
     records = [
         Record(id="a", question="q", gold="big brown dog", document="d", answerable=True),

@@ -6,9 +6,9 @@ import pytest
 from omegaconf import OmegaConf
 
 from conftest import compose
-from ssr import hardware
 from ssr.cli import guard
 from ssr.eval import task_sets as task_sets_mod
+from ssr.runtime import hardware
 
 
 def _plain(cfg, key):

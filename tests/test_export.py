@@ -14,7 +14,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from cli_runs import cli_env
 from ssr.cli.export import main as export_main
-from ssr.models import (
+from ssr.models.loading import (
     EMBEDDED,
     SPEC_FILE,
     ModelSpec,

@@ -162,7 +162,7 @@ def _adapter(run_dir: Path) -> dict[str, torch.Tensor]:
 # --------------------------------------------------------------------------- the test
 def test_kill_9_in_every_stage_then_rerun_loses_nothing(tmp_path, tokenizer):
     from ssr.cli.train import train
-    from ssr.models import embedded_tokenizer_dir
+    from ssr.models.loading import embedded_tokenizer_dir
 
     rng = random.Random(SEED)
     run = Run(tmp_path, embedded_tokenizer_dir().parent)

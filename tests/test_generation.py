@@ -5,8 +5,9 @@ from __future__ import annotations
 import torch
 
 from ssr.eval.self_drift import generate_answers
-from ssr.generation import DecodingConfig, generate_ids, hf_generate
-from ssr.models import tiny_random_model
+from ssr.generation.config import DecodingConfig
+from ssr.generation.hf import generate_ids, hf_generate
+from ssr.models.loading import tiny_random_model
 
 PROMPTS = [
     "Box 1 is red.",

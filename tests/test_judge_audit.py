@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from ssr.judge_audit import AuditRow, audit_rows, rows_from_caches, rows_from_judges, split_audit
-from ssr.records import Record
+from ssr.data.records import Record
+from ssr.report.judge_audit import AuditRow, audit_rows, rows_from_caches, rows_from_judges, split_audit
 
 
 def _rows(a, b, answerable):
@@ -37,7 +37,7 @@ def test_splits_by_answerability():
 def test_rule_qa_vs_hf_judge_on_the_tiny_model(tmp_path, tokenizer):
     from ssr.judges import RuleQAJudge
     from ssr.judges.hf import HFJudge
-    from ssr.models import tiny_random_model
+    from ssr.models.loading import tiny_random_model
 
     unans = "I cannot answer this question based on the provided document."
     records = [

@@ -14,9 +14,9 @@ from pathlib import Path
 
 import pytest
 
-from ssr.cache import JsonlCache
 from ssr.judges import JudgeError, JudgeItem, run_judge
 from ssr.judges.openai import OpenAIJudge
+from ssr.runtime.cache import JsonlCache
 
 
 @dataclass
@@ -345,7 +345,7 @@ def test_threads_failing_together_do_not_retry_in_lockstep() -> None:
 
 # --------------------------------------------------------------------------- endpoint preflight
 def test_preflight_of_an_endpoint_with_nothing_listening_names_the_url_and_what_was_tried() -> None:
-    from ssr.http_preflight import EndpointError
+    from ssr.runtime.http_preflight import EndpointError
 
     url = f"http://127.0.0.1:{free_port()}/v1"
     start = time.monotonic()
@@ -367,7 +367,7 @@ def test_preflight_passes_on_a_model_list_and_sends_the_key(monkeypatch: pytest.
 def test_preflight_falls_back_to_a_one_token_completion() -> None:
     """A server without GET /models (404) that answers chat completions passes; one that answers
     neither fails, naming both requests."""
-    from ssr.http_preflight import EndpointError, check_endpoint
+    from ssr.runtime.http_preflight import EndpointError, check_endpoint
 
     with fake_server(lambda n, body: chat_reply("Yes"), models_status=404) as server:
         what = check_endpoint(server.url, key="generator.base_url", model="fake")
@@ -383,7 +383,7 @@ def test_preflight_falls_back_to_a_one_token_completion() -> None:
 
 
 def test_preflight_reports_a_rejected_key() -> None:
-    from ssr.http_preflight import EndpointError, check_endpoint
+    from ssr.runtime.http_preflight import EndpointError, check_endpoint
 
     with (
         fake_server(lambda n, body: chat_reply("Yes"), models_status=401) as server,

@@ -13,9 +13,9 @@ from typing import TYPE_CHECKING
 
 import pytest
 
-from ssr.cache import JsonlCache
 from ssr.judges import JudgeError, JudgeItem, run_judge
 from ssr.judges.openai import OpenAIJudge
+from ssr.runtime.cache import JsonlCache
 
 if TYPE_CHECKING:
     from llama_server_fixtures import LlamaServer

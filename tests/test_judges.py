@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 from omegaconf import OmegaConf
 
-from ssr.cache import JsonlCache
 from ssr.judges import Judge, JudgeError, JudgeItem, RuleQAJudge, Verdict, judge_key, run_judge
 from ssr.judges.prompt import DEFAULT_TEMPLATE, JudgePrompt, escape_field, parse_yes_no
+from ssr.runtime.cache import JsonlCache
 
 UNANSWERABLE = "I cannot answer this question based on the provided document."
 CONF = Path(__file__).resolve().parents[1] / "conf" / "judge"
@@ -245,7 +245,7 @@ def test_prompt_truncates_long_documents() -> None:
 
 @pytest.fixture(scope="session")
 def tiny_model_and_tokenizer(tokenizer):
-    from ssr.models import tiny_random_model
+    from ssr.models.loading import tiny_random_model
 
     return tiny_random_model(tokenizer, seed=0).eval(), tokenizer
 
@@ -384,7 +384,7 @@ def test_openai_config_needs_its_key_variable(monkeypatch: pytest.MonkeyPatch) -
 @pytest.mark.slow
 def test_hf_judge_loads_the_embedded_smollm2_gguf() -> None:
     from ssr.judges.hf import HFJudge
-    from ssr.models import EMBEDDED
+    from ssr.models.loading import EMBEDDED
 
     judge = HFJudge(model=EMBEDDED, batch_size=2)
     verdicts = judge.judge_batch([item("It is Paris."), item("Berlin"), item(UNANSWERABLE)])

@@ -8,12 +8,12 @@ import torch
 
 from ssr.eval.items import ItemSink, read_source
 from ssr.eval.kl_task import KLTask, KLTaskConfig
-from ssr.eval.suite import checked_dataclass
+from ssr.runtime.configs import checked_dataclass
 
 
 class Bigram(torch.nn.Module):
     """Next-token logits depend only on the current token: ``table[token]`` (a one-hot "decoder"
-    and the table as the output layer, the two parts ``ssr.module.response_logits`` runs)."""
+    and the table as the output layer, the two parts ``ssr.models.logits.response_logits`` runs)."""
 
     def __init__(self, table):
         super().__init__()

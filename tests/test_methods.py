@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from ssr.methods import Candidate, MethodConfig, select_targets, selection_stats
-from ssr.records import Record
+from ssr.data.records import Record
+from ssr.selection.methods import Candidate, MethodConfig, select_targets, selection_stats
 
 R = [
     Record(id="a", question="q", gold="gold-a"),
@@ -70,7 +70,7 @@ def test_dft_learns_gold_and_needs_no_judge():
 
 
 def test_self_only_keeps_accepted_own_answers_and_drops_the_rest():
-    from ssr.methods import trained
+    from ssr.selection.methods import trained
 
     sel = select_targets(MethodConfig(name="self_only"), R, OWN)
     assert [(s.source, s.target) for s in sel] == [("self", "own-a"), ("self", "own-u"), ("dropped", "")]
@@ -101,7 +101,7 @@ def test_dft_loss_weights_each_tokens_ce_by_its_detached_probability():
 
     import torch
 
-    from ssr.losses import summed_token_loss
+    from ssr.models.losses import summed_token_loss
 
     # two tokens: p = 1/2 (logits 0, 0) and p = 3/4 (logits 0, log 3)
     logits = torch.tensor([[0.0, 0.0], [0.0, math.log(3)]], requires_grad=True)
@@ -122,7 +122,7 @@ def test_module_loss_on_the_tiny_model_matches_the_hand_computed_dft(tiny_model)
     import torch
     import torch.nn.functional as F
 
-    from ssr.module import response_token_loss
+    from ssr.training.module import response_token_loss
 
     ids = torch.tensor([[5, 17, 42, 99, 7]])
     labels = torch.tensor([[-100, -100, 42, 99, 7]])

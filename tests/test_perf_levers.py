@@ -6,11 +6,11 @@ import pytest
 import torch
 
 from ssr.data.prompts import PromptConfig
+from ssr.data.records import Record
 from ssr.data.tokenize import IGNORE_INDEX, tokenize_all
-from ssr.datamodule import collate
-from ssr.models import ModelSpec, apply_peft, cast_frozen_linear_weights, tiny_random_model
-from ssr.module import OptimConfig, response_token_loss
-from ssr.records import Record
+from ssr.models.loading import ModelSpec, apply_peft, cast_frozen_linear_weights, tiny_random_model
+from ssr.training.datamodule import collate
+from ssr.training.module import OptimConfig, response_token_loss
 
 LORA = {"r": 8, "lora_alpha": 16, "target_modules": "all-linear", "lora_dropout": 0.0}
 
@@ -112,7 +112,7 @@ def test_precast_frozen_weights_is_bit_identical_under_autocast(tokenizer):
 def test_module_precasts_frozen_weights_only_under_bf16_mixed(precision, expect):
     import lightning as L
 
-    from ssr.module import SSRModule
+    from ssr.training.module import SSRModule
 
     module = SSRModule(model=ModelSpec(name_or_path="tiny-random"), optim=OptimConfig(), peft=dict(LORA))
     module.trainer = L.Trainer(
@@ -125,8 +125,9 @@ def test_module_precasts_frozen_weights_only_under_bf16_mixed(precision, expect)
 
 
 def test_generation_model_prepared_for_autocast_gives_identical_outputs(tokenizer):
-    from ssr.generation import DecodingConfig, hf_generate
-    from ssr.models import cast_for_autocast_inference
+    from ssr.generation.config import DecodingConfig
+    from ssr.generation.hf import hf_generate
+    from ssr.models.loading import cast_for_autocast_inference
 
     model = tiny_random_model(tokenizer, seed=1).eval()
     tokenizer.padding_side = "left"

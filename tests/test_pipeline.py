@@ -7,8 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from ssr.cache import JsonlCache
-from ssr.generation import DecodingConfig, cached_generate
+from ssr.generation.config import DecodingConfig
+from ssr.generation.generator import cached_generate
+from ssr.runtime.cache import JsonlCache
 
 
 def _selection(run: Path) -> list[dict]:

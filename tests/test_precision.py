@@ -1,4 +1,4 @@
-"""ssr.precision: `auto` chosen by measurement (timings injected), cached per machine, honoured by
+"""ssr.runtime.precision: `auto` chosen by measurement (timings injected), cached per machine, honoured by
 every stage; torch threads from the CPU affinity."""
 
 from __future__ import annotations
@@ -8,8 +8,8 @@ import json
 import pytest
 import torch
 
-from ssr import hardware, precision
-from ssr.precision import PROBE_SHAPES, autocast_dtype, choose_cpu, measure_cpu, resolve
+from ssr.runtime import hardware, precision
+from ssr.runtime.precision import PROBE_SHAPES, autocast_dtype, choose_cpu, measure_cpu, resolve
 
 
 def fake_timer(fp32: float, bf16: float):

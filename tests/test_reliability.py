@@ -17,18 +17,18 @@ def _last_checkpoint(run: Path) -> dict:
 
 # --------------------------------------------------------------------------- NaN / inf loss
 def test_nan_batch_stops_the_run_naming_the_step_and_keeps_the_last_good_checkpoint(tiny_cfg, monkeypatch):
-    import ssr.module
-    from ssr.callbacks import NonFiniteLossError
+    import ssr.training.module
     from ssr.cli.train import train
+    from ssr.training.callbacks import NonFiniteLossError
 
-    real_loss, calls = ssr.module.response_token_loss, []
+    real_loss, calls = ssr.training.module.response_token_loss, []
 
     def loss_with_a_nan_batch(*args, **kwargs):
         calls.append(1)
         loss = real_loss(*args, **kwargs)
         return loss * float("nan") if len(calls) == 3 else loss
 
-    monkeypatch.setattr(ssr.module, "response_token_loss", loss_with_a_nan_batch)
+    monkeypatch.setattr(ssr.training.module, "response_token_loss", loss_with_a_nan_batch)
     cfg = tiny_cfg("method=sft", "data.max_val_rows=0")  # 4 steps, a checkpoint every 2
     with pytest.raises(NonFiniteLossError, match=r"non-finite loss \(nan\) at training step 3 \(epoch 0"):
         train(cfg)
@@ -43,8 +43,8 @@ def test_nan_batch_stops_the_run_naming_the_step_and_keeps_the_last_good_checkpo
 
 
 def test_exploding_lr_stops_before_a_nan_state_is_saved(tiny_cfg):
-    from ssr.callbacks import NonFiniteLossError
     from ssr.cli.train import train
+    from ssr.training.callbacks import NonFiniteLossError
 
     cfg = tiny_cfg(
         "method=sft",
@@ -66,7 +66,7 @@ def test_exploding_lr_stops_before_a_nan_state_is_saved(tiny_cfg):
 def test_guard_checks_gradients_before_the_optimizer_step():
     from types import SimpleNamespace
 
-    from ssr.callbacks import FiniteLossGuard, NonFiniteLossError
+    from ssr.training.callbacks import FiniteLossGuard, NonFiniteLossError
 
     progress = SimpleNamespace(current=SimpleNamespace(ready=5))
     trainer = SimpleNamespace(
@@ -145,7 +145,7 @@ def test_planted_api_keys_never_reach_any_output_file(tmp_path, tokenizer):
     import uuid
 
     from conftest import REPO
-    from ssr.models import embedded_tokenizer_dir
+    from ssr.models.loading import embedded_tokenizer_dir
     from test_judge_faults import chat_reply, fake_server
 
     secrets = {
@@ -228,7 +228,7 @@ def test_no_config_holds_a_secret_value():
 
 # --------------------------------------------------------------------------- safe model loading
 def test_pickle_only_checkpoint_is_refused(tmp_path, tiny_model, tokenizer):
-    from ssr.models import ModelSpec, load_model
+    from ssr.models.loading import ModelSpec, load_model
 
     tiny_model.save_pretrained(tmp_path)
     tokenizer.save_pretrained(tmp_path)
@@ -243,7 +243,7 @@ def test_pickle_only_checkpoint_is_refused(tmp_path, tiny_model, tokenizer):
 def test_remote_code_never_runs_without_opt_in(tmp_path, tiny_model, tokenizer):
     import json
 
-    from ssr.models import ModelSpec, load_model
+    from ssr.models.loading import ModelSpec, load_model
 
     tiny_model.save_pretrained(tmp_path)
     tokenizer.save_pretrained(tmp_path)
@@ -311,7 +311,7 @@ def test_unreachable_judge_fails_before_generation_with_one_line_naming_the_url(
 
 def test_judge_endpoint_is_checked_before_any_model_load(tiny_cfg, no_model_loading):
     from ssr.cli.train import train
-    from ssr.http_preflight import EndpointError
+    from ssr.runtime.http_preflight import EndpointError
     from test_judge_faults import free_port
 
     url = f"http://127.0.0.1:{free_port()}/v1"

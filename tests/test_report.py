@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 
 from ssr.cli.report import main as report_main
-from ssr.report import cost_table, find_runs, relative_change, table
+from ssr.report.runs import find_runs, relative_change
+from ssr.report.tables import cost_table, table
 
 
 def _run(root: Path, method: str, seed: int, arc: list[float], una_f1: float, drift: float) -> None:

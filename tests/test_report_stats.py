@@ -9,8 +9,10 @@ import pytest
 
 from ssr.cli.report import main as report_main
 from ssr.eval.items import ItemSink
-from ssr.report import find_runs
-from ssr.report_stats import change_rows, choose_lr, difference_rows, measures, pareto_points, task_keys_for
+from ssr.report.grid import choose_lr, task_keys_for
+from ssr.report.paired import change_rows, difference_rows, measures
+from ssr.report.pareto import pareto_points
+from ssr.report.runs import find_runs
 
 BASE_ARC = [1.0] * 12 + [0.0] * 8  # 20 documents, 12 right
 
@@ -176,7 +178,7 @@ def test_grid_chooses_the_lr_and_the_seeds_report_their_final_evaluation(tmp_pat
 
 
 def test_pareto_front_per_drift_measure():
-    from ssr.report_stats import on_front
+    from ssr.report.pareto import on_front
 
     points = [
         {"task_gain": 10.0, "benchmark_change": -5.0, "self_drift": 40.0, "kl_task": 0.3},

@@ -50,7 +50,7 @@ def _run(*overrides: str, cwd: Path, **env: str) -> subprocess.CompletedProcess:
 
 # --------------------------------------------------------------------------- the fingerprint itself
 def test_fingerprint_ignores_where_things_go_and_sees_what_is_trained():
-    from ssr.run_fingerprint import config_diff, make_record
+    from ssr.training.fingerprint import config_diff, make_record
 
     base = make_record(_cfg())
     same = make_record(
@@ -77,7 +77,7 @@ def test_fingerprint_ignores_where_things_go_and_sees_what_is_trained():
 
 
 def test_resume_before_the_first_checkpoint_is_compared_with_the_run_dir(tmp_path, no_model_loading):
-    from ssr.run_fingerprint import ResumeMismatchError, check_resume, make_record, write_run_record
+    from ssr.training.fingerprint import ResumeMismatchError, check_resume, make_record, write_run_record
 
     write_run_record(tmp_path, make_record(_cfg()))
     assert (
@@ -89,12 +89,52 @@ def test_resume_before_the_first_checkpoint_is_compared_with_the_run_dir(tmp_pat
     assert check_resume(_cfg("optim.lr=1e-3"), tmp_path, None), "no ckpt_path: a fresh start, not compared"
 
 
+def _before_the_layout(tree):
+    """A run config as a checkpoint written before the package layout holds it: old class paths."""
+    from ssr.training.fingerprint import MOVED_MODULES, MOVED_SYMBOLS
+
+    if isinstance(tree, dict):
+        return {k: _before_the_layout(v) for k, v in tree.items()}
+    if isinstance(tree, list):
+        return [_before_the_layout(v) for v in tree]
+    if isinstance(tree, str):
+        old_symbol = {new: old for old, new in MOVED_SYMBOLS.items()}.get(tree)
+        if old_symbol:
+            return old_symbol
+        module, _, name = tree.rpartition(".")
+        old_module = {new: old for old, new in MOVED_MODULES.items()}.get(module)
+        return f"{old_module}.{name}" if old_module else tree
+    return tree
+
+
+def test_a_run_started_before_the_layout_move_resumes(tmp_path, no_model_loading):
+    from ssr.training.fingerprint import (
+        ResumeMismatchError,
+        check_resume,
+        fingerprint_of,
+        make_record,
+        write_run_record,
+    )
+
+    config = _before_the_layout(make_record(_cfg())["config"])
+    assert config["data"]["_target_"] == "ssr.datamodule.SSRDataModule"
+    assert config["generator"]["_target_"] == "ssr.generation.GeneratorConfig"
+    write_run_record(tmp_path, {"fingerprint": fingerprint_of(config), "config": config})
+    assert (
+        check_resume(_cfg("ckpt_path=last"), tmp_path, None)["fingerprint"]
+        == make_record(_cfg())["fingerprint"]
+    )
+    with pytest.raises(ResumeMismatchError) as err:  # a real change is still one, named alone
+        check_resume(_cfg("ckpt_path=last", "optim.lr=1e-3"), tmp_path, None)
+    assert "optim.lr: 0.0002 -> 0.001" in str(err.value) and "_target_" not in str(err.value)
+
+
 def test_rng_states_survive_a_weights_only_checkpoint_load(tmp_path):
     import random
 
     import numpy as np
 
-    from ssr import rng
+    from ssr.runtime import rng
 
     torch.manual_seed(3)
     random.seed(3)

@@ -25,13 +25,14 @@ from cli_runs import cli_env, run_train
 from conftest import compose
 from ssr.data.adapters import embedded_grounded_qa
 from ssr.data.prompts import PromptConfig
-from ssr.generation import BaseModelGenerator, DecodingConfig, GeneratorConfig
+from ssr.generation.config import DecodingConfig, GeneratorConfig
+from ssr.generation.generator import BaseModelGenerator
+from ssr.generation.llama_server import LlamaCppServer, ServerStartError, free_port, port_is_free
+from ssr.generation.server import ServerGenerationError, end_of_turn_stops, llama_cpp_layout
 from ssr.judges.rule_qa import RuleQAJudge
-from ssr.llama_server import LlamaCppServer, ServerStartError, free_port, port_is_free
-from ssr.methods import MethodConfig
-from ssr.models import ModelSpec, embedded_gguf_path
-from ssr.pipeline import answer_prompts, fidelity_sample_indices, run_selection
-from ssr.server_generation import ServerGenerationError, end_of_turn_stops, llama_cpp_layout
+from ssr.models.loading import ModelSpec, embedded_gguf_path
+from ssr.selection.methods import MethodConfig
+from ssr.selection.pipeline import answer_prompts, fidelity_sample_indices, run_selection
 
 if TYPE_CHECKING:
     from llama_server_fixtures import LlamaServer
@@ -89,7 +90,7 @@ def test_stops_are_the_chat_templates_end_of_turn_and_eos(tokenizer) -> None:
 
 
 def test_llama_cpp_layout_is_one_thread_per_server_by_default(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr("ssr.server_generation.usable_cores", lambda: 8)
+    monkeypatch.setattr("ssr.generation.server.usable_cores", lambda: 8)
     assert llama_cpp_layout(None, None) == (8, 1)
     assert llama_cpp_layout(2, None) == (2, 4)
     assert llama_cpp_layout(None, 4) == (2, 4)

@@ -6,7 +6,7 @@ import math
 import numpy as np
 import pytest
 
-from ssr.stats import (
+from ssr.report.stats import (
     binomial_two_sided,
     bootstrap_ci,
     cohen_kappa,

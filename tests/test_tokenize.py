@@ -5,8 +5,14 @@ from __future__ import annotations
 import pytest
 
 from ssr.data.prompts import PromptConfig, build_messages, render_prompt
-from ssr.data.tokenize import IGNORE_INDEX, PromptPrefixError, tokenize_all, tokenize_pair, tokenize_record
-from ssr.records import Record
+from ssr.data.records import Record
+from ssr.data.tokenize import (
+    IGNORE_INDEX,
+    PromptPrefixError,
+    tokenize_all,
+    tokenize_pair,
+    tokenize_record,
+)
 
 CFG = PromptConfig()
 REC = Record(
@@ -88,8 +94,8 @@ def test_messages_records_use_their_chat_prefix(tokenizer):
 
 def test_generation_prompts_cut_long_documents_like_training(tokenizer):
     from ssr.data.prompts import prompt_length
-    from ssr.methods import MethodConfig
-    from ssr.pipeline import answer_prompts, rewrite_prompts
+    from ssr.selection.methods import MethodConfig
+    from ssr.selection.pipeline import answer_prompts, rewrite_prompts
 
     long = Record(
         id="long", question="Where is box 7?", gold="In the attic.", document="Box 7 is lost. " * 400

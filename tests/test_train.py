@@ -10,11 +10,11 @@ import torch
 from conftest import compose
 from ssr.cli._hydra import CONF_DIR
 from ssr.data.prompts import PromptConfig
+from ssr.data.records import Record
 from ssr.data.tokenize import tokenize_all
-from ssr.datamodule import collate
-from ssr.models import ModelSpec
-from ssr.module import OptimConfig, SSRModule, response_token_loss
-from ssr.records import Record
+from ssr.models.loading import ModelSpec
+from ssr.training.datamodule import collate
+from ssr.training.module import OptimConfig, SSRModule, response_token_loss
 
 GROUPS = {
     p.name: sorted(f.stem for f in p.glob("*.yaml"))
@@ -80,7 +80,7 @@ def test_ssr_train_sft_writes_a_peft_adapter(tiny_cfg):
     from peft import PeftModel
 
     from ssr.cli.train import train
-    from ssr.models import ModelSpec, load_model
+    from ssr.models.loading import ModelSpec, load_model
 
     cfg = tiny_cfg("method=sft")
     summary = train(cfg)
@@ -99,7 +99,7 @@ def test_ssr_train_sft_writes_a_peft_adapter(tiny_cfg):
 def test_real_smollm2_loads_from_cache_and_trains_one_step(tokenizer):
     import time
 
-    from ssr.models import embedded_model_dir
+    from ssr.models.loading import embedded_model_dir
 
     embedded_model_dir()  # converted once per cache
     t0 = time.perf_counter()
@@ -198,7 +198,7 @@ def test_a_finished_job_leaves_no_model_or_trainer_alive(tiny_cfg):
 
     from ssr.cli._run import release_memory
     from ssr.cli.train import train
-    from ssr.module import SSRModule
+    from ssr.training.module import SSRModule
 
     def alive():
         gc.collect()

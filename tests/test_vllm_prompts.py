@@ -16,11 +16,14 @@ from typing import ClassVar
 import pytest
 from tokenizers.processors import TemplateProcessing
 
-import ssr.generation as generation
+import ssr.generation.hf as hf_generation
+import ssr.generation.vllm as vllm_generation
 from ssr.data.prompts import PromptConfig, generation_prompt
-from ssr.generation import BaseModelGenerator, DecodingConfig, GeneratorConfig, hf_generate
-from ssr.models import ModelSpec, tiny_random_model
-from ssr.records import Record
+from ssr.data.records import Record
+from ssr.generation.config import DecodingConfig, GeneratorConfig
+from ssr.generation.generator import BaseModelGenerator
+from ssr.generation.hf import hf_generate
+from ssr.models.loading import ModelSpec, tiny_random_model
 
 
 @pytest.fixture(scope="module")
@@ -100,13 +103,13 @@ def test_vllm_gets_the_hf_paths_token_ids_with_one_bos_and_writes_the_cache_per_
 
     # the hf path's prompt ids, captured where they enter the generate loop
     seen_by_hf: list[list[int]] = []
-    real_generate_ids = generation.generate_ids
+    real_generate_ids = hf_generation.generate_ids
 
     def capture(model, prompt_ids, *args, **kwargs):
         seen_by_hf.extend(prompt_ids)
         return real_generate_ids(model, prompt_ids, *args, **kwargs)
 
-    monkeypatch.setattr(generation, "generate_ids", capture)
+    monkeypatch.setattr(hf_generation, "generate_ids", capture)
     tiny = tiny_random_model(bos_tokenizer, seed=0)
     hf_generate(tiny, bos_tokenizer, prompts, DecodingConfig(max_new_tokens=2), batch_size=8, progress=False)
 
@@ -141,4 +144,4 @@ def test_vllm_gets_the_hf_paths_token_ids_with_one_bos_and_writes_the_cache_per_
 def test_vllm_missing_is_a_clear_error(monkeypatch):
     monkeypatch.setitem(sys.modules, "vllm", None)
     with pytest.raises(ImportError, match=r"pip install 'ssr\[vllm\]'"):
-        generation.load_vllm("some/model")
+        vllm_generation.load_vllm("some/model")

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from ssr.cli.train import train
-from ssr.loggers import REDACTED, redact
+from ssr.training.loggers import REDACTED, redact
 
 PLANTED = {"OPENAI_API_KEY": "sk-planted-openai-0123456789", "WANDB_API_KEY": "planted-wandb-abcdef012345"}
 

@@ -128,7 +128,7 @@ def test_wheel_runs_hydra_entry_points_outside_the_repo(wheel_site, tmp_path):
 @pytest.mark.slow
 def test_stock_lm_eval_cli_runs_the_wheels_packaged_tasks(wheel_site, tmp_path, tokenizer, data_root):
     """README: ``lm_eval --include_path <ssr/eval/tasks>`` with lm-eval's own CLI, from the wheel."""
-    from ssr.models import tiny_random_model
+    from ssr.models.loading import tiny_random_model
 
     tiny_random_model(tokenizer).save_pretrained(tmp_path / "model")
     tokenizer.save_pretrained(tmp_path / "model")

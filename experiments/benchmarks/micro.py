@@ -51,9 +51,9 @@ def run_levers(args: dict[str, Any]) -> dict[str, Any]:
 
     from ssr.data.prompts import PromptConfig
     from ssr.data.tokenize import tokenize_all
-    from ssr.datamodule import collate
-    from ssr.models import ModelSpec, apply_peft, cast_frozen_linear_weights, load_model
-    from ssr.module import response_token_loss
+    from ssr.models.loading import ModelSpec, apply_peft, cast_frozen_linear_weights, load_model
+    from ssr.training.datamodule import collate
+    from ssr.training.module import response_token_loss
 
     spec = ModelSpec(name_or_path=args["model"])
 
@@ -193,8 +193,8 @@ def run_padding(args: dict[str, Any]) -> dict[str, Any]:
     from ssr.data.adapters import squad_v2, subsample
     from ssr.data.prompts import PromptConfig
     from ssr.data.tokenize import tokenize_all
-    from ssr.datamodule import LengthGroupedBatchSampler
-    from ssr.models import ModelSpec, load_tokenizer
+    from ssr.models.loading import ModelSpec, load_tokenizer
+    from ssr.training.datamodule import LengthGroupedBatchSampler
 
     tok = load_tokenizer(ModelSpec(name_or_path=args["model"]))
     records = subsample(
@@ -239,9 +239,10 @@ def run_generation(args: dict[str, Any]) -> dict[str, Any]:
     import torch
 
     from ssr.data.prompts import PromptConfig
-    from ssr.generation import DecodingConfig, hf_generate
-    from ssr.models import ModelSpec, cast_for_autocast_inference, load_model
-    from ssr.pipeline import GeneratorConfig, answer_prompts
+    from ssr.generation.config import DecodingConfig
+    from ssr.generation.hf import hf_generate
+    from ssr.models.loading import ModelSpec, cast_for_autocast_inference, load_model
+    from ssr.selection.pipeline import GeneratorConfig, answer_prompts
 
     spec = ModelSpec(name_or_path=args["model"])
     naive, tok = load_model(spec)
@@ -362,7 +363,7 @@ def run_judges(args: dict[str, Any]) -> dict[str, Any]:
     from ssr.data.prompts import DEFAULT_UNANSWERABLE
     from ssr.judges.base import JudgeItem
     from ssr.judges.rule_qa import RuleQAJudge
-    from ssr.models import EMBEDDED, ModelSpec, load_tokenizer
+    from ssr.models.loading import EMBEDDED, ModelSpec, load_tokenizer
 
     tok = load_tokenizer(ModelSpec(name_or_path=args["model"]))
     records = bench_records(args["hf_items"], tok)
@@ -388,7 +389,7 @@ def run_judges(args: dict[str, Any]) -> dict[str, Any]:
     if args["model"] == EMBEDDED:
         make = lambda: HFJudge(model=EMBEDDED, batch_size=args["hf_batch_size"])  # noqa: E731
     else:  # the tiny random model of --quick has no directory to load from
-        from ssr.models import load_model
+        from ssr.models.loading import load_model
 
         make = lambda: HFJudge(  # noqa: E731
             model=args["model"],
@@ -445,7 +446,7 @@ def run_drift(args: dict[str, Any]) -> dict[str, Any]:
     from ssr.eval.evaluate import evaluate_model
     from ssr.eval.self_drift import SelfDriftConfig, build_reference
     from ssr.eval.suite import SuiteConfig
-    from ssr.models import ModelSpec, apply_peft, cast_frozen_linear_weights, load_model
+    from ssr.models.loading import ModelSpec, apply_peft, cast_frozen_linear_weights, load_model
 
     fraction = float(args.get("fraction", 1.0))
     conf = REPO / "conf" / "eval"

@@ -39,7 +39,7 @@ def fresh_cache(root: Path, models: Path) -> Path:
 def run_pipeline(runner: Any, variants: list[str], run_child: Any, child_env: Any) -> dict[str, Any]:
     """Each variant once: wall seconds seen from outside and the run's own stage records."""
     sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "src"))
-    from ssr.paths import cache_root
+    from ssr.runtime.paths import cache_root
 
     models = cache_root() / "models"
     out: dict[str, Any] = {}

@@ -43,11 +43,11 @@ TARGETS = {
 
 NOTES = [
     "Library changes measured here: (1) `SSRModule` stores the frozen base weights of every linear layer "
-    "in bf16 when the Trainer runs `bf16-mixed` (`ssr.models.cast_frozen_linear_weights`): autocast "
+    "in bf16 when the Trainer runs `bf16-mixed` (`ssr.models.loading.cast_frozen_linear_weights`): autocast "
     "would cast them on every forward anyway, so matmuls are bit-identical (tested), the per-step "
     "weight copies disappear and the frozen linears take half the memory (~0.2 GB here); LoRA weights "
     "stay fp32. In training the speed gain is within noise (levers table: the copies are a few percent "
-    "of a step). (2) The generator does the same for inference (`ssr.models.cast_for_autocast_inference`, "
+    "of a step). (2) The generator does the same for inference (`ssr.models.loading.cast_for_autocast_inference`, "
     "tied output head included), where autocast otherwise re-casts every weight at every decoding step, "
     "uses a static KV cache and batches 32 rows (`conf/generator/hf.yaml`); see the generation table. "
     "(3) `data.packing: true` (padding-free batches, position_ids restarting per row; loss and "
@@ -159,7 +159,7 @@ class Runner:
 def run_e2e(runner: Runner, opts: argparse.Namespace) -> dict[str, Any]:
     """ssr-train method=sft, then method=ssr on an empty generation/verdict cache, then ssr cached."""
     sys.path.insert(0, str(REPO / "src"))
-    from ssr.paths import cache_root
+    from ssr.runtime.paths import cache_root
 
     real_models = cache_root() / "models"
     cache = runner.work / "e2e_cache"
@@ -235,7 +235,7 @@ def machine_info() -> dict[str, Any]:
     import importlib.metadata as md
 
     sys.path.insert(0, str(REPO / "src"))
-    from ssr.hardware import cpu_isa, cpu_name, isa_env, usable_cores
+    from ssr.runtime.hardware import cpu_isa, cpu_name, isa_env, usable_cores
 
     versions = {}
     for pkg in ("torch", "transformers", "trl", "lightning", "peft", "accelerate", "datasets"):
@@ -505,7 +505,7 @@ def render_generation(gen: dict[str, Any], where: str) -> list[str]:
     lines = [
         f"## Self-generation throughput ({where})",
         "",
-        f"`ssr.generation.hf_generate` on {gen['prompts']} {'of the main job' + chr(39) + 's own' if gen.get('data') == 'embedded' else 'SQuAD'} "
+        f"`ssr.generation.hf.hf_generate` on {gen['prompts']} {'of the main job' + chr(39) + 's own' if gen.get('data') == 'embedded' else 'SQuAD'} "
         f"grounded prompts ({gen['prompt_tokens']:,} prompt tokens), greedy, "
         f"max_new_tokens={gen['max_new_tokens']}; generated tokens counted from the decoded texts "
         "(+1 end-of-turn each). **auto** marks the row the generator runs on this machine.",
@@ -654,7 +654,7 @@ def main() -> None:
             res[keys.get(name, name)] = prev[keys.get(name, name)]
         res["reused"] = {"sections": reused, "started": prev.get("started"), "command": prev.get("command")}
     runner._say(f"work dir: {work}\n")
-    from ssr.precision import resolve
+    from ssr.runtime.precision import resolve
 
     choice = resolve("auto", "cpu", use_cache=False)  # measured now, on this machine
     res["precision"] = {"auto_choice": choice.precision, **choice.to_dict()}

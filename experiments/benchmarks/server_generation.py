@@ -26,12 +26,19 @@ import torch
 
 from ssr.cli._hydra import load_records
 from ssr.data.prompts import PromptConfig
-from ssr.generation import DecodingConfig, hf_generate
-from ssr.hardware import cpu_isa
+from ssr.generation.config import DecodingConfig
+from ssr.generation.hf import hf_generate
+from ssr.generation.llama_server import LlamaCppServer
 from ssr.judges.rule_qa import RuleQAJudge
-from ssr.llama_server import LlamaCppServer
-from ssr.models import EMBEDDED, ModelSpec, embedded_gguf_path, load_model, load_tokenizer
-from ssr.pipeline import BaseModelGenerator, GeneratorConfig, StageCounters, answer_prompts, judge_candidates
+from ssr.models.loading import EMBEDDED, ModelSpec, embedded_gguf_path, load_model, load_tokenizer
+from ssr.runtime.hardware import cpu_isa
+from ssr.selection.pipeline import (
+    BaseModelGenerator,
+    GeneratorConfig,
+    StageCounters,
+    answer_prompts,
+    judge_candidates,
+)
 
 
 def records_and_prompts(rows: int, tokenizer) -> tuple[list, list[str], int]:

@@ -31,10 +31,10 @@ def run_ssr(args: dict[str, Any]) -> dict[str, Any]:
     import lightning as L
     import torch
 
-    from ssr.datamodule import SSRDataModule
-    from ssr.methods import MethodConfig
-    from ssr.models import ModelSpec, load_tokenizer
-    from ssr.module import SSRModule
+    from ssr.models.loading import ModelSpec, load_tokenizer
+    from ssr.selection.methods import MethodConfig
+    from ssr.training.datamodule import SSRDataModule
+    from ssr.training.module import SSRModule
 
     spec = ModelSpec(name_or_path=args["model"])
     tok = load_tokenizer(spec)
@@ -143,7 +143,7 @@ def run_trl(args: dict[str, Any]) -> dict[str, Any]:
     from trl import SFTConfig, SFTTrainer
 
     from ssr.data.prompts import PromptConfig, build_messages
-    from ssr.models import ModelSpec, load_model
+    from ssr.models.loading import ModelSpec, load_model
 
     model, tok = load_model(ModelSpec(name_or_path=args["model"]))
     n_rows = (args["warmup"] + args["steps"]) * args["batch_size"]
@@ -189,7 +189,7 @@ def run_hf(args: dict[str, Any]) -> dict[str, Any]:
 
     from ssr.data.prompts import PromptConfig
     from ssr.data.tokenize import IGNORE_INDEX, tokenize_all
-    from ssr.models import ModelSpec, apply_peft, load_model
+    from ssr.models.loading import ModelSpec, apply_peft, load_model
 
     model, tok = load_model(ModelSpec(name_or_path=args["model"]))
     model = apply_peft(model, dict(LORA))

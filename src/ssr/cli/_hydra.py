@@ -12,8 +12,8 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from ssr.data.adapters import sample_rows
-from ssr.precision import PrecisionChoice, lightning_precision
-from ssr.records import Record
+from ssr.data.records import Record
+from ssr.runtime.precision import PrecisionChoice, lightning_precision
 
 log = logging.getLogger("ssr")
 

@@ -13,7 +13,7 @@ from pathlib import Path
 import lightning as L
 from omegaconf import DictConfig, OmegaConf
 
-from ssr.hardware import cuda_available
+from ssr.runtime.hardware import cuda_available
 
 log = logging.getLogger("ssr.train")
 

@@ -23,7 +23,7 @@ from ssr.cli._hydra import CONF_DIR, load_records, resolve_precision
 from ssr.cli.guard import exits_on_config_error, preflight_stage
 from ssr.eval.evaluator import Evaluator, eval_summary, write_json
 from ssr.eval.items import ITEMS_DIR, ItemSink
-from ssr.models import adapter_base_spec, load_model
+from ssr.models.loading import adapter_base_spec, load_model
 
 log = logging.getLogger("ssr.eval")
 

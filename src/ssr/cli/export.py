@@ -14,7 +14,7 @@ import argparse
 import logging
 from pathlib import Path
 
-from ssr.models import ModelSpec, adapter_base_spec, load_model, load_tokenizer
+from ssr.models.loading import ModelSpec, adapter_base_spec, load_model, load_tokenizer
 
 log = logging.getLogger("ssr.export")
 

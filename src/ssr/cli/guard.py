@@ -1,7 +1,7 @@
 """Stop a run before any work when it cannot run: one line (plus a resume's diff), exit code 2.
 
-The checks (:mod:`ssr.config_checks`, the resume fingerprint of :mod:`ssr.run_fingerprint`, the
-endpoint preflight of :mod:`ssr.http_preflight`) run in two places:
+The checks (:mod:`ssr.cli.config_checks`, the resume fingerprint of :mod:`ssr.training.fingerprint`, the
+endpoint preflight of :mod:`ssr.runtime.http_preflight`) run in two places:
 
 - :class:`PreflightCallback` (``hydra.callbacks.preflight``) after Hydra composed the config and
   before it creates the run directory: a bad setting leaves nothing behind, and a refused resume
@@ -30,9 +30,10 @@ from typing import TYPE_CHECKING, Any
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
-from ssr import hardware
-from ssr.config_checks import ConfigError, check_config
-from ssr.run_fingerprint import check_resume, write_run_record
+from ssr.cli.config_checks import check_config
+from ssr.runtime import hardware
+from ssr.runtime.configs import ConfigError
+from ssr.training.fingerprint import check_resume, write_run_record
 
 if TYPE_CHECKING:
     import lightning as L
@@ -52,7 +53,7 @@ def _is_rank_zero() -> bool:
 
 # --------------------------------------------------------------------------- the checks
 def _judge_needed(cfg: DictConfig) -> bool:
-    from ssr.methods import MethodConfig
+    from ssr.selection.methods import MethodConfig
 
     return cfg.judge is not None and MethodConfig(name=cfg.method.name).needs_judge
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ssr.report import write_report
+from ssr.report.write import write_report
 
 
 def main(argv: list[str] | None = None) -> None:

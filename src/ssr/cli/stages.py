@@ -3,7 +3,7 @@
     ssr-generate method=ssr            # the base model's own answers (and rewrites for sdft/s3ft)
     ssr-judge method=ssr judge=rule_qa # generation (cached) + judging + selection.jsonl
     ssr-judge audit judge=rule_qa +audit.reference=hf   # two judges on the same own answers
-    ssr-judge audit '+audit.caches=[a.jsonl,b.jsonl]'  # or two verdict caches (ssr.judge_audit)
+    ssr-judge audit '+audit.caches=[a.jsonl,b.jsonl]'  # or two verdict caches (ssr.report.judge_audit)
 A later ``ssr-train`` with the same config finds every row in the caches.
 """
 
@@ -20,7 +20,7 @@ from omegaconf import DictConfig
 
 from ssr.cli._hydra import CONF_DIR, build, resolve_precision
 from ssr.cli.guard import exits_on_config_error, preflight_stage
-from ssr.pipeline import StageCounters, generate_candidates
+from ssr.selection.pipeline import StageCounters, generate_candidates
 
 log = logging.getLogger("ssr.stages")
 
@@ -83,8 +83,8 @@ def audit(cfg: DictConfig) -> dict[str, Any]:
     or two verdict caches (``audit.caches``); writes judge_audit.json / .md to the output dir."""
     from hydra.utils import instantiate
 
-    from ssr.judge_audit import audit_rows, rows_from_caches, rows_from_judges, write_audit
-    from ssr.methods import MethodConfig
+    from ssr.report.judge_audit import audit_rows, rows_from_caches, rows_from_judges, write_audit
+    from ssr.selection.methods import MethodConfig
 
     options = dict(cfg.get("audit") or {})
     unknown = sorted(set(options) - {"reference", "caches"})

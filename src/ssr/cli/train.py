@@ -18,13 +18,13 @@ import hydra
 import lightning as L
 from omegaconf import DictConfig
 
-from ssr.callbacks import TrackerLogging, instantiate_callbacks
 from ssr.cli._hydra import CONF_DIR, build, resolve_precision, to_dict
 from ssr.cli._run import local_processes, release_memory, resume_checkpoint
 from ssr.cli.guard import check_launch, check_trainer, exits_on_config_error, preflight_train
 from ssr.eval.evaluator import Evaluator
-from ssr.hardware import configure_threads
-from ssr.summary import write_summary
+from ssr.runtime.hardware import configure_threads
+from ssr.training.callbacks import TrackerLogging, instantiate_callbacks
+from ssr.training.summary import write_summary
 
 log = logging.getLogger("ssr.train")
 

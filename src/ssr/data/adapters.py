@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ssr.data.embedded import generate
 from ssr.data.formats import (
     DataError,
     RowFields,
@@ -26,7 +27,8 @@ from ssr.data.formats import (
     row_to_record,
 )
 from ssr.data.prompts import DEFAULT_UNANSWERABLE
-from ssr.records import Record, content_hash
+from ssr.data.records import Record
+from ssr.runtime.hashing import content_hash
 
 __all__ = ["DataError", "LoadReport", "embedded_grounded_qa", "hub", "jsonl", "quac", "squad_v2", "subsample"]
 
@@ -324,7 +326,6 @@ def embedded_grounded_qa(
     split: str = "train", unanswerable_sentence: str = DEFAULT_UNANSWERABLE, **kwargs: Any
 ) -> list[Record]:
     """The package's own deterministic grounded-QA set (see ``ssr.data.embedded``)."""
-    from ssr.data.embedded import generate
 
     return generate(split=split, unanswerable_sentence=unanswerable_sentence, **kwargs)
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import random
 
 from ssr.data.prompts import DEFAULT_UNANSWERABLE
-from ssr.records import Record
+from ssr.data.records import Record
 
 _PREFIX = [
     "Vel",

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ssr.data.prompts import DEFAULT_UNANSWERABLE
-from ssr.records import Record
+from ssr.data.records import Record
 
 FORMATS = ("prompt_completion", "messages", "prompt_response", "alpaca", "sharegpt")
 CHAT_FORMATS = ("messages", "sharegpt")

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 from transformers import PreTrainedTokenizerBase
 
-from ssr.records import Record
+from ssr.data.records import Record
 
 DEFAULT_UNANSWERABLE = "I cannot answer this question based on the provided document."
 DEFAULT_TEMPLATE = (

@@ -7,8 +7,14 @@ from dataclasses import dataclass, field
 
 from transformers import PreTrainedTokenizerBase
 
-from ssr.data.prompts import PromptConfig, build_messages, fit_document, render_conversation, render_prompt
-from ssr.records import Record
+from ssr.data.prompts import (
+    PromptConfig,
+    build_messages,
+    fit_document,
+    render_conversation,
+    render_prompt,
+)
+from ssr.data.records import Record
 
 log = logging.getLogger(__name__)
 IGNORE_INDEX = -100

@@ -36,8 +36,8 @@ from ssr.eval.evaluator import SELF_DRIFT_KEY, EvalRecord, Evaluator, eval_summa
 from ssr.eval.items import FINAL_BASE_TAG, FINAL_TAG, ITEMS_DIR, ItemSink, epoch_tag
 from ssr.eval.self_drift import SelfDriftReference, is_peft
 from ssr.eval.suite import Scores
-from ssr.precision import trainer_autocast
-from ssr.rng import rng_states, set_rng_states
+from ssr.runtime.precision import trainer_autocast
+from ssr.runtime.rng import rng_states, set_rng_states
 
 log = logging.getLogger(__name__)
 
@@ -89,7 +89,7 @@ class GeneralizationDriftCallback(pl.Callback):
     """Track generalisation drift during fine-tuning (base at fit start, then every n epochs).
 
     ``mixed_precision``: ``auto`` follows the trainer (``bf16-mixed`` -> bf16 autocast), or an
-    :mod:`ssr.precision` setting; ``run_dir``: where ``drift.json`` goes (default
+    :mod:`ssr.runtime.precision` setting; ``run_dir``: where ``drift.json`` goes (default
     ``trainer.default_root_dir``); ``tokenizer``: default ``trainer.datamodule.tokenizer``.
     """
 

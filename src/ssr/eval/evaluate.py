@@ -11,7 +11,7 @@ from ssr.eval.items import ItemSink
 from ssr.eval.self_drift import SelfDriftConfig, SelfDriftReference
 from ssr.eval.suite import Scores, SuiteConfig
 from ssr.eval.task_sets import TaskMetricsConfig
-from ssr.precision import autocast_dtype
+from ssr.runtime.precision import autocast_dtype
 
 __all__ = ["SELF_DRIFT_KEY", "evaluate_model"]
 

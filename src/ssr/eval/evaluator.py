@@ -3,7 +3,7 @@
 The drift callback (base at fit start, then after epochs) and ``ssr-eval`` both call
 :meth:`Evaluator.evaluate`, which returns one :data:`EvalRecord`; :func:`eval_summary` turns a
 run's records into ``eval.json`` (one schema for both). One precision rule: every stage runs under
-the autocast dtype of the ``precision`` setting it is given (:func:`ssr.precision.autocast_dtype`).
+the autocast dtype of the ``precision`` setting it is given (:func:`ssr.runtime.precision.autocast_dtype`).
 
 ``eval.final`` (off by default) adds a second, larger evaluation of the base and of the trained
 model after the last epoch (:attr:`Evaluator.final`): the same suite tasks at larger limits, more
@@ -26,6 +26,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from ssr.data.prompts import PromptConfig, prompt_token_budget
+from ssr.data.records import Record
 from ssr.eval.grounded import evaluate_grounded
 from ssr.eval.items import LM_EVAL_PREFIX, ItemSink, lm_eval_rows
 from ssr.eval.kl_task import KL_TASK_KEY, KLTask, KLTaskConfig, own_answer_rows
@@ -34,17 +35,18 @@ from ssr.eval.self_drift import (
     SelfDriftReference,
     base_weights,
     build_reference,
-    pad_token_id,
     self_drift_scores,
     weights_fingerprint,
 )
-from ssr.eval.suite import Scores, SuiteConfig, checked_dataclass, plain_config, run_suite
+from ssr.eval.suite import Scores, SuiteConfig, run_suite
 from ssr.eval.task_sets import TaskMetricsConfig, task_sets
-from ssr.files import atomic_write_text
-from ssr.generation import DecodingConfig
-from ssr.paths import cache_root
-from ssr.precision import autocast_dtype
-from ssr.records import Record, content_hash
+from ssr.generation.config import DecodingConfig
+from ssr.models.logits import pad_token_id
+from ssr.runtime.configs import checked_dataclass, plain_config
+from ssr.runtime.files import atomic_write_text
+from ssr.runtime.hashing import content_hash
+from ssr.runtime.paths import cache_root
+from ssr.runtime.precision import autocast_dtype
 
 log = logging.getLogger(__name__)
 

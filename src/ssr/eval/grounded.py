@@ -7,10 +7,11 @@ from typing import Any
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from ssr.data.prompts import PromptConfig, generation_prompt
+from ssr.data.records import Record
 from ssr.eval.items import TASKS_PREFIX, ItemSink
 from ssr.eval.task_metrics import aggregate_row_scores, row_scores
-from ssr.generation import DecodingConfig, hf_generate
-from ssr.records import Record
+from ssr.generation.config import DecodingConfig
+from ssr.generation.hf import hf_generate
 
 
 def evaluate_grounded(
@@ -29,7 +30,7 @@ def evaluate_grounded(
     """Scores (unanswerable accuracy/P/R/F1, answer token recall/F1) and the predictions.
 
     ``max_prompt_tokens`` cuts long documents as training does (one 20k-token document would
-    otherwise set the width of its whole generation batch). ``precision``: see :mod:`ssr.precision`.
+    otherwise set the width of its whole generation batch). ``precision``: see :mod:`ssr.runtime.precision`.
     ``items`` gets each row's prediction and scores as source ``tasks.<items_source>``."""
     prompts = [generation_prompt(tokenizer, r, prompt_cfg, max_prompt_tokens) for r in records]
     predictions = hf_generate(

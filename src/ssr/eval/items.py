@@ -22,7 +22,7 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
-from ssr.files import atomic_write_text
+from ssr.runtime.files import atomic_write_text
 
 ITEMS_DIR = "eval_items"
 LM_EVAL_PREFIX = "lm_eval."

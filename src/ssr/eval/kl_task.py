@@ -21,12 +21,14 @@ from typing import Any
 
 import torch
 
+from ssr.data.tokenize import tokenize_all
 from ssr.eval.self_drift import base_weights, weights_fingerprint
 from ssr.eval.token_nll import Row, row_nll
-from ssr.files import atomic_write_text
-from ssr.paths import cache_root
-from ssr.precision import autocast_dtype
-from ssr.records import content_hash
+from ssr.runtime.files import atomic_write_text
+from ssr.runtime.hashing import content_hash
+from ssr.runtime.paths import cache_root
+from ssr.runtime.precision import autocast_dtype
+from ssr.selection.pipeline import answer_prompts
 
 KL_TASK_KEY = "kl_task"
 
@@ -131,8 +133,6 @@ def own_answer_rows(datamodule: Any, max_rows: int | None) -> tuple[list[str], l
     """The base model's own answers to the first ``max_rows`` training prompts (through the
     generation cache: no generation where the selection stage already wrote them), tokenized as
     training tokenizes a target."""
-    from ssr.data.tokenize import tokenize_all
-    from ssr.pipeline import answer_prompts
 
     records = datamodule.train_records[:max_rows] if max_rows else datamodule.train_records
     with datamodule.base_generator() as generator:

@@ -23,7 +23,7 @@ from typing import Any
 
 import datasets
 
-from ssr.paths import data_root as env_data_root
+from ssr.runtime.paths import data_root as env_data_root
 
 Doc = dict[str, Any]
 

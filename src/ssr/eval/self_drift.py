@@ -18,13 +18,15 @@ from typing import Any
 
 import torch
 
-from ssr.eval.suite import checked_dataclass
 from ssr.eval.token_nll import row_nll
-from ssr.files import atomic_write_text
-from ssr.generation import DecodingConfig, generate_ids
-from ssr.paths import cache_root
-from ssr.precision import autocast_dtype
-from ssr.records import content_hash
+from ssr.generation.config import DecodingConfig
+from ssr.generation.hf import generate_ids
+from ssr.models.logits import pad_token_id
+from ssr.runtime.configs import checked_dataclass
+from ssr.runtime.files import atomic_write_text
+from ssr.runtime.hashing import content_hash
+from ssr.runtime.paths import cache_root
+from ssr.runtime.precision import autocast_dtype
 
 PROMPTS_FILE = Path(__file__).parent / "data" / "self_drift_prompts.jsonl"
 REFERENCE_VERSION = 1
@@ -122,14 +124,6 @@ def _device(model: Any) -> torch.device:
     return next(model.parameters()).device
 
 
-def pad_token_id(tokenizer: Any) -> int:
-    """The tokenizer's pad token, else its eos token (padding is masked either way)."""
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    if pad is None:
-        raise ValueError("tokenizer has neither a pad nor an eos token")
-    return pad
-
-
 # --- generation and scoring -----------------------------------------------------------------------
 
 
@@ -141,7 +135,7 @@ def generate_answers(
     batch_size: int = 16,
     mixed_precision: str | torch.dtype | None = None,
 ) -> tuple[list[str], list[int | None]]:
-    """Greedy answers (``ssr.generation.generate_ids``) and the token that ended each."""
+    """Greedy answers (``ssr.generation.hf.generate_ids``) and the token that ended each."""
     stops = _stop_token_ids(model, tokenizer)
     new_ids = generate_ids(
         model,

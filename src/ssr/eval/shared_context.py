@@ -26,8 +26,8 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from ssr.eval.self_drift import pad_token_id
-from ssr.precision import autocast_to
+from ssr.models.logits import pad_token_id
+from ssr.runtime.precision import autocast_to
 
 Request = tuple[tuple[str, str], list[int], list[int]]
 

@@ -6,14 +6,15 @@ import contextlib
 import logging
 import math
 from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from ssr.precision import autocast_dtype
+from ssr.runtime.configs import checked_dataclass
+from ssr.runtime.precision import autocast_dtype
 
 LOCAL_TASKS_DIR = Path(__file__).parent / "tasks"
 LOCAL_PREFIX = "ssr_"
@@ -43,28 +44,6 @@ class SuiteConfig:
     def from_mapping(cls, cfg: Mapping[str, Any]) -> SuiteConfig:
         """From a config mapping (``conf/eval/suite/*.yaml``); an unknown key is an error."""
         return checked_dataclass(cls, cfg, "eval suite")
-
-
-def checked_dataclass(cls: Any, cfg: Any, what: str) -> Any:
-    """Build dataclass ``cls`` from a config mapping; an unknown key is an error naming it."""
-    cfg = plain_config(cfg)
-    known = {f.name for f in fields(cls)}
-    unknown = sorted(set(cfg) - known)
-    if unknown:
-        raise KeyError(f"unknown {what} keys {unknown} (known: {sorted(known)})")
-    return cls(**cfg)
-
-
-def plain_config(cfg: Any) -> Any:
-    """OmegaConf containers -> plain dicts/lists (no hard dependency on omegaconf here)."""
-    try:
-        from omegaconf import DictConfig, ListConfig, OmegaConf
-
-        if isinstance(cfg, DictConfig | ListConfig):
-            return OmegaConf.to_container(cfg, resolve=True)
-    except ImportError:  # pragma: no cover
-        pass
-    return dict(cfg) if isinstance(cfg, Mapping) else cfg
 
 
 @lru_cache(maxsize=2)

@@ -1,6 +1,6 @@
 """Grounded-QA task metrics: unanswerable detection and answer overlap.
 
-A prediction counts as "unanswerable" when :func:`ssr.textmatch.says_unanswerable` says so (the
+A prediction counts as "unanswerable" when :func:`ssr.data.textmatch.says_unanswerable` says so (the
 configured unanswerable sentence or a common refusal). Answer quality is measured on answerable
 rows only: token recall against the gold answer (the SSR paper's metric) and SQuAD token F1.
 """
@@ -11,7 +11,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from ssr.textmatch import says_unanswerable, token_f1, token_recall
+from ssr.data.textmatch import says_unanswerable, token_f1, token_recall
 
 Gold = str | Sequence[str]
 

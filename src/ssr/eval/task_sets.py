@@ -8,8 +8,8 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig
 
 from ssr.data.adapters import subsample
-from ssr.eval.suite import checked_dataclass
-from ssr.records import Record
+from ssr.data.records import Record
+from ssr.runtime.configs import checked_dataclass
 
 
 @dataclass

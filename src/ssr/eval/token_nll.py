@@ -13,10 +13,10 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from ssr.data.records import chunks
 from ssr.data.tokenize import IGNORE_INDEX
-from ssr.module import response_logits
-from ssr.precision import autocast_to
-from ssr.records import chunks
+from ssr.models.logits import response_logits
+from ssr.runtime.precision import autocast_to
 
 Row = tuple[list[int], list[int]]
 

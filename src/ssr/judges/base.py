@@ -7,8 +7,9 @@ import logging
 from dataclasses import dataclass
 from typing import Any
 
-from ssr.cache import JsonlCache
-from ssr.records import chunks, content_hash
+from ssr.data.records import chunks
+from ssr.runtime.cache import JsonlCache
+from ssr.runtime.hashing import content_hash
 
 log = logging.getLogger(__name__)
 

@@ -13,7 +13,9 @@ import torch
 
 from ssr.judges.base import Judge, JudgeError, JudgeItem, Verdict
 from ssr.judges.prompt import DEFAULT_SYSTEM_PROMPT, JudgePrompt
-from ssr.precision import autocast_dtype, autocast_to, torch_dtype
+from ssr.models.loading import resolve_path
+from ssr.runtime.hashing import content_hash
+from ssr.runtime.precision import autocast_dtype, autocast_to, torch_dtype
 
 log = logging.getLogger(__name__)
 
@@ -28,8 +30,6 @@ def _as_variants(tokens: str | Sequence[str]) -> tuple[str, ...]:
 def load_judge_model(model: str | os.PathLike[str], dtype: str) -> tuple[Any, Any]:
     """Load (model, tokenizer) from a hub id, a local directory or a ``.gguf`` file."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    from ssr.models import resolve_path
 
     path = Path(model)
     kwargs: dict[str, Any] = {}
@@ -82,7 +82,7 @@ class HFJudge(Judge):
         self.batch_size = batch_size
         self.dtype = dtype
         self.device = torch.device(device)
-        # the forward's autocast dtype (ssr.precision: auto = measured on this machine)
+        # the forward's autocast dtype (ssr.runtime.precision: auto = measured on this machine)
         self.autocast = autocast_dtype(precision, self.device.type)
         if model_and_tokenizer is not None:
             self.model, self.tokenizer = model_and_tokenizer
@@ -106,7 +106,6 @@ class HFJudge(Judge):
 
     @staticmethod
     def _anonymous_model_id(cfg: Any) -> str:
-        from ssr.records import content_hash
 
         name = getattr(cfg, "name_or_path", "") or ""
         return name or f"config:{content_hash(cfg.to_json_string() if cfg is not None else '')}"

@@ -24,6 +24,7 @@ import httpx
 
 from ssr.judges.base import Judge, JudgeError, JudgeItem, Verdict
 from ssr.judges.prompt import DEFAULT_SYSTEM_PROMPT, JudgePrompt, parse_yes_no
+from ssr.runtime.http_preflight import check_endpoint
 
 log = logging.getLogger(__name__)
 
@@ -175,8 +176,7 @@ class OpenAIJudge(Judge):
         return {"Authorization": f"Bearer {key}"}
 
     def preflight(self) -> str:
-        """Check that the endpoint answers and takes the key (``ssr.http_preflight``)."""
-        from ssr.http_preflight import check_endpoint
+        """Check that the endpoint answers and takes the key (``ssr.runtime.http_preflight``)."""
 
         hint = f"judge.api_key_env={self.api_key_env}" if self.api_key_env else "judge.api_key_env"
         return check_endpoint(

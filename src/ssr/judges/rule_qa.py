@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
+from ssr.data.textmatch import says_unanswerable, token_f1, token_recall
 from ssr.judges.base import Judge, JudgeItem, Verdict
-from ssr.textmatch import says_unanswerable, token_f1, token_recall
 
 _METRICS = {"recall": token_recall, "f1": token_f1}
 

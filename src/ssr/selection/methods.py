@@ -1,7 +1,7 @@
 """Target selection: which text each training example learns.
 
 sft        gold everywhere
-dft        gold everywhere, trained with the DFT loss (``loss=dft`` by default; see ssr.losses)
+dft        gold everywhere, trained with the DFT loss (``loss=dft`` by default; see ssr.models.losses)
 ssr        the model's own answer where the judge accepts it, gold elsewhere
 self_only  the model's own answer where the judge accepts it; the other rows are dropped
            (Retaining-by-Doing's Self-SFT, 2510.18874)
@@ -19,7 +19,8 @@ from collections import Counter
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from ssr.records import Record
+from ssr.data.records import Record
+from ssr.models.losses import LOSSES
 
 SOURCES = ("self", "paraphrase", "rewrite", "gold", "dropped")
 METHODS = ("sft", "dft", "ssr", "self_only", "sdft", "sdft_rewrite", "s3ft")
@@ -44,7 +45,6 @@ class MethodConfig:
     loss: str = "ce"  # the method's default training loss (ce | dft); a top-level `loss=` overrides it
 
     def __post_init__(self) -> None:
-        from ssr.losses import LOSSES
 
         if self.name not in METHODS:
             raise ValueError(f"unknown method {self.name!r}; valid choices: {', '.join(METHODS)}")

@@ -16,10 +16,11 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ssr.cache import JsonlCache
-from ssr.files import atomic_write_text
-from ssr.records import Record
-from ssr.stats import cohen_kappa
+from ssr.data.records import Record
+from ssr.report.stats import cohen_kappa
+from ssr.runtime.cache import JsonlCache
+from ssr.runtime.files import atomic_write_text
+from ssr.selection.pipeline import StageCounters, judge_candidates
 
 MAX_EXAMPLES = 10
 SPLITS = ("all", "answerable", "unanswerable")
@@ -96,7 +97,6 @@ def rows_from_judges(
     cache_dir: Path,
 ) -> list[AuditRow]:
     """Both judges' verdicts (through the verdict cache) on each record's candidate."""
-    from ssr.pipeline import StageCounters, judge_candidates
 
     counters = StageCounters()
     va = judge_candidates(judge_a, list(records), list(candidates), cache_dir, counters, "audit_a")

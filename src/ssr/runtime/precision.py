@@ -22,7 +22,10 @@ from typing import Any
 
 import torch
 
-from ssr.hardware import cpu_isa, device_name, isa_env
+from ssr.runtime.files import atomic_write_text
+from ssr.runtime.hardware import cpu_isa, device_name, isa_env
+from ssr.runtime.hashing import content_hash
+from ssr.runtime.paths import cache_root
 
 log = logging.getLogger(__name__)
 
@@ -137,8 +140,6 @@ def choose_cpu(gflops: dict[str, dict[str, float]], margin: float = BF16_MARGIN)
 
 
 def _cache_file(key: dict[str, Any]):
-    from ssr.paths import cache_root
-    from ssr.records import content_hash
 
     return cache_root() / "precision" / f"{content_hash(key)}.json"
 
@@ -187,8 +188,6 @@ def resolve(
     precision, reason = choose_cpu(gflops)
     choice = PrecisionChoice(precision=precision, reason=reason, gflops=gflops, **base)
     if use_cache and timer is None:
-        from ssr.files import atomic_write_text
-
         atomic_write_text(path, json.dumps(choice.to_dict(), indent=1))
     return choice
 

@@ -12,10 +12,10 @@ from typing import Any
 import lightning as L
 from omegaconf import DictConfig
 
-from ssr.datamodule import SSRDataModule
-from ssr.files import atomic_write_text
-from ssr.hardware import process_age_s
-from ssr.precision import PrecisionChoice
+from ssr.runtime.files import atomic_write_text
+from ssr.runtime.hardware import process_age_s
+from ssr.runtime.precision import PrecisionChoice
+from ssr.training.datamodule import SSRDataModule
 
 log = logging.getLogger("ssr.train")
 

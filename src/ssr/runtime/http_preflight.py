@@ -17,7 +17,7 @@ from typing import Any
 
 import httpx
 
-from ssr.config_checks import ConfigError
+from ssr.runtime.configs import ConfigError
 
 log = logging.getLogger(__name__)
 

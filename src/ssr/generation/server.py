@@ -5,7 +5,7 @@ Prompts are rendered locally with the model's chat template (as for generator=hf
 SGLang accept them, llama-cpp-python's server does not). Rows are spread over every base URL
 through one work queue (``max_concurrency`` requests in flight per URL), so a fast replica takes
 more rows. ``server: llama_cpp`` starts llama-cpp-python's server(s) over a GGUF here
-(:class:`ssr.llama_server.LlamaCppServer`); ``server: external`` uses running servers.
+(:class:`ssr.generation.llama_server.LlamaCppServer`); ``server: external`` uses running servers.
 
 The generation cache is keyed by the *served* model (:meth:`ServerGenerator.fingerprint`), never
 by the HF weights: a quantized GGUF and the bf16 checkpoint are different models.
@@ -29,21 +29,19 @@ from typing import TYPE_CHECKING, Any
 import httpx
 from tqdm.auto import tqdm
 
-from ssr.generation import DecodingConfig
-from ssr.hardware import usable_cores
-from ssr.llama_server import LlamaCppServer, llama_cpp_version
-from ssr.records import content_hash
+from ssr.generation.config import DecodingConfig, check_server_options
+from ssr.generation.llama_server import LlamaCppServer, llama_cpp_version
+from ssr.models.loading import embedded_gguf_path
+from ssr.runtime.hardware import usable_cores
+from ssr.runtime.hashing import content_hash
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
 
-    from ssr.generation import GeneratorConfig
+    from ssr.generation.config import GeneratorConfig
 
 log = logging.getLogger(__name__)
 
-SERVERS = ("llama_cpp", "external")
-PROMPT_FORMATS = ("text", "token_ids")
-LLAMA_CPP_OPTIONS = ("replicas", "n_threads", "n_ctx", "n_batch", "startup_timeout_s")
 LLAMA_CPP_ALIAS = "ssr-local"
 # llama-cpp-python's request defaults are repeat_penalty 1.1, top_k 40, min_p 0.05: not plain
 # greedy decoding. These make its "temperature 0" the argmax of the raw logits, as in transformers.
@@ -179,36 +177,6 @@ class CompletionClient:
         self._http.close()
 
 
-def check_server_options(cfg: GeneratorConfig) -> None:
-    """A one-line error naming the generator key that is wrong."""
-    if cfg.server not in SERVERS:
-        raise ValueError(f"generator.server={cfg.server!r}; valid choices: {', '.join(SERVERS)}")
-    if cfg.prompt_format not in PROMPT_FORMATS:
-        raise ValueError(
-            f"generator.prompt_format={cfg.prompt_format!r}; valid choices: {', '.join(PROMPT_FORMATS)}"
-        )
-    if cfg.server == "external" and not cfg.base_urls:
-        raise ValueError("generator.server=external needs generator.base_urls (e.g. [http://host:8000/v1])")
-    if cfg.server == "llama_cpp" and cfg.base_urls:
-        raise ValueError(
-            "generator.base_urls is set but generator.server=llama_cpp starts its own server; "
-            "set generator.server=external to use the servers at base_urls"
-        )
-    if cfg.server == "llama_cpp" and cfg.prompt_format == "token_ids":
-        raise ValueError("generator.prompt_format=token_ids: llama-cpp-python's server accepts text only")
-    if cfg.max_concurrency < 1 or cfg.max_retries < 0 or cfg.timeout_s <= 0 or cfg.backoff_s < 0:
-        raise ValueError(
-            "generator needs max_concurrency >= 1, max_retries >= 0, timeout_s > 0, backoff_s >= 0"
-        )
-    unknown = set(cfg.llama_cpp) - set(LLAMA_CPP_OPTIONS)
-    if unknown:
-        raise ValueError(
-            f"generator.llama_cpp: unknown keys {sorted(unknown)}; valid: {', '.join(LLAMA_CPP_OPTIONS)}"
-        )
-    if cfg.fidelity_sample < 0:
-        raise ValueError(f"generator.fidelity_sample={cfg.fidelity_sample}: must be >= 0 (0: off)")
-
-
 @dataclass(frozen=True)
 class _Served:
     base_urls: list[str]
@@ -232,7 +200,6 @@ class ServerGenerator:
     # ---- identity -------------------------------------------------------------------------------
     @property
     def gguf(self) -> Path:
-        from ssr.models import embedded_gguf_path
 
         return Path(self.cfg.gguf) if self.cfg.gguf else embedded_gguf_path()
 

@@ -17,7 +17,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from ssr.faults import fault_point
+from ssr.runtime.faults import fault_point
 
 log = logging.getLogger(__name__)
 

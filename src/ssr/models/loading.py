@@ -22,8 +22,9 @@ from transformers import (
     PreTrainedTokenizerBase,
 )
 
-from ssr.paths import cache_root
-from ssr.precision import torch_dtype
+from ssr.runtime.hashing import content_hash
+from ssr.runtime.paths import cache_root
+from ssr.runtime.precision import torch_dtype
 
 log = logging.getLogger(__name__)
 
@@ -233,7 +234,6 @@ def load_model(spec: ModelSpec) -> tuple[PreTrainedModel, PreTrainedTokenizerBas
 
 def model_fingerprint(spec: ModelSpec) -> str:
     """Identity of the weights for cache keys (path + revision + size/mtime of local weight files)."""
-    from ssr.records import content_hash
 
     if spec.name_or_path == TINY_RANDOM:
         return content_hash("tiny", spec.tiny_config, spec.seed)

@@ -24,7 +24,7 @@ from types import TracebackType
 
 import httpx
 
-from ssr.hardware import usable_cores
+from ssr.runtime.hardware import usable_cores
 
 log = logging.getLogger(__name__)
 
@@ -78,7 +78,7 @@ class LlamaCppServer:
     """One llama-cpp-python server over a GGUF file, on 127.0.0.1 (see the module docstring).
 
     llama-cpp-python's server runs one request at a time (it has no parallel slots): run several
-    servers, each with a share of the cores, for concurrency (``ssr.server_generation`` does).
+    servers, each with a share of the cores, for concurrency (``ssr.generation.server`` does).
     """
 
     def __init__(

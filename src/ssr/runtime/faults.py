@@ -4,9 +4,9 @@ The n-th time the process reaches ``fault_point(<point>)`` it runs the point's `
 (e.g. writes half a cache line) and kills itself with SIGKILL: no handler, no flush, no cleanup,
 exactly like ``kill -9``. Without the variable (always, outside tests) a point costs one lookup.
 
-Points: ``cache.<dir>`` (a :class:`ssr.cache.JsonlCache` append under ``<dir>``, i.e.
+Points: ``cache.<dir>`` (a :class:`ssr.runtime.cache.JsonlCache` append under ``<dir>``, i.e.
 ``cache.generations`` or ``cache.verdicts``; the kill leaves a torn last line); ``train.step``
-(after a training batch, before its checkpoint is written: :class:`ssr.callbacks.ResumeState`).
+(after a training batch, before its checkpoint is written: :class:`ssr.training.callbacks.ResumeState`).
 """
 
 from __future__ import annotations

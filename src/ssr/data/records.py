@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
-import json
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any, TypeVar
@@ -32,12 +30,6 @@ class Record:
         d = asdict(self)
         d["messages"] = list(self.messages) if self.messages is not None else None
         return d
-
-
-def content_hash(*parts: Any) -> str:
-    """Stable short hash of JSON-serialisable parts (cache keys, fingerprints)."""
-    payload = json.dumps(parts, sort_keys=True, ensure_ascii=False, default=str)
-    return hashlib.sha256(payload.encode("utf-8")).hexdigest()[:24]
 
 
 def chunks(items: Sequence[T], size: int) -> Iterator[list[T]]:

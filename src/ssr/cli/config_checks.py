@@ -23,15 +23,12 @@ from typing import Any
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import InterpolationResolutionError
 
-from ssr.losses import LOSSES
-from ssr.precision import PRECISION_CHOICES
+from ssr.models.losses import LOSSES
+from ssr.runtime.configs import ConfigError
+from ssr.runtime.precision import PRECISION_CHOICES
 
 # trainer.precision: Lightning's names, their short aliases, and `auto` (resolved by ssr-train).
 PRECISIONS = PRECISION_CHOICES
-
-
-class ConfigError(ValueError):
-    """A setting that cannot work: the message is one line naming the key(s) and the valid range."""
 
 
 @dataclass(frozen=True)
@@ -249,7 +246,7 @@ def problems(cfg: DictConfig, rules: tuple[Rule, ...] = RULES) -> list[str]:
 
 def check_method(cfg: DictConfig) -> list[str]:
     """The method exists and, if it judges its own answers, has a judge."""
-    from ssr.methods import MethodConfig
+    from ssr.selection.methods import MethodConfig
 
     node = cfg.get("method")
     if node is None:

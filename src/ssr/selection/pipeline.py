@@ -12,7 +12,6 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from ssr.cache import JsonlCache, stage_lock
 from ssr.data.prompts import (
     PromptConfig,
     build_messages,
@@ -21,10 +20,20 @@ from ssr.data.prompts import (
     prompt_length,
     render_prompt,
 )
-from ssr.files import atomic_write_text
-from ssr.generation import BaseModelGenerator, GeneratorConfig
-from ssr.methods import Candidate, MethodConfig, Selection, SelectionStats, select_targets, selection_stats
-from ssr.records import Record
+from ssr.data.records import Record
+from ssr.generation.config import GeneratorConfig
+from ssr.generation.generator import BaseModelGenerator
+from ssr.judges.base import JudgeItem, run_judge
+from ssr.runtime.cache import JsonlCache, stage_lock
+from ssr.runtime.files import atomic_write_text
+from ssr.selection.methods import (
+    Candidate,
+    MethodConfig,
+    Selection,
+    SelectionStats,
+    select_targets,
+    selection_stats,
+)
 
 log = logging.getLogger(__name__)
 __all__ = ["BaseModelGenerator", "GeneratorConfig", "StageCounters", "run_selection"]  # re-exported
@@ -92,8 +101,6 @@ def judge_candidates(
 ) -> list[Candidate]:
     """Judge each candidate against its record's gold answer, through the verdict cache."""
     import time
-
-    from ssr.judges.base import JudgeItem, run_judge
 
     items = [
         JudgeItem(
@@ -204,7 +211,7 @@ def run_selection(
     """Generate (cached) -> judge (cached) -> select; writes selection.jsonl and selection_stats.json.
 
     ``judge`` and ``generator`` are required when ``method.needs_judge`` (``SSRDataModule`` and
-    ``ssr.config_checks`` check it before anything runs)."""
+    ``ssr.cli.config_checks`` check it before anything runs)."""
     counters = StageCounters()
     own = rewrites = None
     if method.needs_judge:

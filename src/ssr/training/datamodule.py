@@ -21,14 +21,15 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 
 from ssr.data.adapters import sample_rows
 from ssr.data.prompts import PromptConfig, prompt_token_budget
+from ssr.data.records import Record
 from ssr.data.tokenize import IGNORE_INDEX, Tokenized, TokenizeReport, tokenize_all
-from ssr.generation import BaseModelGenerator, GeneratorConfig
+from ssr.generation.config import GeneratorConfig
+from ssr.generation.generator import BaseModelGenerator
 from ssr.judges.base import Judge
-from ssr.methods import MethodConfig, SelectionStats, trained
-from ssr.models import ModelSpec, load_tokenizer
-from ssr.paths import cache_root
-from ssr.pipeline import read_selection, run_selection
-from ssr.records import Record
+from ssr.models.loading import ModelSpec, load_tokenizer
+from ssr.runtime.paths import cache_root
+from ssr.selection.methods import MethodConfig, SelectionStats, trained
+from ssr.selection.pipeline import read_selection, run_selection
 
 log = logging.getLogger(__name__)
 

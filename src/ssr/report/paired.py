@@ -11,9 +11,6 @@ samples); the others (the task metrics) on ``base`` vs the last epoch.
 from __future__ import annotations
 
 import functools
-import math
-import statistics
-from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,7 +28,7 @@ from ssr.eval.items import (
     item_values,
     load_items,
 )
-from ssr.stats import (
+from ssr.report.stats import (
     DEFAULT_BOOT,
     DEFAULT_SEED,
     Estimate,
@@ -44,7 +41,6 @@ from ssr.stats import (
 )
 
 ALPHA = 0.05
-SELECTION_SET = "in_domain"  # the learning rate is chosen on this task set's validation score
 TASK_ITEM_METRICS = {"unanswerable_correct": "unanswerable_accuracy", "answer_recall": "answer_recall"}
 
 
@@ -188,64 +184,7 @@ def difference_rows(
     return rows
 
 
-def _cell(value: float, scale: float) -> str:
-    return f"{value * scale:+.{1 if scale != 1 else 3}f}"
-
-
-def rows_table(rows: list[Row], title_col: str) -> str:
-    """Markdown: one line per (group, measure): change, 95% CI, exact p, n, MDD; * = p < 0.05."""
-    lines = [
-        f"| {title_col} | measure | n items | seeds | change | 95% CI | p | test | MDD (80% power) |",
-        "|---|---|---|---|---|---|---|---|---|",
-    ]
-    for row in rows:
-        e, s = row.estimate, row.measure.scale
-        mark = " *" if e.p_value is not None and e.p_value < ALPHA else ""
-        lines.append(
-            f"| {row.group} | {row.measure.name} | {e.n_items} | {e.n_seeds} | {_cell(e.mean, s)}{mark} "
-            f"| [{_cell(e.lo, s)}, {_cell(e.hi, s)}] | {e.p_value:.3g} | {e.test} | {row.mdd * s:.{1 if s != 1 else 3}f} |"
-        )
-    return "\n".join(lines)
-
-
 # --- learning rate ---------------------------------------------------------------------------------
-
-
-def lr_of(run: Any) -> float | None:
-    return getattr(run, "lr", None)
-
-
-def task_score(run: Any, scores: dict[str, float], keys: list[str]) -> float | None:
-    """Mean of the selection set's task columns (unanswerable F1 / answered share, answer recall)."""
-    vals = [scores[k] for k in keys if k in scores and not math.isnan(scores[k])]
-    return statistics.fmean(vals) if vals else None
-
-
-def task_keys_for(runs: list[Any]) -> list[str]:
-    from ssr.report import task_keys
-
-    return task_keys(runs)
-
-
-def selection_keys(task_keys: list[str]) -> list[str]:
-    return [k for k in task_keys if k.split("/")[1] == SELECTION_SET]
-
-
-def choose_lr(runs: list[Any], task_keys: list[str]) -> dict[str, float | None]:
-    """Per method, the learning rate with the best mean in-domain validation task score (final),
-    never a drift metric; ties go to the smaller lr. Methods with one lr keep it."""
-    keys = selection_keys(task_keys)
-    by: dict[str, dict[float | None, list[float]]] = defaultdict(lambda: defaultdict(list))
-    for run in runs:
-        score = task_score(run, run.final, keys)
-        by[run.method][lr_of(run)].append(score if score is not None else -math.inf)
-    chosen = {}
-    for method, lrs in by.items():
-        ranked = sorted(
-            lrs.items(), key=lambda kv: (-statistics.fmean(kv[1]), kv[0] if kv[0] is not None else 0)
-        )
-        chosen[method] = ranked[0][0]
-    return chosen
 
 
 # --- epoch bands (summary plot) -------------------------------------------------------------------
@@ -311,144 +250,3 @@ def self_drift_band(group: list[Any]) -> list[tuple[float, float]] | None:
 
 
 # --- Pareto plot ----------------------------------------------------------------------------------
-
-
-def pareto_points(
-    runs: list[Any], task_keys: list[str], bench: list[str], chosen: dict[str, float | None] | None = None
-) -> list[dict[str, Any]]:
-    """One point per method x lr (mean over seeds): task gain, the drift measures and, per drift
-    measure, whether the point is on the Pareto front (``front``). ``chosen``: the lr per method
-    (default: :func:`choose_lr` on these runs)."""
-    from ssr.report import relative_change
-
-    keys = selection_keys(task_keys)
-    chosen = choose_lr(runs, task_keys) if chosen is None else chosen
-    groups: dict[tuple[str, float | None], list[Any]] = defaultdict(list)
-    for run in runs:
-        groups[(run.method, lr_of(run))].append(run)
-
-    def mean(values: list[float | None]) -> float | None:
-        vals = [v for v in values if v is not None and not math.isnan(v)]
-        return statistics.fmean(vals) if vals else None
-
-    points = []
-    for (method, lr), group in sorted(groups.items(), key=lambda kv: (kv[0][0], kv[0][1] or 0)):
-        gains = [
-            None
-            if (f := task_score(r, r.final, keys)) is None or (b := task_score(r, r.base, keys)) is None
-            else 100 * (f - b)
-            for r in group
-        ]
-        bench_change = [relative_change(r, bench, relative=False) for r in group]
-        points.append(
-            {
-                "method": method,
-                "lr": lr,
-                "seeds": len(group),
-                "chosen": chosen.get(method) == lr,
-                "task_gain": mean(gains),
-                "benchmark_change": mean([None if v is None else 100 * v for v in bench_change]),
-                "self_drift": mean(
-                    [
-                        100 * v
-                        if (v := r.final.get("suite/self_drift/nll_increase_rel")) is not None
-                        else None
-                        for r in group
-                    ]
-                ),
-                "kl_task": mean([r.final.get("suite/kl_task/kl") for r in group]),
-            }
-        )
-    for p in points:
-        p["front"] = [key for key, _ in PARETO_PANELS if on_front(p, points, key)]
-    return points
-
-
-def on_front(point: dict[str, Any], points: list[dict[str, Any]], key: str) -> bool:
-    """No other point has at least the task gain and at most the drift (lower ``self_drift`` /
-    ``kl_task``; for ``benchmark_change`` higher is better), one of them strictly."""
-    sign = -1.0 if key == "benchmark_change" else 1.0
-
-    def ok(p: dict[str, Any]) -> bool:
-        return p["task_gain"] is not None and p[key] is not None
-
-    if not ok(point):
-        return False
-    gain, drift = point["task_gain"], sign * point[key]
-    for other in points:
-        if other is point or not ok(other):
-            continue
-        g, d = other["task_gain"], sign * other[key]
-        if g >= gain and d <= drift and (g > gain or d < drift):
-            return False
-    return True
-
-
-PARETO_PANELS = (
-    ("benchmark_change", "benchmarks: avg change vs base (points)"),
-    ("self_drift", "self-drift: NLL increase (%)"),
-    ("kl_task", "kl_task: KL(pi0 || pi) on training prompts (nats/token)"),
-)
-
-
-def plot_pareto(points: list[dict[str, Any]], out_dir: Path, name: str = "pareto.png") -> Path | None:
-    """``name`` (``pareto.png``): task gain (x) vs each drift measure (y), a point per method x lr, the
-    chosen lr of each method drawn as a star."""
-    panels = [(k, t) for k, t in PARETO_PANELS if any(p[k] is not None for p in points)]
-    if not panels or not any(p["task_gain"] is not None for p in points):
-        return None
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 3.8), squeeze=False)
-    colors: dict[str, Any] = {}
-    for ax, (key, title) in zip(axes[0], panels):
-        for p in points:
-            if p["task_gain"] is None or p[key] is None:
-                continue
-            color = colors.setdefault(p["method"], f"C{len(colors)}")
-            ax.scatter(
-                p["task_gain"],
-                p[key],
-                color=color,
-                marker="*" if p["chosen"] else "o",
-                s=160 if p["chosen"] else 40,
-                edgecolors="black" if p["chosen"] else "none",
-                label=p["method"] if p["chosen"] else None,
-                zorder=3,
-            )
-            ax.annotate(
-                f"{p['lr']:g}" if p["lr"] is not None else "",
-                (p["task_gain"], p[key]),
-                fontsize=7,
-                xytext=(3, 3),
-                textcoords="offset points",
-            )
-        ax.axhline(0, color="grey", lw=0.8)
-        ax.axvline(0, color="grey", lw=0.8)
-        ax.set(title=title, xlabel=f"task gain: {SELECTION_SET} score change (points)")
-        ax.legend(fontsize=8, title="star = chosen lr", title_fontsize=7)
-    from ssr.report import save_figure
-
-    return save_figure(fig, out_dir, name)
-
-
-def pareto_table(points: list[dict[str, Any]]) -> str:
-    def f(v: float | None, digits: int = 1) -> str:
-        return "–" if v is None else f"{v:+.{digits}f}"
-
-    lines = [
-        "| method | lr | seeds | chosen | task gain (points) | benchmark change (points) | self-drift (%) "
-        "| kl_task | on the Pareto front of |",
-        "|---|---|---|---|---|---|---|---|---|",
-    ]
-    for p in points:
-        lr = "–" if p["lr"] is None else f"{p['lr']:g}"
-        front = ", ".join(p.get("front", [])) or "–"
-        lines.append(
-            f"| {p['method']} | {lr} | {p['seeds']} | {'yes' if p['chosen'] else ''} | {f(p['task_gain'])} "
-            f"| {f(p['benchmark_change'])} | {f(p['self_drift'])} | {f(p['kl_task'], 4)} | {front} |"
-        )
-    return "\n".join(lines)

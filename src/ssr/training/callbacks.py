@@ -16,9 +16,10 @@ from typing import TYPE_CHECKING, Any
 import lightning as L
 import torch
 
-from ssr import rng
-from ssr.faults import fault_point
-from ssr.loggers import redact
+from ssr.runtime import rng
+from ssr.runtime.faults import fault_point
+from ssr.training.fingerprint import CHECKPOINT_KEY
+from ssr.training.loggers import redact
 
 if TYPE_CHECKING:
     from omegaconf import DictConfig
@@ -120,9 +121,9 @@ class ResumeState(L.Callback):
     evaluation) cannot shift them. Single-process runs only: with several ranks the checkpoint
     holds rank 0's states, which would not be the other ranks' own, so they are not restored.
 
-    ``run_record`` (:func:`ssr.run_fingerprint.make_record`) is written into every checkpoint as
+    ``run_record`` (:func:`ssr.training.fingerprint.make_record`) is written into every checkpoint as
     ``checkpoint["ssr_run"]``. ``SSR_FAULT_AT=train.step:<n>`` kills the process after its n-th
-    training batch, before that batch's checkpoint is written (see :mod:`ssr.faults`).
+    training batch, before that batch's checkpoint is written (see :mod:`ssr.runtime.faults`).
     """
 
     def __init__(self, run_record: dict[str, Any] | None = None) -> None:
@@ -151,8 +152,6 @@ class ResumeState(L.Callback):
         self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict[str, Any]
     ) -> None:
         if self.run_record is not None:
-            from ssr.run_fingerprint import CHECKPOINT_KEY
-
             checkpoint[CHECKPOINT_KEY] = {k: self.run_record[k] for k in ("fingerprint", "config")}
 
 

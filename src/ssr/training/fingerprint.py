@@ -3,7 +3,7 @@
 The fingerprint is a hash of the resolved config minus the keys that may change on resume (where
 to resume from, where logs and outputs go, how progress is shown: :data:`VOLATILE`). It is stored,
 with the config it was made from, in every checkpoint (``checkpoint["ssr_run"]``, written by
-:class:`ssr.callbacks.ResumeState`) and in the run directory (``run_fingerprint.json``).
+:class:`ssr.training.callbacks.ResumeState`) and in the run directory (``run_fingerprint.json``).
 
 A resume (``ckpt_path=last`` or a checkpoint path) compares the checkpoint's fingerprint (or the
 run directory's, when no checkpoint was written yet) with the new config's and stops with the
@@ -24,7 +24,9 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from ssr.config_checks import ConfigError
+from ssr.runtime.configs import ConfigError
+from ssr.runtime.files import atomic_write_text
+from ssr.training.loggers import redact
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +51,50 @@ VOLATILE = (
     "eval.final",  # measured after training: a finished run resumed with it gets that evaluation
     "data.num_workers",
 )
+
+
+# Modules moved by the package layout (docs/architecture.md): a checkpoint's config may name a
+# ``_target_`` (or any dotted path) at its old place; it is the same class, so the resume compares
+# the old config with these paths mapped to the new ones. A symbol moved alone is listed whole.
+MOVED_MODULES = {
+    "ssr.callbacks": "ssr.training.callbacks",
+    "ssr.datamodule": "ssr.training.datamodule",
+    "ssr.loggers": "ssr.training.loggers",
+    "ssr.module": "ssr.training.module",
+    "ssr.summary": "ssr.training.summary",
+    "ssr.run_fingerprint": "ssr.training.fingerprint",
+    "ssr.methods": "ssr.selection.methods",
+    "ssr.pipeline": "ssr.selection.pipeline",
+    "ssr.models": "ssr.models.loading",
+    "ssr.losses": "ssr.models.losses",
+    "ssr.generation": "ssr.generation.generator",
+    "ssr.server_generation": "ssr.generation.server",
+}
+MOVED_SYMBOLS = {
+    "ssr.generation.GeneratorConfig": "ssr.generation.config.GeneratorConfig",
+    "ssr.generation.DecodingConfig": "ssr.generation.config.DecodingConfig",
+    "ssr.eval.suite.checked_dataclass": "ssr.runtime.configs.checked_dataclass",
+}
+_MOVED = re.compile(r"ssr\.(?:" + "|".join(re.escape(m[4:]) for m in MOVED_MODULES) + r")\.\w+")
+
+
+def moved_path(value: Any) -> Any:
+    """A dotted ``ssr`` path at its place before the layout move -> its place now; else unchanged."""
+    if not isinstance(value, str) or not _MOVED.fullmatch(value):
+        return value
+    if value in MOVED_SYMBOLS:
+        return MOVED_SYMBOLS[value]
+    module, _, name = value.rpartition(".")
+    return f"{MOVED_MODULES[module]}.{name}"
+
+
+def with_current_paths(tree: Any) -> Any:
+    """``tree`` (a stored run config) with every moved dotted path (:func:`moved_path`) mapped."""
+    if isinstance(tree, dict):
+        return {k: with_current_paths(v) for k, v in tree.items()}
+    if isinstance(tree, list):
+        return [with_current_paths(v) for v in tree]
+    return moved_path(tree)
 
 
 REFERENCE = re.compile(r"\$\{([A-Za-z_][\w.]*)\}")  # ${key} or ${group.key}, no resolver
@@ -113,7 +159,6 @@ def make_record(cfg: DictConfig) -> dict[str, Any]:
     """``{"fingerprint", "config"}`` for this config (what checkpoints and the run dir store).
 
     Credentials are redacted first (they must reach no file, and a rotated key is no new run)."""
-    from ssr.loggers import redact
 
     config = redact(run_config(cfg))
     return {"fingerprint": fingerprint_of(config), "config": config}
@@ -194,7 +239,11 @@ def check_resume(cfg: DictConfig, run_dir: Path, ckpt: str | None) -> dict[str, 
         return record
     if previous["fingerprint"] == record["fingerprint"]:
         return record
-    changes = config_diff(previous.get("config") or {}, record["config"])
+    old_config = with_current_paths(previous.get("config") or {})
+    if fingerprint_of(old_config) == record["fingerprint"]:
+        log.info("resume: %s names classes at their place before the package layout; same run", source)
+        return record
+    changes = config_diff(old_config, record["config"])
     if not OmegaConf.select(cfg, ALLOW_FLAG, default=False):
         raise ResumeMismatchError(
             f"ckpt_path={cfg.ckpt_path}: {source} was made by a different config "
@@ -218,7 +267,6 @@ def check_resume(cfg: DictConfig, run_dir: Path, ckpt: str | None) -> dict[str, 
 
 def write_run_record(run_dir: Path, record: dict[str, Any]) -> Path:
     """Write ``run_fingerprint.json`` (atomically) into the run directory."""
-    from ssr.files import atomic_write_text
 
     return atomic_write_text(
         Path(run_dir) / FILE, json.dumps(record, indent=1, default=str, ensure_ascii=False)

@@ -19,10 +19,10 @@ import lightning as L
 import torch
 from transformers import PreTrainedModel
 
-from ssr.data.tokenize import IGNORE_INDEX
-from ssr.losses import LOSSES, summed_token_loss
-from ssr.models import SPEC_FILE, ModelSpec, apply_peft, cast_frozen_linear_weights, load_model
-from ssr.precision import autocast_dtype, trainer_autocast
+from ssr.models.loading import SPEC_FILE, ModelSpec, apply_peft, cast_frozen_linear_weights, load_model
+from ssr.models.logits import response_logits
+from ssr.models.losses import LOSSES, summed_token_loss
+from ssr.runtime.precision import autocast_dtype, trainer_autocast
 
 log = logging.getLogger(__name__)
 
@@ -35,29 +35,9 @@ def response_token_loss(
     position_ids: torch.Tensor | None = None,
     loss: str = "ce",
 ) -> torch.Tensor:
-    """Summed next-token loss (``ce`` or ``dft``, :mod:`ssr.losses`) over response positions only."""
+    """Summed next-token loss (``ce`` or ``dft``, :mod:`ssr.models.losses`) over response positions only."""
     logits, targets, _ = response_logits(model, input_ids, attention_mask, labels, position_ids)
     return summed_token_loss(logits, targets, loss)
-
-
-def response_logits(
-    model: PreTrainedModel,
-    input_ids: torch.Tensor,
-    attention_mask: torch.Tensor,
-    labels: torch.Tensor,
-    position_ids: torch.Tensor | None = None,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Logits of the positions that predict a response token, their targets, and the ``[B, T-1]``
-    mask of those positions. Runs the decoder, then projects to the vocabulary only those hidden
-    states: prompt positions never reach the (large) output layer."""
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
-    decoder, head = base.get_decoder(), base.get_output_embeddings()
-    hidden = decoder(
-        input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, use_cache=False
-    ).last_hidden_state
-    targets = labels[:, 1:]
-    mask = targets != IGNORE_INDEX
-    return head(hidden[:, :-1][mask]), targets[mask], mask
 
 
 @dataclass

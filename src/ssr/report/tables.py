@@ -1,0 +1,132 @@
+"""Markdown tables of the report."""
+
+from __future__ import annotations
+
+import statistics
+from typing import Any
+
+from ssr.report.paired import ALPHA, Row
+from ssr.report.runs import Run, _by_method, _fmt, benchmark_keys, relative_change, task_keys
+
+
+def table(runs: list[Run]) -> str:
+    """Markdown: rows base + each method (mean ± std over seeds), paper-shaped columns."""
+    bench = benchmark_keys(runs)
+    tasks = task_keys(runs)
+    cols = tasks + bench
+    header = [
+        "method",
+        "seeds",
+        *[k.split("/", 1)[1] for k in cols],
+        "avg change vs base (points)",
+        "avg rel. change vs base (%)",
+    ]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    base_row = ["base", str(len({r.seed for r in runs}))]
+    base_row += [_fmt([r.base.get(k) for r in runs]) for k in cols] + ["0.0", "0.0"]
+    lines.append("| " + " | ".join(base_row) + " |")
+    for method, group in _by_method(runs).items():
+        row = [method, str(len(group))]
+        row += [_fmt([r.final.get(k) for r in group]) for k in cols]
+        row.append(_fmt([relative_change(r, bench, relative=False) for r in group]))
+        row.append(_fmt([relative_change(r, bench) for r in group]))
+        lines.append("| " + " | ".join(row) + " |")
+    return "\n".join(lines)
+
+
+def delta_table(runs: list[Run]) -> str:
+    """Markdown: change vs base of every column (points; self-drift NLL increase in %), mean ± std."""
+    cols = task_keys(runs) + benchmark_keys(runs)
+    header = ["method", "seeds", *[k.split("/", 1)[1] for k in cols]]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for method, group in _by_method(runs).items():
+        cells = [_fmt([r.final[k] - r.base[k] for r in group if k in r.final and k in r.base]) for k in cols]
+        lines.append("| " + " | ".join([method, str(len(group)), *cells]) + " |")
+    return "\n".join(lines)
+
+
+def cost_table(runs: list[Run]) -> str:
+    """Markdown: wall time per run and the drift evaluation's share of each epoch."""
+    lines = [
+        "| method | seed | run wall s | epoch s (train + val, mean) | suite + self-drift s per epoch (mean) "
+        "| share of epoch | task metrics s (last epoch) | final evaluation s |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for method, group in _by_method(runs).items():
+        for r in sorted(group, key=lambda r: r.seed):
+            epoch = [s["epoch"] for s in r.seconds if "epoch" in s]
+            drift = [s["drift"] for s in r.seconds if "drift" in s]
+            tasks = [s["tasks"] for s in r.seconds if "tasks" in s]
+            share = (
+                f"{100 * statistics.fmean(drift) / statistics.fmean(epoch):.0f}%" if epoch and drift else "–"
+            )
+            cells = [
+                f"{r.wall_s:.0f}" if r.wall_s else "–",
+                f"{statistics.fmean(epoch):.0f}" if epoch else "–",
+                f"{statistics.fmean(drift):.0f}" if drift else "–",
+                share,
+                f"{tasks[-1]:.0f}" if tasks else "–",
+                f"{r.final_eval_s:.0f}" if r.final_eval_s else "–",
+            ]
+            lines.append(f"| {method} | {r.seed} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def selection_table(runs: list[Run]) -> str:
+    lines = [
+        "| method | seed | self | paraphrase | rewrite | gold | self (answerable) | self (unanswerable) |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for r in sorted(runs, key=lambda r: (r.method, r.seed)):
+        s = r.selection or {}
+        src, ans, una = (
+            s.get("by_source", {}),
+            s.get("by_source_answerable", {}),
+            s.get("by_source_unanswerable", {}),
+        )
+        cells = [f"{100 * src.get(k, 0):.0f}%" for k in ("self", "paraphrase", "rewrite", "gold")]
+        lines.append(
+            f"| {r.method} | {r.seed} | "
+            + " | ".join(cells)
+            + f" | {100 * ans.get('self', 0):.0f}% | {100 * una.get('self', 0):.0f}% |"
+        )
+    return "\n".join(lines)
+
+
+def _cell(value: float, scale: float) -> str:
+    return f"{value * scale:+.{1 if scale != 1 else 3}f}"
+
+
+def rows_table(rows: list[Row], title_col: str) -> str:
+    """Markdown: one line per (group, measure): change, 95% CI, exact p, n, MDD; * = p < 0.05."""
+    lines = [
+        f"| {title_col} | measure | n items | seeds | change | 95% CI | p | test | MDD (80% power) |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for row in rows:
+        e, s = row.estimate, row.measure.scale
+        mark = " *" if e.p_value is not None and e.p_value < ALPHA else ""
+        lines.append(
+            f"| {row.group} | {row.measure.name} | {e.n_items} | {e.n_seeds} | {_cell(e.mean, s)}{mark} "
+            f"| [{_cell(e.lo, s)}, {_cell(e.hi, s)}] | {e.p_value:.3g} | {e.test} | {row.mdd * s:.{1 if s != 1 else 3}f} |"
+        )
+    return "\n".join(lines)
+
+
+def pareto_table(points: list[dict[str, Any]]) -> str:
+    def f(v: float | None, digits: int = 1) -> str:
+        return "–" if v is None else f"{v:+.{digits}f}"
+
+    lines = [
+        "| method | lr | seeds | chosen | task gain (points) | benchmark change (points) | self-drift (%) "
+        "| kl_task | on the Pareto front of |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for p in points:
+        lr = "–" if p["lr"] is None else f"{p['lr']:g}"
+        front = ", ".join(p.get("front", [])) or "–"
+        lines.append(
+            f"| {p['method']} | {lr} | {p['seeds']} | {'yes' if p['chosen'] else ''} | {f(p['task_gain'])} "
+            f"| {f(p['benchmark_change'])} | {f(p['self_drift'])} | {f(p['kl_task'], 4)} | {front} |"
+        )
+    return "\n".join(lines)

@@ -1,0 +1,187 @@
+"""Run directories -> a paper-shaped markdown table and per-epoch drift plots.
+
+Numbers come only from the runs' result files: ``summary.json`` (method, seed, selection),
+``eval.json`` (base and final task metrics) and ``drift.json`` (base + per-epoch suite and
+self-drift scores written by the drift callback, and the ``eval.final`` evaluation: where a run
+has it, its base and model scores are the run's ``base``/``final`` suite scores, and the per-epoch
+curves keep their own base, ``epoch_base``). ``write_report`` also writes ``runs.json``, the
+same numbers in one file, which ``find_runs`` reads back (the notebook draws from it).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+from ssr.report.grid import SELECTION_SET, choose_lr
+from ssr.report.paired import change_rows, difference_rows, has_items
+from ssr.report.pareto import pareto_points
+from ssr.report.plots import plot_drift, plot_pareto, plot_summary
+from ssr.report.runs import Run, _by_method, benchmark_keys, export_runs, find_runs, task_keys
+from ssr.report.tables import cost_table, delta_table, pareto_table, rows_table, selection_table, table
+
+log = logging.getLogger(__name__)
+
+
+def write_report(paths: list[Path], out_dir: Path, grid: list[Path] | None = None) -> Path:
+    """``results.md``, ``runs.json``, ``item_stats.json`` and the plots of the runs under ``paths``.
+
+    Without ``grid`` the runs are a learning-rate sweep: per method the lr is chosen among them and
+    the tables show the runs at that lr. With ``grid`` (the directories of a one-seed lr grid) the
+    lr is chosen on the grid, every run under ``paths`` must be at its method's chosen lr (e.g. the
+    seeds of a second phase, with the ``eval.final`` evaluation), and the grid's runs go to
+    ``grid_runs.json`` and the lr / Pareto section."""
+    all_runs = find_runs(paths)
+    if not all_runs:
+        raise FileNotFoundError(f"no run directories (with summary.json) under {[str(p) for p in paths]}")
+    grid_runs = find_runs(grid) if grid else []
+    if grid and not grid_runs:
+        raise FileNotFoundError(
+            f"no run directories (with summary.json) under --grid {[str(p) for p in grid]}"
+        )
+    out_dir.mkdir(parents=True, exist_ok=True)
+    lr_runs = grid_runs or all_runs  # the learning rate is chosen on these
+    # one learning rate per method, chosen on the in-domain validation task score (not on drift)
+    chosen = choose_lr(lr_runs, task_keys(lr_runs))
+    if grid:
+        stray = [r for r in all_runs if chosen.get(r.method, r.lr) != r.lr]
+        if stray:
+            raise ValueError(
+                "runs not at the learning rate chosen on the grid: "
+                + ", ".join(f"{r.path} ({r.method}, lr {r.lr} vs {chosen.get(r.method)})" for r in stray)
+            )
+    runs = [r for r in all_runs if chosen.get(r.method, r.lr) == r.lr]
+    points = pareto_points(lr_runs, task_keys(lr_runs), benchmark_keys(lr_runs), chosen)
+    final_points = pareto_points(runs, task_keys(runs), benchmark_keys(runs), chosen) if grid else []
+    if importlib.util.find_spec("matplotlib") is None:
+        log.warning("matplotlib is not installed (pip install 'ssr[report]'): writing the tables only")
+        plots = []
+    else:
+        plots = [plot_summary(runs, out_dir), *plot_drift(runs, out_dir)]
+        for pts, name in ((points, "pareto.png"), (final_points, "pareto_final.png")):
+            pareto = plot_pareto(pts, out_dir, name) if pts else None
+            plots += [pareto] if pareto else []
+    export_runs(all_runs, out_dir / "runs.json")
+    if grid_runs:
+        export_runs(grid_runs, out_dir / "grid_runs.json")
+    item_runs = [r for r in runs if has_items(r)]
+    groups = _by_method(item_runs)
+    bench = benchmark_keys(runs)
+    changes = change_rows(groups, item_runs, bench)
+    differences = difference_rows(groups, "sft", item_runs, bench)
+    (out_dir / "item_stats.json").write_text(
+        json.dumps(
+            {
+                "chosen_lr": chosen,
+                "pareto": points,
+                **({"pareto_final": final_points} if grid else {}),
+                "change_vs_base": [r.to_dict() for r in changes],
+                "difference_vs_sft": [r.to_dict() for r in differences],
+            },
+            indent=1,
+        )
+    )
+    md = [
+        "# SSR results",
+        "",
+        f"Runs: {len(runs)} from {', '.join(str(p) for p in paths)} (all numbers: `runs.json`)"
+        + (
+            f"; {len(all_runs) - len(runs)} more at other learning rates (Pareto section)"
+            if len(runs) < len(all_runs)
+            else ""
+        )
+        + (
+            f"; the learning rates chosen on {len(grid_runs)} grid runs from "
+            f"{', '.join(str(p) for p in grid or [])} (`grid_runs.json`)"
+            if grid
+            else ""
+        ),
+        "",
+        *_final_eval_note(runs),
+        "Scores in % (mean ± std over seeds) after the last epoch; the base row is the model before "
+        "training. `self_drift/nll_increase_rel` is the relative increase (%) of the NLL on the base "
+        "model's own answers (lower = less drift). The averages run over the benchmark columns "
+        "(self-drift excluded): in points, and relative to each base score as in the paper (small "
+        "base scores make the relative one jumpy).",
+        "",
+        table(runs),
+        "",
+        "## Change vs base",
+        "",
+        "Points (final − base), mean ± std over seeds.",
+        "",
+        delta_table(runs),
+        "",
+    ]
+    md += _item_sections(changes, differences, len(item_runs), len(runs))
+    md += [
+        "## Learning rate and the task-gain / drift trade-off",
+        "",
+        f"Per method the learning rate with the best mean `{SELECTION_SET}` validation task score "
+        "(mean of its task columns after the last epoch) is chosen; drift never enters the choice. "
+        "Task gain = that score's change vs base (points); one point per method × lr (mean over seeds).",
+        "",
+        pareto_table(points),
+        "",
+        *(
+            [
+                "The chosen learning rates again, from the runs above (all their seeds; benchmark "
+                "change from the `eval.final` evaluation where the runs have it):",
+                "",
+                pareto_table(final_points),
+                "",
+            ]
+            if final_points
+            else []
+        ),
+        "## Selection statistics",
+        "",
+        selection_table(runs),
+        "",
+        "## Cost",
+        "",
+        cost_table(runs),
+        "",
+        "## Drift per epoch",
+        "",
+    ]
+    md += [f"![{p.stem}]({p.name})" for p in plots]
+    report = out_dir / "results.md"
+    report.write_text("\n".join(md) + "\n")
+    return report
+
+
+def _final_eval_note(runs: list[Run]) -> list[str]:
+    """Where the table's benchmark and drift columns come from."""
+    n = sum(r.final_eval for r in runs)
+    if not n:
+        return []
+    return [
+        f"Benchmark, self-drift and kl_task columns of {n} of {len(runs)} runs (and of their base row) "
+        "come from the larger `eval.final` evaluation after training (settings in each run's "
+        "`drift.json`); the per-epoch plots use the small per-epoch evaluations.",
+        "",
+    ]
+
+
+def _item_sections(changes: list[Any], differences: list[Any], n_item_runs: int, n_runs: int) -> list[str]:
+    """The paired, per-item statistics sections (empty note when no run kept item files)."""
+
+    if not changes:
+        return ["## Paired statistics", "", "No run has per-item results (`eval_items/`): none computed.", ""]
+    note = (
+        f"On the items every one of the {n_item_runs} runs with per-item results shares"
+        + (f" ({n_runs - n_item_runs} runs without them left out)" if n_item_runs < n_runs else "")
+        + ": 95% percentile bootstrap CI over items (and seeds, two-way, when a method has several; "
+        "fixed seed), exact two-sided p-value (McNemar on the discordant items for 0/1 scores, sign "
+        "test otherwise; * = p < 0.05), and the minimum detectable difference of a paired test at "
+        "that many items (α 0.05, 80% power, the observed SD of the per-item differences). Points "
+        "for scores, nats/token for `self_drift/nll` and `kl_task/kl`."
+    )
+    md = ["## Paired change vs base (per item)", "", note, "", rows_table(changes, "method"), ""]
+    if differences:
+        md += ["## Method − SFT (per item, final models)", "", rows_table(differences, "method − sft"), ""]
+    return md
