@@ -17,10 +17,10 @@ class TaskMetricsConfig:
     """Grounded-QA task metrics (mirrors ``eval.tasks`` in ``conf/eval/default.yaml``)."""
 
     in_domain: bool = True
-    max_rows: int | None = None  # per set
+    max_rows: int | None = 16  # per set (None: all); the main job's size
     ood_max_rows: int | None = None  # per data.ood set (None: max_rows)
     seed: int = 0  # which max_rows items: fixed, so every run (and seed) scores the same items
-    max_new_tokens: int = 64
+    max_new_tokens: int = 48
     max_prompt_tokens: int | None = None  # None: data.max_length - max_new_tokens
     every_epoch: bool = False
 

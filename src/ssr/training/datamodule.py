@@ -202,7 +202,7 @@ class SSRDataModule(L.LightningDataModule):
         sample_seed: int | None = None,
         max_length: int = 1024,
         batch_size: int = 8,
-        val_batch_size: int | None = None,
+        val_batch_size: int | None = 16,
         num_workers: int = 0,
         seed: int = 0,
         cache_dir: str | None = None,

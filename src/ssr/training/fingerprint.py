@@ -89,13 +89,16 @@ def moved_path(value: Any) -> Any:
 
 
 def with_current_paths(tree: Any) -> Any:
-    """``tree`` (a stored run config) with every moved dotted path (:func:`moved_path`) mapped."""
+    """``tree`` (a stored run config) with every moved dotted path (:func:`moved_path`) mapped and
+    Hydra's ``_convert_`` plumbing dropped (it changes how a node is built, not what is trained)."""
     if isinstance(tree, dict):
-        return {k: with_current_paths(v) for k, v in tree.items()}
+        return {k: with_current_paths(v) for k, v in tree.items() if k != CONVERT}
     if isinstance(tree, list):
         return [with_current_paths(v) for v in tree]
     return moved_path(tree)
 
+
+CONVERT = "_convert_"
 
 REFERENCE = re.compile(r"\$\{([A-Za-z_][\w.]*)\}")  # ${key} or ${group.key}, no resolver
 
@@ -125,7 +128,7 @@ def run_config(cfg: DictConfig) -> dict[str, Any]:
         out[str(key)] = (
             OmegaConf.to_container(node, resolve=True) if isinstance(node, DictConfig) else work[key]
         )
-    return out
+    return with_current_paths(out)
 
 
 def _mark_group_references(cfg: DictConfig, skip: set[str]) -> None:
