@@ -11,6 +11,7 @@ import torch
 from lightning.pytorch.loggers import CSVLogger
 from torch.utils.data import DataLoader
 
+from ssr.cli._hydra import build
 from ssr.data.prompts import PromptConfig
 from ssr.eval import drift_callback
 from ssr.eval.drift_callback import GeneralizationDriftCallback, score_deltas, table_rows
@@ -213,7 +214,7 @@ def test_from_eval_config(tokenizer):
     def drift_of(*overrides):
         with initialize_config_dir(config_dir=str(conf), version_base=None):
             cfg = compose(config_name="train", overrides=["paths.output_dir=/tmp/unused", *overrides])
-        evaluator = Evaluator.from_config(cfg, [], {})
+        evaluator = build(cfg.eval)(val_records=[], ood={})
         return instantiate_callbacks(cfg.callbacks, evaluator=evaluator, config={}, run_record=None)["drift"]
 
     cb = drift_of("eval.callback.every_n_epochs=2")
@@ -333,7 +334,7 @@ def test_final_settings_replace_the_per_epoch_limits_whole(tokenizer):
     assert final.suite.limits == {"default": 50}  # not merged with the per-epoch ssr_arc_easy: 8
     assert final.suite.tasks == cfg.eval.suite.tasks and final.self_drift.limit is None
     assert final.kl_task == cfg.eval.kl_task
-    evaluator = Evaluator.from_config(cfg, [], {})
+    evaluator = build(cfg.eval)(val_records=[], ood={})
     assert evaluator.final.suite.limits == {"default": 50} and evaluator.final.task_sets == {}
     assert evaluator.suite.limits["ssr_arc_easy"] == 8
     with pytest.raises(KeyError, match=r"eval\.final keys.*tasks"):

@@ -7,7 +7,6 @@ from omegaconf import OmegaConf
 
 from conftest import compose
 from ssr.cli import guard
-from ssr.eval import task_sets as task_sets_mod
 from ssr.runtime import hardware
 
 
@@ -67,13 +66,14 @@ def test_sample_seed_gives_every_run_seed_the_same_rows_and_eval_items():
 
     assert rows(1) != rows(2)  # default: each run seed draws its own sample
     assert rows(1, "data.sample_seed=0") == rows(2, "data.sample_seed=0")
-    cfg = compose(["eval.tasks.max_rows=4"])
-    val = load_records(cfg.data, "val", 0)
-    for seed in (1, 2):
-        cfg.seed = seed
-        assert [r.id for r in task_sets_mod.task_sets(cfg, val)["in_domain"]] == [
-            r.id for r in task_sets_mod.task_sets(compose(["eval.tasks.max_rows=4"]), val)["in_domain"]
-        ]
+    from ssr.cli._hydra import build
+
+    def eval_ids(seed):
+        cfg = compose(["eval.tasks.max_rows=4", f"seed={seed}"])
+        evaluator = build(cfg.eval)(val_records=load_records(cfg.data, "val", 0), ood={})
+        return [r.id for r in evaluator.task_sets["in_domain"]]
+
+    assert eval_ids(1) == eval_ids(2) and len(eval_ids(1)) == 4  # fixed items, whatever the run seed
 
 
 def _sweep_params(cfg) -> dict[str, list[str]]:

@@ -90,3 +90,32 @@ def register() -> None:
         store.store(group=group, name="_schema", node=node_schema(cls))
     for name, (cls, target) in NODE_SCHEMAS.items():
         store.store(group="schema", name=name, node=node_schema(cls, target))
+
+
+# where each schema sits in the run config (flat key prefix)
+PLACES: dict[str, type] = {
+    **GROUP_SCHEMAS,
+    "prompt": PromptConfig,
+    "optim": OptimConfig,
+    "eval.self_drift": SelfDriftConfig,
+    "eval.tasks": TaskMetricsConfig,
+    "eval.kl_task": KLTaskConfig,
+}
+
+
+def implicit_defaults() -> dict[str, Any]:
+    """Flat ``key -> default`` of every schema-backed node, as a run config stores it (the
+    resume check's ``implicit``: a run config written before a key was shown used this value)."""
+    out: dict[str, Any] = {}
+
+    def flatten(tree: Any, prefix: str) -> None:
+        if isinstance(tree, dict) and tree:
+            for key, value in tree.items():
+                flatten(value, f"{prefix}.{key}")
+        else:
+            out[prefix] = tree
+
+    for place, cls in PLACES.items():
+        node = OmegaConf.to_container(OmegaConf.structured(node_schema(cls, target=False)))
+        flatten(node, place)
+    return out

@@ -4,12 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from hydra.utils import instantiate
-from omegaconf import DictConfig
-
 from ssr.data.adapters import subsample
 from ssr.data.records import Record
-from ssr.runtime.configs import checked_dataclass
 
 
 @dataclass
@@ -26,11 +22,11 @@ class TaskMetricsConfig:
 
 
 def task_sets(
-    cfg: DictConfig, val_records: list[Record], ood: dict[str, list[Record]] | None = None
+    tasks: TaskMetricsConfig, val_records: list[Record], ood: dict[str, list[Record]]
 ) -> dict[str, list[Record]]:
-    """Held-out grounded-QA sets scored before and after training: in-domain val + the ``data.ood``
-    sets (``ood``: already loaded, e.g. by the DataModule; else loaded here)."""
-    tasks = checked_dataclass(TaskMetricsConfig, cfg.eval.tasks, "eval.tasks")
+    """The held-out sets the task metrics score: ``in_domain`` (the validation records) and one
+    ``ood_<name>`` per ``data.ood`` set (loaded by the recipe: the DataModule's, or ``ssr-eval``'s),
+    each cut to the fixed ``max_rows`` (balanced where a set has unanswerable rows)."""
     cap, seed = tasks.max_rows, tasks.seed
     ood_cap = tasks.ood_max_rows or cap
     sets = (
@@ -38,8 +34,6 @@ def task_sets(
         if tasks.in_domain and val_records
         else {}
     )
-    if ood is None:
-        ood = {str(name): instantiate(node) for name, node in cfg.data.ood.items()}
     for name, records in ood.items():
         balance = any(not r.answerable for r in records)
         sets[f"ood_{name}"] = subsample(records, max_rows=ood_cap, balance=balance, seed=seed)
