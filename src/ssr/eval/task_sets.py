@@ -19,6 +19,9 @@ class TaskMetricsConfig:
     max_new_tokens: int = 48
     max_prompt_tokens: int | None = None  # None: data.max_length - max_new_tokens
     every_epoch: bool = False
+    # in-domain validation rows for choosing the lr (set in_domain_val), drawn from the validation
+    # records left after the in_domain test rows: disjoint from them (0: none)
+    selection_rows: int = 0
 
 
 def task_sets(
@@ -29,11 +32,19 @@ def task_sets(
     each cut to the fixed ``max_rows`` (balanced where a set has unanswerable rows)."""
     cap, seed = tasks.max_rows, tasks.seed
     ood_cap = tasks.ood_max_rows or cap
-    sets = (
-        {"in_domain": subsample(val_records, max_rows=cap, seed=seed)}
-        if tasks.in_domain and val_records
-        else {}
-    )
+    sets: dict[str, list[Record]] = {}
+    if tasks.in_domain and val_records:
+        sets["in_domain"] = subsample(val_records, max_rows=cap, seed=seed)
+        if tasks.selection_rows:
+            taken = {r.id for r in sets["in_domain"]}
+            rest = [r for r in val_records if r.id not in taken]
+            if len(rest) < tasks.selection_rows:
+                raise ValueError(
+                    f"eval.tasks.selection_rows={tasks.selection_rows}: only {len(rest)} validation rows are "
+                    f"left after the {len(taken)} in_domain test rows (raise data.max_val_rows)"
+                )
+            balance = any(not r.answerable for r in rest)
+            sets["in_domain_val"] = subsample(rest, max_rows=tasks.selection_rows, balance=balance, seed=seed)
     for name, records in ood.items():
         balance = any(not r.answerable for r in records)
         sets[f"ood_{name}"] = subsample(records, max_rows=ood_cap, balance=balance, seed=seed)

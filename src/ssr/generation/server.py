@@ -200,7 +200,6 @@ class ServerGenerator:
     # ---- identity -------------------------------------------------------------------------------
     @property
     def gguf(self) -> Path:
-
         return Path(self.cfg.gguf) if self.cfg.gguf else embedded_gguf_path()
 
     def request_fields(self) -> dict[str, Any]:

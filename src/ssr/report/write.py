@@ -16,7 +16,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from ssr.report.grid import SELECTION_SET, choose_lr
+from ssr.report.grid import REPORT_SET, choose_lr, selection_set
 from ssr.report.paired import change_rows, difference_rows, has_items
 from ssr.report.pareto import pareto_points
 from ssr.report.plots import plot_drift, plot_pareto, plot_summary
@@ -120,9 +120,16 @@ def write_report(paths: list[Path], out_dir: Path, grid: list[Path] | None = Non
     md += [
         "## Learning rate and the task-gain / drift trade-off",
         "",
-        f"Per method the learning rate with the best mean `{SELECTION_SET}` validation task score "
+        f"Per method the learning rate with the best mean `{selection_set(task_keys(lr_runs))}` task score "
         "(mean of its task columns after the last epoch) is chosen; drift never enters the choice. "
-        "Task gain = that score's change vs base (points); one point per method × lr (mean over seeds).",
+        + (
+            "Those validation rows are disjoint from the reported test rows. "
+            if selection_set(task_keys(lr_runs)) != REPORT_SET
+            else f"The lr is chosen and reported on the same `{REPORT_SET}` rows (a selection leak on the task "
+            "columns, not on the drift verdict). "
+        )
+        + f"Task gain = the `{REPORT_SET}` score's change vs base (points); one point per method × lr "
+        "(mean over seeds).",
         "",
         pareto_table(points),
         "",
