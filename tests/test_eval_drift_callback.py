@@ -355,9 +355,9 @@ def test_final_settings_replace_the_per_epoch_limits_whole(tokenizer):
         ]
     )
     final = final_settings(cfg.eval)
-    assert final.suite.limits == {"default": 50}  # not merged with the per-epoch ssr_arc_easy: 8
-    assert final.suite.tasks == cfg.eval.suite.tasks and final.self_drift.limit is None
-    assert final.kl_task == cfg.eval.kl_task
+    assert final["suite"]["limits"] == {"default": 50}  # not merged with the per-epoch ssr_arc_easy: 8
+    assert final["suite"]["tasks"] == list(cfg.eval.suite.tasks) and final["self_drift"]["limit"] is None
+    assert final["kl_task"] == dict(cfg.eval.kl_task)
     evaluator = build(cfg.eval)(val_records=[], ood={})
     assert evaluator.final.suite.limits == {"default": 50} and evaluator.final.task_sets == {}
     assert evaluator.suite.limits["ssr_arc_easy"] == 8
