@@ -253,7 +253,9 @@ def check_method(cfg: DictConfig) -> list[str]:
         return []
     try:
         fields = OmegaConf.to_container(node, resolve=True)
-        method = MethodConfig(**{k: v for k, v in fields.items() if not k.startswith("_")})  # no _target_ etc.
+        method = MethodConfig(
+            **{k: v for k, v in fields.items() if not k.startswith("_")}
+        )  # no _target_ etc.
     except (TypeError, ValueError) as err:
         return [f"method: {_one_line(err)}"]
     if method.needs_judge and not cfg.get("judge"):

@@ -16,6 +16,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
+from ssr.report.curves import has_steps, matched_rows, matched_table, method_curves, plot_curves
 from ssr.report.grid import REPORT_SET, choose_lr, selection_set
 from ssr.report.paired import change_rows, difference_rows, has_items
 from ssr.report.pareto import pareto_points
@@ -144,6 +145,7 @@ def write_report(paths: list[Path], out_dir: Path, grid: list[Path] | None = Non
             if final_points
             else []
         ),
+        *_curve_section(runs, out_dir),
         "## Selection statistics",
         "",
         selection_table(runs),
@@ -159,6 +161,25 @@ def write_report(paths: list[Path], out_dir: Path, grid: list[Path] | None = Non
     report = out_dir / "results.md"
     report.write_text("\n".join(md) + "\n")
     return report
+
+
+def _curve_section(runs: list[Run], out_dir: Path) -> list[str]:
+    """Forgetting along training (runs evaluated every n steps): curves and drift at matched gain."""
+    if not has_steps(runs):
+        return []
+    curves = method_curves(runs)
+    target, rows = matched_rows(curves)
+    image = plot_curves(curves, out_dir) if importlib.util.find_spec("matplotlib") is not None else None
+    return [
+        "## Forgetting along training",
+        "",
+        "Each run evaluated every `eval.callback.every_n_steps` optimizer steps (task metrics "
+        "included) and at its epoch ends: task gain on the in-domain test rows and each drift measure "
+        "against steps, and each drift measure against task gain (one line per run).",
+        "",
+        *([f"![curves]({image.name})", ""] if image else []),
+        *matched_table(target, rows),
+    ]
 
 
 def _final_eval_note(runs: list[Run]) -> list[str]:
