@@ -140,6 +140,8 @@ RULES: tuple[Rule, ...] = (
     _rule("judge.max_document_chars", int_at_least(1)),
     # evaluation
     _rule("eval.callback.every_n_epochs", int_at_least(1)),
+    _rule("eval.callback.every_n_steps", int_at_least(0)),
+    _rule("eval.tasks.selection_rows", int_at_least(0)),
     _rule("eval.tasks.max_rows", int_at_least(1)),
     _rule("eval.tasks.ood_max_rows", int_at_least(1)),
     _rule("eval.tasks.max_new_tokens", int_at_least(1)),
