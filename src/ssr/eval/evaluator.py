@@ -1,4 +1,4 @@
-"""One evaluation of a model: the lm-eval suite, self-drift, kl_task and the grounded-QA task metrics.
+"""One evaluation of a model: the lm-eval suite, self-drift, kl_task, IFEval and the grounded-QA task metrics.
 
 The drift callback (base at fit start, then after epochs) and ``ssr-eval`` both call
 :meth:`Evaluator.evaluate`, which returns one :data:`EvalRecord`; :func:`eval_summary` turns a
@@ -7,7 +7,7 @@ the autocast dtype of the ``precision`` setting it is given (:func:`ssr.runtime.
 
 ``eval.final`` (off by default) adds a second, larger evaluation of the base and of the trained
 model after the last epoch (:attr:`Evaluator.final`): the same suite tasks at larger limits, more
-self-drift prompts and kl_task rows, no task metrics (those run after the last epoch already).
+self-drift prompts, kl_task rows and IFEval prompts (the published 541 at 1280 new tokens), no task metrics (those run after the last epoch already).
 Small per-epoch checks and one measurement that can resolve a few points: ssr-report's paired
 statistics use the final one where a run has it.
 """
@@ -28,6 +28,7 @@ from omegaconf import DictConfig, OmegaConf
 from ssr.data.prompts import PromptConfig, prompt_token_budget
 from ssr.data.records import Record
 from ssr.eval.grounded import evaluate_grounded
+from ssr.eval.ifeval import IFEVAL_KEY, IFEval, IFEvalConfig
 from ssr.eval.items import LM_EVAL_PREFIX, ItemSink, lm_eval_rows
 from ssr.eval.kl_task import KL_TASK_KEY, KLTask, KLTaskConfig, own_answer_rows
 from ssr.eval.self_drift import (
@@ -51,7 +52,7 @@ from ssr.runtime.precision import autocast_dtype
 log = logging.getLogger(__name__)
 
 SELF_DRIFT_KEY = "self_drift"
-FINAL_KEYS = ("suite", "self_drift", "kl_task")  # what eval.final may override
+FINAL_KEYS = ("suite", "self_drift", "kl_task", "ifeval")  # what eval.final may override
 # {"stage": "base"|"epoch"|"eval", "epoch", "step", "scores": {task: {metric: value}},
 #  "tasks": {set: scores} (when task metrics ran), "seconds": {"drift", "tasks"}, "cached"?}
 EvalRecord = dict[str, Any]
@@ -78,9 +79,11 @@ class Evaluator:
         data_root: str | None = None,
         cache_base: bool = True,
         kl_task: KLTaskConfig | None = None,
+        ifeval: IFEvalConfig | None = None,
     ) -> None:
         self.suite, self.self_drift, self.tasks, self.prompt = suite, self_drift, tasks, prompt
         self.kl_task = KLTask(kl_task or KLTaskConfig(enabled=False))
+        self.ifeval = IFEval(ifeval or IFEvalConfig(enabled=False), data_root, prompt.unanswerable_sentence)
         self.task_sets = {name: records for name, records in task_sets.items() if records}
         self.max_prompt_tokens, self.data_root, self.cache_base = max_prompt_tokens, data_root, cache_base
         self.reference: SelfDriftReference | None = None
@@ -110,6 +113,7 @@ class Evaluator:
             self_drift=checked_dataclass(SelfDriftConfig, ev.self_drift, "self_drift"),
             task_sets=task_sets(cfg, val_records, ood),
             kl_task=checked_dataclass(KLTaskConfig, ev.kl_task, "eval.kl_task"),
+            ifeval=checked_dataclass(IFEvalConfig, _ifeval_node(ev), "eval.ifeval"),
             **shared,
         )
         final = final_settings(ev)
@@ -119,13 +123,19 @@ class Evaluator:
                 self_drift=checked_dataclass(SelfDriftConfig, final.self_drift, "eval.final.self_drift"),
                 task_sets={},
                 kl_task=checked_dataclass(KLTaskConfig, final.kl_task, "eval.final.kl_task"),
+                ifeval=checked_dataclass(IFEvalConfig, final.ifeval, "eval.final.ifeval"),
                 **shared,
             )
         return evaluator
 
     @property
     def has_work(self) -> bool:
-        return bool(self.suite.tasks) or self.self_drift.enabled or bool(self.task_sets)
+        return (
+            bool(self.suite.tasks)
+            or self.self_drift.enabled
+            or self.ifeval.cfg.enabled
+            or bool(self.task_sets)
+        )
 
     # --- the stages -------------------------------------------------------------------------------
     def ensure_reference(self, model: Any, tokenizer: Any, dtype: torch.dtype | None) -> SelfDriftReference:
@@ -220,6 +230,12 @@ class Evaluator:
             record: EvalRecord = {"stage": stage, "epoch": epoch, "step": step}
             record["scores"] = self.drift_scores(model, tokenizer, dtype, items)
             record["seconds"] = {"drift": round(time.perf_counter() - started, 2)}
+            if self.ifeval.cfg.enabled:  # generated replies: its own cost line
+                started = time.perf_counter()
+                record["scores"][IFEVAL_KEY] = self.ifeval.scores(
+                    model, tokenizer, dtype, items, base=stage == "base"
+                )
+                record["seconds"]["ifeval"] = round(time.perf_counter() - started, 2)
             if with_tasks and self.task_sets:
                 started = time.perf_counter()
                 record["tasks"] = self.task_scores(model, tokenizer, dtype, items)
@@ -241,6 +257,8 @@ class Evaluator:
         dtype = autocast_dtype(precision, next(model.parameters()).device.type)
         with torch.no_grad():  # built from the base weights (adapters disabled) by build_reference
             reference = self.ensure_reference(model, tokenizer, dtype) if self.self_drift.enabled else None
+            if self.ifeval.cfg.enabled:  # the base's replies, which later evaluations compare with
+                self.ifeval.ensure_reference(model, tokenizer, dtype)
         cache_file = cache_root() / "drift_base" / f"{self.base_key(model, tokenizer, reference, dtype)}.json"
         cached_items = cache_file.with_suffix(".items")
         if self.cache_base and cache_file.is_file() and (items is None or cached_items.is_dir()):
@@ -278,6 +296,7 @@ class Evaluator:
             self.max_prompt_tokens,
             self.data_root,
             *([self.kl_task.key()] if self.kl_task.enabled else []),
+            *([self.ifeval.key()] if self.ifeval.cfg.enabled else []),
         )
 
 
@@ -293,10 +312,15 @@ def final_settings(ev: DictConfig) -> DictConfig | None:
         raise KeyError(f"unknown eval.final keys {unknown} (known: {['enabled', *FINAL_KEYS]})")
     out = {}
     for key in FINAL_KEYS:
-        node = plain_config(ev[key])
+        node = plain_config(ev[key]) if key != "ifeval" else _ifeval_node(ev)
         node.update(plain_config(final.get(key)) or {})
         out[key] = node
     return OmegaConf.create(out)
+
+
+def _ifeval_node(ev: DictConfig) -> dict[str, Any]:
+    """``eval.ifeval`` (off where a saved config predates it)."""
+    return plain_config(ev.get("ifeval")) or {"enabled": False}
 
 
 def eval_summary(records: list[EvalRecord], **about: Any) -> dict[str, Any]:
