@@ -207,3 +207,31 @@ def test_pareto_front_of_the_generative_axes():
         k: [i for i, p in enumerate(points) if on_front(p, points, k)] for k in ("ifeval", "refusal_leak")
     }
     assert front == {"ifeval": [0, 1], "refusal_leak": [0, 1]}  # higher IFEval, lower leak is better
+
+
+def test_an_evaluation_scores_ifeval_and_the_base_reuses_its_replies(
+    ifeval_root, tokenizer, tiny_model, tmp_path, monkeypatch
+):
+    import ssr.eval.ifeval as ifeval_module
+    from ssr.data.prompts import PromptConfig
+    from ssr.eval.evaluator import Evaluator
+    from ssr.eval.self_drift import SelfDriftConfig
+    from ssr.eval.suite import SuiteConfig
+    from ssr.eval.task_sets import TaskMetricsConfig
+
+    monkeypatch.setenv("SSR_CACHE", str(tmp_path / "cache"))
+    calls = []
+    real = ifeval_module.generate_replies
+    monkeypatch.setattr(ifeval_module, "generate_replies", lambda *a, **k: calls.append(1) or real(*a, **k))
+    ev = Evaluator(
+        SuiteConfig(), SelfDriftConfig(enabled=False), TaskMetricsConfig(), PromptConfig(), task_sets={},
+        max_prompt_tokens=64, data_root=str(ifeval_root), ifeval=IFEvalConfig(limit=2, max_gen_toks=4),
+    )  # fmt: skip
+    base = ev.evaluate_base(tiny_model, tokenizer, precision=None, items=ItemSink(tmp_path, "base"))
+    assert len(calls) == 1 and base["scores"]["ifeval"]["n"] == 2 and "ifeval" in base["seconds"]
+    epoch = ev.evaluate(
+        tiny_model, tokenizer, "epoch", precision=None, epoch=0, items=ItemSink(tmp_path, "e")
+    )
+    assert len(calls) == 2 and epoch["scores"]["ifeval"]["refusal_leak"] == 0.0
+    assert epoch["scores"]["ifeval"]["length_ratio"] == 1.0  # the same weights reply the same
+    assert (tmp_path / "e" / "ifeval.jsonl").is_file()
