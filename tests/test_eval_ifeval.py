@@ -52,6 +52,18 @@ def ifeval_root(tmp_path: Path) -> Path:
     return tmp_path
 
 
+@pytest.fixture
+def calls(tmp_path, monkeypatch) -> list[int]:
+    """One entry per generation of IFEval replies (private caches)."""
+    import ssr.eval.ifeval as ifeval_module
+
+    monkeypatch.setenv("SSR_CACHE", str(tmp_path / "cache"))
+    calls: list[int] = []
+    real = ifeval_module.generate_replies
+    monkeypatch.setattr(ifeval_module, "generate_replies", lambda *a, **k: calls.append(1) or real(*a, **k))
+    return calls
+
+
 def test_ssr_ifeval_scores_hand_written_replies_as_the_reference_checkers(ifeval_root):
     task = ifeval_task(str(ifeval_root))
     docs = list(task.eval_docs)
@@ -124,14 +136,8 @@ def test_refusal_leak_counts_refusals_the_base_did_not_make(ifeval_root):
 
 
 def test_ifeval_in_an_evaluation_generates_once_for_the_base(
-    ifeval_root, tokenizer, tiny_model, tmp_path, monkeypatch
+    ifeval_root, tokenizer, tiny_model, tmp_path, calls
 ):
-    import ssr.eval.ifeval as ifeval_module
-
-    monkeypatch.setenv("SSR_CACHE", str(tmp_path / "cache"))
-    calls = []
-    real = ifeval_module.generate_replies
-    monkeypatch.setattr(ifeval_module, "generate_replies", lambda *a, **k: calls.append(1) or real(*a, **k))
     cfg = IFEvalConfig(limit=3, max_gen_toks=4)
     ev = IFEval(cfg, str(ifeval_root), SENTENCE)
     sink = ItemSink(tmp_path / "items", "base")
@@ -210,19 +216,14 @@ def test_pareto_front_of_the_generative_axes():
 
 
 def test_an_evaluation_scores_ifeval_and_the_base_reuses_its_replies(
-    ifeval_root, tokenizer, tiny_model, tmp_path, monkeypatch
+    ifeval_root, tokenizer, tiny_model, tmp_path, calls
 ):
-    import ssr.eval.ifeval as ifeval_module
     from ssr.data.prompts import PromptConfig
     from ssr.eval.evaluator import Evaluator
     from ssr.eval.self_drift import SelfDriftConfig
     from ssr.eval.suite import SuiteConfig
     from ssr.eval.task_sets import TaskMetricsConfig
 
-    monkeypatch.setenv("SSR_CACHE", str(tmp_path / "cache"))
-    calls = []
-    real = ifeval_module.generate_replies
-    monkeypatch.setattr(ifeval_module, "generate_replies", lambda *a, **k: calls.append(1) or real(*a, **k))
     ev = Evaluator(
         SuiteConfig(), SelfDriftConfig(enabled=False), TaskMetricsConfig(), PromptConfig(), task_sets={},
         max_prompt_tokens=64, data_root=str(ifeval_root), ifeval=IFEvalConfig(limit=2, max_gen_toks=4),

