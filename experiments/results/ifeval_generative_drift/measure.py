@@ -34,7 +34,7 @@ ITEM_METRICS = {
 }
 
 
-def compose(limit: int | None, max_gen_toks: int) -> Any:
+def compose(out: Path, limit: int | None, max_gen_toks: int) -> Any:
     """The experiment's config with the evaluation narrowed to what this script measures."""
     from hydra import compose as hydra_compose
     from hydra import initialize_config_dir
@@ -54,6 +54,7 @@ def compose(limit: int | None, max_gen_toks: int) -> Any:
     with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
         cfg = hydra_compose(config_name="train", overrides=overrides, return_hydra_config=True)
     with open_dict(cfg):
+        cfg.paths.output_dir = str(out)
         del cfg["hydra"]
     return cfg
 
@@ -69,7 +70,7 @@ def evaluate_all(
     from ssr.models.loading import load_model
     from ssr.runtime.precision import resolve
 
-    cfg = compose(limit, max_gen_toks)
+    cfg = compose(out, limit, max_gen_toks)
     evaluator = Evaluator.from_config(cfg, val_records=[])
     spec = instantiate(cfg.model)
     records = {}
