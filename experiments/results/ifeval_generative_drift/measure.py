@@ -23,14 +23,19 @@ from typing import Any
 from ssr.eval.items import ItemSink, item_values, paired_values, read_source
 from ssr.report.stats import method_difference, paired_change
 
-# item metric -> scale for the tables (points, or tokens)
+# (item source, metric) -> scale for the tables (points, tokens or nats)
 ITEM_METRICS = {
-    "prompt_level_strict_acc": 100.0,
-    "prompt_level_loose_acc": 100.0,
-    "refused": 100.0,
-    "leak": 100.0,
-    "n_tokens": 1.0,
-    "ended": 100.0,
+    ("ifeval", "prompt_level_strict_acc"): 100.0,
+    ("ifeval", "prompt_level_loose_acc"): 100.0,
+    ("ifeval", "refused"): 100.0,
+    ("ifeval", "leak"): 100.0,
+    ("ifeval", "n_tokens"): 1.0,
+    ("ifeval", "ended"): 100.0,
+    ("self_drift", "nll"): 1.0,
+    ("self_drift", "stop_prob"): 100.0,
+    ("self_drift", "survival"): 100.0,
+    ("tasks.ood_nq", "over_refusal"): 100.0,
+    ("tasks.ood_quac", "over_refusal"): 100.0,
 }
 
 
@@ -97,11 +102,13 @@ def evaluate_all(
 
 
 def paired_stats(out: Path, names: list[str]) -> dict[str, Any]:
-    """Per item metric: each model vs the base, and ssr - sft, on the prompts both have."""
-    items = {n: read_source(out / "items" / n / "ifeval.jsonl") for n in ["base", *names]}
+    """Per item metric: each model vs the base, and ssr - sft, on the items both have."""
     stats: dict[str, Any] = {}
-    for metric, scale in ITEM_METRICS.items():
-        values = {n: item_values(rows, metric) for n, rows in items.items()}
+    for (source, metric), scale in ITEM_METRICS.items():
+        files = {n: out / "items" / n / f"{source}.jsonl" for n in ["base", *names]}
+        if not all(f.is_file() for f in files.values()):
+            continue
+        values = {n: item_values(read_source(f), metric) for n, f in files.items()}
         row: dict[str, Any] = {}
         for name in names:
             ids, base, model = paired_values(values["base"], values[name])
@@ -109,9 +116,10 @@ def paired_stats(out: Path, names: list[str]) -> dict[str, Any]:
                 row[f"{name} - base"] = _scaled(paired_change(base, model), scale)
         if {"sft", "ssr"} <= set(names):
             ids, sft, ssr = paired_values(values["sft"], values["ssr"])
-            row["ssr - sft"] = _scaled(method_difference(sft, ssr), scale)
+            if ids:
+                row["ssr - sft"] = _scaled(method_difference(sft, ssr), scale)
         row["means"] = {n: scale * sum(v.values()) / len(v) for n, v in values.items() if v}
-        stats[metric] = row
+        stats[f"{source}/{metric}"] = row
     return stats
 
 
