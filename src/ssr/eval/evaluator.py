@@ -257,8 +257,10 @@ class Evaluator:
         dtype = autocast_dtype(precision, next(model.parameters()).device.type)
         with torch.no_grad():  # built from the base weights (adapters disabled) by build_reference
             reference = self.ensure_reference(model, tokenizer, dtype) if self.self_drift.enabled else None
+            started = time.perf_counter()
             if self.ifeval.cfg.enabled:  # the base's replies, which later evaluations compare with
                 self.ifeval.ensure_reference(model, tokenizer, dtype)
+            replies_s = time.perf_counter() - started  # generated here (or read from SSR_CACHE)
         cache_file = cache_root() / "drift_base" / f"{self.base_key(model, tokenizer, reference, dtype)}.json"
         cached_items = cache_file.with_suffix(".items")
         if self.cache_base and cache_file.is_file() and (items is None or cached_items.is_dir()):
@@ -272,6 +274,8 @@ class Evaluator:
             record = self.evaluate(
                 model, tokenizer, "base", precision=precision, epoch=-1, step=step, items=items
             )
+        if "ifeval" in record["seconds"]:  # the base's IFEval cost includes generating its replies
+            record["seconds"]["ifeval"] = round(record["seconds"]["ifeval"] + replies_s, 2)
         if self.cache_base:
             cache_file.parent.mkdir(parents=True, exist_ok=True)
             if items is not None:
