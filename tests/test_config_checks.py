@@ -40,6 +40,8 @@ BAD = [
     (["generator.decoding.max_new_tokens=0"], r"generator\.decoding\.max_new_tokens=0"),
     (["eval.self_drift.limit=0"], r"eval\.self_drift\.limit=0 \(must be an integer >= 1\)"),
     (["eval.suite.limits.ssr_piqa=0"], r"eval\.suite\.limits\.ssr_piqa=0 \(must be an integer >= 1\)"),
+    (["eval.ifeval.max_gen_toks=0"], r"eval\.ifeval\.max_gen_toks=0 \(must be an integer >= 1\)"),
+    (["eval.final.ifeval.limit=0"], r"eval\.final\.ifeval\.limit=0 \(must be an integer >= 1\)"),
     (["peft.lora_dropout=1"], r"peft\.lora_dropout=1 \(must be a number in \[0, 1\)\)"),
     (["data.batch_size=abc"], r"data\.batch_size='abc' \(must be an integer >= 1\)"),
     (["judge=openai", "judge.max_concurrency=0"], r"judge\.max_concurrency=0"),

@@ -33,6 +33,7 @@ NODES_IN_FILES = {
         "self_drift": NODE_SCHEMAS["self_drift"][0],
         "tasks": NODE_SCHEMAS["eval_tasks"][0],
         "kl_task": NODE_SCHEMAS["kl_task"][0],
+        "ifeval": NODE_SCHEMAS["ifeval"][0],
     },
 }
 

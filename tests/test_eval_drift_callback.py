@@ -279,7 +279,8 @@ def test_wandb_logger_gets_metrics_and_a_table(tokenizer, tmp_path, monkeypatch)
     trainer.fit(TinyLM(tiny_random_model(tokenizer, seed=0)), datamodule=TinyData(tokenizer))
     tables = [m["drift/table"] for m, _ in logged if "drift/table" in m]
     assert len(tables) == 2  # base + epoch 0
-    assert tables[-1].columns == drift_callback.TABLE_COLUMNS and len(tables[-1].data) == 2 * 3
+    # base + epoch 0, each self-drift's nll, nll_increase(_rel) and end of turn (stop_prob, survival, end_prob)
+    assert tables[-1].columns == drift_callback.TABLE_COLUMNS and len(tables[-1].data) == 2 * 6
     assert any("drift_delta/self_drift/nll" in m for m, _ in logged)
 
 

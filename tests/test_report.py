@@ -92,11 +92,11 @@ def test_cost_table_reads_drift_seconds(tmp_path):
     _run(tmp_path, "sft", 1, [0.58, 0.54], 0.7, 0.05)
     drift = json.loads((tmp_path / "sft-1" / "drift.json").read_text())
     for e in drift["epochs"]:
-        e["seconds"] = {"eval": 30.0, "drift": 30.0, "epoch": 200.0}
+        e["seconds"] = {"eval": 42.0, "drift": 30.0, "ifeval": 12.0, "epoch": 200.0}
     drift["epochs"][-1]["seconds"].update(eval=90.0, tasks=60.0)
     (tmp_path / "sft-1" / "drift.json").write_text(json.dumps(drift))
     (tmp_path / "sft-1" / "summary.json").write_text(json.dumps({"method": "sft", "seed": 1, "wall_s": 900}))
-    assert "| sft | 1 | 900 | 200 | 30 | 15% | 60 | – |" in cost_table(find_runs([tmp_path]))
+    assert "| sft | 1 | 900 | 200 | 30 | 15% | 12 | 60 | – | – |" in cost_table(find_runs([tmp_path]))
 
 
 def test_no_runs_is_a_clear_error(tmp_path):

@@ -101,7 +101,11 @@ def test_lr_is_chosen_on_the_task_score_and_stats_are_paired(tmp_path):
         "ssr": [r for r in chosen if r.method == "ssr"],
     }
     bench = ["suite/ssr_arc_easy/acc", "suite/self_drift/nll_increase_rel"]
-    assert [m.name for m in measures(chosen, bench)] == ["ssr_arc_easy/acc", "self_drift/nll"]
+    assert [m.name for m in measures(chosen, bench)] == [
+        "ssr_arc_easy/acc",
+        "self_drift/nll",
+        "self_drift/stop_prob",
+    ]
     rows = {(r.group, r.measure.name): r for r in change_rows(groups, chosen, bench)}
     sft_arc = rows["sft", "ssr_arc_easy/acc"].estimate
     # 6 discordant pairs, all one way: two-sided exact p = 2 / 2^6

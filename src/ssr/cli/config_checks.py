@@ -158,6 +158,11 @@ RULES: tuple[Rule, ...] = (
     _rule("eval.final.suite.limits.*", int_at_least(1)),
     _rule("eval.final.self_drift.limit", int_at_least(1)),
     _rule("eval.final.kl_task.max_rows", int_at_least(1)),
+    _rule("eval.ifeval.limit", int_at_least(1)),
+    _rule("eval.ifeval.max_gen_toks", int_at_least(1)),
+    _rule("eval.ifeval.batch_size", int_at_least(1)),
+    _rule("eval.final.ifeval.limit", int_at_least(1)),
+    _rule("eval.final.ifeval.max_gen_toks", int_at_least(1)),
 )
 
 

@@ -21,6 +21,7 @@ from hydra.core.config_store import ConfigStore
 from omegaconf import OmegaConf
 
 from ssr.data.prompts import PromptConfig
+from ssr.eval.ifeval import IFEvalConfig
 from ssr.eval.kl_task import KLTaskConfig
 from ssr.eval.self_drift import SelfDriftConfig
 from ssr.eval.task_sets import TaskMetricsConfig
@@ -43,6 +44,7 @@ NODE_SCHEMAS: dict[str, tuple[type, bool]] = {
     "self_drift": (SelfDriftConfig, False),
     "eval_tasks": (TaskMetricsConfig, False),
     "kl_task": (KLTaskConfig, False),
+    "ifeval": (IFEvalConfig, False),
 }
 
 
@@ -100,6 +102,7 @@ PLACES: dict[str, type] = {
     "eval.self_drift": SelfDriftConfig,
     "eval.tasks": TaskMetricsConfig,
     "eval.kl_task": KLTaskConfig,
+    "eval.ifeval": IFEvalConfig,
 }
 
 

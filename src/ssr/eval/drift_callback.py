@@ -7,11 +7,11 @@ this file only decides when, keeps training undisturbed, and reports. Each evalu
 every logger as ``drift/<task>/<metric>`` and ``drift_delta/<task>/<metric>`` (minus the base), as
 a W&B table for W&B loggers, and written to ``drift.json`` (and the task metrics to ``eval.json``)::
 
-    {"suite": {...}, "self_drift": {...}, "kl_task": {...},
+    {"suite": {...}, "self_drift": {...}, "kl_task": {...}, "ifeval": {...},
      "base": {"stage": "base", "epoch": -1, "step": 0, "scores": {task: {metric: value}}},
      "epochs": [{"stage": "epoch", "epoch": 0, "step": 40, "scores": {...}, "delta": {...}}, ...],
      "steps": [{"stage": "step", "epoch": 0, "step": 10, "scores": {...}, "tasks": {...}, "delta": ...}, ...],
-     "final": {"settings": {"suite", "self_drift", "kl_task"}, "base": {...}, "model": {..., "delta"}}}
+     "final": {"settings": {"suite", "self_drift", "kl_task", "ifeval"}, "base": {...}, "model": {..., "delta"}}}
 
 ``final`` is there when ``eval.final`` is enabled: the base and the trained model evaluated once
 more at the end of training at its larger settings (logged as ``final/...``, ``final_delta/...``;
@@ -35,6 +35,7 @@ import torch
 from lightning.pytorch.loggers import WandbLogger
 
 from ssr.eval.evaluator import SELF_DRIFT_KEY, EvalRecord, Evaluator, eval_summary, write_json
+from ssr.eval.ifeval import Replies
 from ssr.eval.items import FINAL_BASE_TAG, FINAL_TAG, ITEMS_DIR, ItemSink, epoch_tag, step_tag
 from ssr.eval.self_drift import SelfDriftReference, is_peft
 from ssr.eval.suite import Scores
@@ -167,11 +168,13 @@ class GeneralizationDriftCallback(pl.Callback):
 
     def state_dict(self) -> dict[str, Any]:
         ref = self.evaluator.reference if self.evaluator is not None else None
+        replies = self.evaluator.ifeval.reference if self.evaluator is not None else None
         return {
             "records": self.records,
             "final_records": self.final_records,
             "final_base": self._early_final_base,
             "reference": ref.__dict__ if ref is not None else None,
+            "ifeval_reference": asdict(replies) if replies is not None else None,
         }
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
@@ -181,6 +184,8 @@ class GeneralizationDriftCallback(pl.Callback):
         ref = state_dict.get("reference")
         if self.evaluator is not None:
             self.evaluator.reference = SelfDriftReference(**ref) if ref else None
+            replies = state_dict.get("ifeval_reference")  # the base's replies (a resumed plain model
+            self.evaluator.ifeval.reference = Replies(**replies) if replies else None  # is no base)
 
     # --- one evaluation ---------------------------------------------------------------------------
     def _tokenizer(self, trainer: pl.Trainer) -> Any:
@@ -326,6 +331,7 @@ class GeneralizationDriftCallback(pl.Callback):
                 "suite": asdict(final.suite),
                 "self_drift": asdict(final.self_drift),
                 "kl_task": asdict(final.kl_task.cfg),
+                "ifeval": asdict(final.ifeval.cfg),
             },
             "base": base,
             "model": {**model, "delta": score_deltas(model["scores"], base["scores"])},
@@ -343,6 +349,7 @@ class GeneralizationDriftCallback(pl.Callback):
                 "suite": asdict(self.evaluator.suite),
                 "self_drift": asdict(self.evaluator.self_drift),
                 "kl_task": asdict(self.evaluator.kl_task.cfg),
+                "ifeval": asdict(self.evaluator.ifeval.cfg),
                 "base": next((r for r in self.records if r["stage"] == "base"), None),
                 "epochs": [{**r, "delta": score_deltas(r["scores"], base) if base else None} for r in epochs],
                 **(

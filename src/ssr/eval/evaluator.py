@@ -1,4 +1,4 @@
-"""One evaluation of a model: the lm-eval suite, self-drift, kl_task and the grounded-QA task metrics.
+"""One evaluation of a model: the lm-eval suite, self-drift, kl_task, IFEval and the grounded-QA task metrics.
 
 The drift callback (base at fit start, then after epochs) and ``ssr-eval`` both call
 :meth:`Evaluator.evaluate`, which returns one :data:`EvalRecord`; :func:`eval_summary` turns a
@@ -7,7 +7,7 @@ the autocast dtype of the ``precision`` setting it is given (:func:`ssr.runtime.
 
 ``eval.final`` (off by default) adds a second, larger evaluation of the base and of the trained
 model after the last epoch (:attr:`Evaluator.final`): the same suite tasks at larger limits, more
-self-drift prompts and kl_task rows, no task metrics (those run after the last epoch already).
+self-drift prompts, kl_task rows and IFEval prompts (the published 541 at 1280 new tokens), no task metrics (those run after the last epoch already).
 Small per-epoch checks and one measurement that can resolve a few points: ssr-report's paired
 statistics use the final one where a run has it.
 """
@@ -27,6 +27,7 @@ import torch
 from ssr.data.prompts import PromptConfig, prompt_token_budget
 from ssr.data.records import Record
 from ssr.eval.grounded import evaluate_grounded
+from ssr.eval.ifeval import IFEVAL_KEY, IFEval, IFEvalConfig
 from ssr.eval.items import LM_EVAL_PREFIX, ItemSink, lm_eval_rows
 from ssr.eval.kl_task import KL_TASK_KEY, KLTask, KLTaskConfig
 from ssr.eval.self_drift import (
@@ -50,7 +51,7 @@ from ssr.runtime.precision import autocast_dtype
 log = logging.getLogger(__name__)
 
 SELF_DRIFT_KEY = "self_drift"
-FINAL_KEYS = ("suite", "self_drift", "kl_task")  # what eval.final may override
+FINAL_KEYS = ("suite", "self_drift", "kl_task", "ifeval")  # what eval.final may override
 # {"stage": "base"|"epoch"|"eval", "epoch", "step", "scores": {task: {metric: value}},
 #  "tasks": {set: scores} (when task metrics ran), "seconds": {"drift", "tasks"}, "cached"?}
 EvalRecord = dict[str, Any]
@@ -77,9 +78,11 @@ class Evaluator:
         data_root: str | None = None,
         cache_base: bool = True,
         kl_task: KLTaskConfig | None = None,
+        ifeval: IFEvalConfig | None = None,
     ) -> None:
         self.suite, self.self_drift, self.tasks, self.prompt = suite, self_drift, tasks, prompt
         self.kl_task = KLTask(kl_task or KLTaskConfig(enabled=False))
+        self.ifeval = IFEval(ifeval or IFEvalConfig(enabled=False), data_root, prompt.unanswerable_sentence)
         self.task_sets = {name: records for name, records in task_sets.items() if records}
         self.max_prompt_tokens, self.data_root, self.cache_base = max_prompt_tokens, data_root, cache_base
         self.reference: SelfDriftReference | None = None
@@ -98,6 +101,7 @@ class Evaluator:
         data_root: str,
         val_records: list[Record],
         ood: dict[str, list[Record]],
+        ifeval: Any = None,
         final: Any = None,
         callback: Any = None,
     ) -> Evaluator:
@@ -119,10 +123,11 @@ class Evaluator:
             self_drift=checked_dataclass(SelfDriftConfig, self_drift, "self_drift"),
             task_sets=task_sets(tasks, val_records, ood),
             kl_task=checked_dataclass(KLTaskConfig, kl_task, "eval.kl_task"),
+            ifeval=checked_dataclass(IFEvalConfig, _ifeval_node(ifeval), "eval.ifeval"),
             **shared,
         )
         settings = final_settings(
-            {"suite": suite, "self_drift": self_drift, "kl_task": kl_task, "final": final}
+            {"suite": suite, "self_drift": self_drift, "kl_task": kl_task, "ifeval": ifeval, "final": final}
         )
         if settings is not None:
             evaluator.final = cls(
@@ -132,13 +137,19 @@ class Evaluator:
                 ),
                 task_sets={},
                 kl_task=checked_dataclass(KLTaskConfig, settings["kl_task"], "eval.final.kl_task"),
+                ifeval=checked_dataclass(IFEvalConfig, settings["ifeval"], "eval.final.ifeval"),
                 **shared,
             )
         return evaluator
 
     @property
     def has_work(self) -> bool:
-        return bool(self.suite.tasks) or self.self_drift.enabled or bool(self.task_sets)
+        return (
+            bool(self.suite.tasks)
+            or self.self_drift.enabled
+            or self.ifeval.cfg.enabled
+            or bool(self.task_sets)
+        )
 
     # --- the stages -------------------------------------------------------------------------------
     def ensure_reference(self, model: Any, tokenizer: Any, dtype: torch.dtype | None) -> SelfDriftReference:
@@ -235,6 +246,12 @@ class Evaluator:
             record: EvalRecord = {"stage": stage, "epoch": epoch, "step": step}
             record["scores"] = self.drift_scores(model, tokenizer, dtype, items)
             record["seconds"] = {"drift": round(time.perf_counter() - started, 2)}
+            if self.ifeval.cfg.enabled:  # generated replies: its own cost line
+                started = time.perf_counter()
+                record["scores"][IFEVAL_KEY] = self.ifeval.scores(
+                    model, tokenizer, dtype, items, base=stage == "base"
+                )
+                record["seconds"]["ifeval"] = round(time.perf_counter() - started, 2)
             if with_tasks and self.task_sets:
                 started = time.perf_counter()
                 record["tasks"] = self.task_scores(model, tokenizer, dtype, items)
@@ -256,6 +273,10 @@ class Evaluator:
         dtype = autocast_dtype(precision, next(model.parameters()).device.type)
         with torch.no_grad():  # built from the base weights (adapters disabled) by build_reference
             reference = self.ensure_reference(model, tokenizer, dtype) if self.self_drift.enabled else None
+            started = time.perf_counter()
+            if self.ifeval.cfg.enabled:  # the base's replies, which later evaluations compare with
+                self.ifeval.ensure_reference(model, tokenizer, dtype)
+            replies_s = time.perf_counter() - started  # generated here (or read from SSR_CACHE)
         cache_file = cache_root() / "drift_base" / f"{self.base_key(model, tokenizer, reference, dtype)}.json"
         cached_items = cache_file.with_suffix(".items")
         if self.cache_base and cache_file.is_file() and (items is None or cached_items.is_dir()):
@@ -269,6 +290,8 @@ class Evaluator:
             record = self.evaluate(
                 model, tokenizer, "base", precision=precision, epoch=-1, step=step, items=items
             )
+        if "ifeval" in record["seconds"]:  # the base's IFEval cost includes generating its replies
+            record["seconds"]["ifeval"] = round(record["seconds"]["ifeval"] + replies_s, 2)
         if self.cache_base:
             cache_file.parent.mkdir(parents=True, exist_ok=True)
             if items is not None:
@@ -293,6 +316,7 @@ class Evaluator:
             self.max_prompt_tokens,
             self.data_root,
             *([self.kl_task.key()] if self.kl_task.enabled else []),
+            *([self.ifeval.key()] if self.ifeval.cfg.enabled else []),
         )
 
 
@@ -308,10 +332,15 @@ def final_settings(ev: Any) -> dict[str, Any] | None:
         raise KeyError(f"unknown eval.final keys {unknown} (known: {['enabled', *FINAL_KEYS]})")
     out = {}
     for key in FINAL_KEYS:
-        node = dict(plain_config(ev[key]))
+        node = dict(plain_config(ev[key]) if key != "ifeval" else _ifeval_node(ev.get("ifeval")))
         node.update(plain_config(final.get(key)) or {})
         out[key] = node
     return out
+
+
+def _ifeval_node(node: Any) -> dict[str, Any]:
+    """``eval.ifeval`` (off where a saved config predates it)."""
+    return plain_config(node) or {"enabled": False}
 
 
 def eval_summary(records: list[EvalRecord], **about: Any) -> dict[str, Any]:

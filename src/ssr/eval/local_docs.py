@@ -250,6 +250,24 @@ def _parse_gsm8k(path: Path, _: str = "") -> list[Doc]:
     ]
 
 
+def _parse_ifeval(path: Path, _: str = "") -> list[Doc]:
+    """google-research IFEval ``input_data.jsonl`` -> google/IFEval (``key``, ``prompt``,
+    ``instruction_id_list``, ``kwargs``: one argument object per instruction, ``{}`` for none).
+    lm-eval's checkers drop empty arguments, so the schema's union of keys (missing ones null) is
+    scored as the sparse original."""
+    docs = []
+    for lineno, row in _jsonl_rows(path, ("key", "prompt", "instruction_id_list", "kwargs")):
+        ids, kwargs = row["instruction_id_list"], row["kwargs"]
+        if not isinstance(ids, list) or not isinstance(kwargs, list) or len(ids) != len(kwargs) or not ids:
+            raise LocalDataError(
+                f"{path}:{lineno}: instruction_id_list and kwargs must be lists of the same, non-zero length"
+            )
+        if not all(isinstance(k, dict) for k in kwargs):
+            raise LocalDataError(f"{path}:{lineno}: every kwargs entry must be an object")
+        docs.append({key: row[key] for key in ("key", "prompt", "instruction_id_list", "kwargs")})
+    return docs
+
+
 _PARSERS: dict[str, Callable[[Path, str], list[Doc]]] = {
     "arc": _parse_arc,
     "piqa": _parse_piqa,
@@ -258,6 +276,7 @@ _PARSERS: dict[str, Callable[[Path, str], list[Doc]]] = {
     "truthfulqa": _parse_truthfulqa,
     "mmlu": _parse_mmlu,
     "gsm8k": _parse_gsm8k,
+    "ifeval": _parse_ifeval,
 }
 
 
@@ -311,3 +330,7 @@ def load_gsm8k(data_root: str | None = None, **_: Any) -> datasets.DatasetDict:
     return _dataset(
         {"test": _docs("gsm8k", root / "test.jsonl"), "train": _docs("gsm8k", root / "train.jsonl")}
     )
+
+
+def load_ifeval(data_root: str | None = None, **_: Any) -> datasets.DatasetDict:
+    return _dataset({"train": _docs("ifeval", resolve_data_root(data_root) / "ifeval" / "input_data.jsonl")})

@@ -11,14 +11,15 @@ from __future__ import annotations
 
 import contextlib
 import json
-from collections.abc import Iterator, Mapping, Sequence
+import math
+from collections.abc import Collection, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from ssr.eval.token_nll import row_nll
+from ssr.eval.token_nll import RowScore, row_scores
 from ssr.generation.config import DecodingConfig
 from ssr.generation.hf import generate_ids
 from ssr.models.logits import pad_token_id
@@ -178,11 +179,11 @@ def response_nll(
     mixed_precision: str | torch.dtype | None = None,
 ) -> tuple[float, int]:
     """Summed NLL and count of the response tokens (chat template, prompt tokens masked)."""
-    per_row = response_row_nll(model, tokenizer, prompts, answers, stop_ids, batch_size, mixed_precision)
-    return sum(t for t, _ in per_row), sum(c for _, c in per_row)
+    per_row = response_row_scores(model, tokenizer, prompts, answers, stop_ids, batch_size, mixed_precision)
+    return sum(r.nll for r in per_row), sum(r.n_tokens for r in per_row)
 
 
-def response_row_nll(
+def response_row_scores(
     model: Any,
     tokenizer: Any,
     prompts: Sequence[str],
@@ -190,10 +191,13 @@ def response_row_nll(
     stop_ids: Sequence[int | None],
     batch_size: int = 16,
     mixed_precision: str | torch.dtype | None = None,
-) -> list[tuple[float, int]]:
-    """Per prompt: summed NLL and count of its response tokens."""
+    end_of_turn: Collection[int] = (),
+) -> list[RowScore]:
+    """Per prompt: :class:`~ssr.eval.token_nll.RowScore` of its response (the end-of-turn
+    measures with ``end_of_turn``, the stop token ids)."""
     rows = response_rows(tokenizer, prompts, answers, stop_ids)
-    return row_nll(model, rows, pad_token_id(tokenizer), batch_size, autocast_dtype(mixed_precision))
+    dtype = autocast_dtype(mixed_precision)
+    return row_scores(model, rows, pad_token_id(tokenizer), batch_size, dtype, end_of_turn)
 
 
 # --- reference (base answers) ---------------------------------------------------------------------
@@ -284,11 +288,15 @@ def self_drift_scores(
     mixed_precision: str | torch.dtype | None = None,
     items: Any = None,
 ) -> dict[str, float]:
-    """``nll`` of ``model`` on the reference answers and its increase over the base model's.
+    """``nll`` of ``model`` on the reference answers and its increase over the base model's, and
+    where the model would end them (same forward pass, :class:`~ssr.eval.token_nll.RowScore`):
+    ``stop_prob`` (mean end-of-turn probability inside the answers), ``survival`` (mean probability
+    of reaching an answer's end without stopping), ``end_prob`` (mean end-of-turn probability where
+    the base ended).
 
-    ``items`` (an :class:`ssr.eval.items.ItemSink`) also gets each prompt's NLL (source ``self_drift``).
+    ``items`` (an :class:`ssr.eval.items.ItemSink`) also gets each prompt's values (source ``self_drift``).
     """
-    per_row = response_row_nll(
+    per_row = response_row_scores(
         model,
         tokenizer,
         reference.prompts,
@@ -296,10 +304,12 @@ def self_drift_scores(
         reference.stop_ids,
         batch_size,
         mixed_precision,
+        _stop_token_ids(model, tokenizer),
     )
+    item_rows = self_drift_item_rows(reference.prompts, per_row)
     if items is not None:
-        items.write(SELF_DRIFT_SOURCE, self_drift_item_rows(reference.prompts, per_row))
-    total, count = sum(t for t, _ in per_row), sum(c for _, c in per_row)
+        items.write(SELF_DRIFT_SOURCE, item_rows)
+    total, count = sum(r.nll for r in per_row), sum(r.n_tokens for r in per_row)
     nll = total / max(count, 1)
     return {
         "nll": nll,
@@ -307,14 +317,30 @@ def self_drift_scores(
         "nll_increase_rel": (nll - reference.base_nll) / reference.base_nll
         if reference.base_nll
         else float("nan"),
+        **{key: _finite_mean([r[key] for r in item_rows]) for key in END_OF_TURN_KEYS},
     }
 
 
-def self_drift_item_rows(
-    prompts: Sequence[str], per_row: Sequence[tuple[float, int]]
-) -> list[dict[str, Any]]:
-    """One item per prompt, keyed by the prompt's hash: mean NLL per token, summed NLL, tokens."""
+END_OF_TURN_KEYS = ("stop_prob", "survival", "end_prob")
+
+
+def _finite_mean(values: Sequence[float]) -> float:
+    kept = [v for v in values if not math.isnan(v)]
+    return sum(kept) / len(kept) if kept else float("nan")
+
+
+def self_drift_item_rows(prompts: Sequence[str], per_row: Sequence[RowScore]) -> list[dict[str, Any]]:
+    """One item per prompt, keyed by the prompt's hash: mean NLL per token, summed NLL, tokens, and
+    the end-of-turn measures."""
     return [
-        {"id": content_hash(p)[:16], "nll": t / max(c, 1), "nll_sum": t, "n_tokens": c}
-        for p, (t, c) in zip(prompts, per_row, strict=True)
+        {
+            "id": content_hash(p)[:16],
+            "nll": r.nll / max(r.n_tokens, 1),
+            "nll_sum": r.nll,
+            "n_tokens": r.n_tokens,
+            "stop_prob": r.stop_prob,
+            "survival": math.exp(r.log_survival),
+            "end_prob": r.end_prob,
+        }
+        for p, r in zip(prompts, per_row, strict=True)
     ]

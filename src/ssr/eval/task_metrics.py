@@ -2,7 +2,9 @@
 
 A prediction counts as "unanswerable" when :func:`ssr.data.textmatch.says_unanswerable` says so (the
 configured unanswerable sentence or a common refusal). Answer quality is measured on answerable
-rows only: token recall against the gold answer (the SSR paper's metric) and SQuAD token F1.
+rows only: token recall against the gold answer (the SSR paper's metric) and SQuAD token F1; the
+share of them declined is the over-refusal (on an out-of-domain set of answerable questions: the
+task's refusal spreading to questions it should answer).
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ class GroundedQAScores:
     unanswerable_f1: float
     answer_recall: float  # mean token recall on answerable rows
     answer_f1: float  # mean token F1 on answerable rows
+    over_refusal: float  # share of answerable rows declined
 
     def to_dict(self) -> dict[str, float | int]:
         return asdict(self)
@@ -66,6 +69,7 @@ def row_scores(prediction: str, gold: Gold, answerable: bool, unanswerable_sente
         "unanswerable_correct": float(refused == (not answerable)),
     }
     if answerable:
+        row["over_refusal"] = float(refused)
         refs = _references(gold)
         row["answer_recall"] = max(token_recall(prediction, ref) for ref in refs)
         row["answer_f1"] = max(token_f1(prediction, ref) for ref in refs)
@@ -104,4 +108,5 @@ def aggregate_row_scores(scored: Sequence[dict[str, Any]]) -> GroundedQAScores:
         unanswerable_f1=f1,
         answer_recall=_ratio(sum(recalls), n_answerable),
         answer_f1=_ratio(sum(f1s), n_answerable),
+        over_refusal=_ratio(fp, n_answerable),
     )

@@ -41,7 +41,18 @@ from ssr.report.stats import (
 )
 
 ALPHA = 0.05
-TASK_ITEM_METRICS = {"unanswerable_correct": "unanswerable_accuracy", "answer_recall": "answer_recall"}
+TASK_ITEM_METRICS = {
+    "unanswerable_correct": "unanswerable_accuracy",
+    "answer_recall": "answer_recall",
+    "over_refusal": "over_refusal",  # answerable rows only: declined
+}
+# IFEval items (source ``ifeval``): metric, scale, higher is better
+IFEVAL_ITEM_METRICS = (
+    ("prompt_level_strict_acc", 100.0, True),
+    ("prompt_level_loose_acc", 100.0, True),
+    ("refused", 100.0, False),
+    ("n_tokens", 1.0, True),
+)
 
 
 @dataclass(frozen=True)
@@ -72,7 +83,7 @@ def has_items(run: Any) -> bool:
 
 
 def measures(runs: list[Any], benchmark_keys: list[str]) -> list[Measure]:
-    """Benchmarks (a group = its leaf tasks' documents), task-set metrics, self-drift, kl_task."""
+    """Benchmarks (a group = its leaf tasks' documents), task-set metrics, IFEval, self-drift, kl_task."""
     sources = sorted({s for r in runs for tag in run_items(r).values() for s in tag})
     out = []
     for key in benchmark_keys:
@@ -88,8 +99,11 @@ def measures(runs: list[Any], benchmark_keys: list[str]) -> list[Measure]:
         if source.startswith(TASKS_PREFIX):
             name = source[len(TASKS_PREFIX) :]
             out += [Measure(f"{name}/{label}", (source,), m) for m, label in TASK_ITEM_METRICS.items()]
+    if "ifeval" in sources:
+        out += [Measure(f"ifeval/{m}", ("ifeval",), m, s, up) for m, s, up in IFEVAL_ITEM_METRICS]
     if "self_drift" in sources:
         out.append(Measure("self_drift/nll", ("self_drift",), "nll", 1.0, higher_is_better=False))
+        out.append(Measure("self_drift/stop_prob", ("self_drift",), "stop_prob", higher_is_better=False))
     if "kl_task" in sources:
         out.append(Measure("kl_task/kl", ("kl_task",), "kl", 1.0, higher_is_better=False))
     return out

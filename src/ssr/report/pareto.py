@@ -54,6 +54,8 @@ def pareto_points(
                     ]
                 ),
                 "kl_task": mean([r.final.get("suite/kl_task/kl") for r in group]),
+                "ifeval": mean([_points(r.final, r.base, IFEVAL_KEY) for r in group]),
+                "refusal_leak": mean([_points(r.final, {}, LEAK_KEY) for r in group]),
             }
         )
     for p in points:
@@ -61,10 +63,18 @@ def pareto_points(
     return points
 
 
+def _points(final: dict[str, float], base: dict[str, float], key: str) -> float | None:
+    """``100 * (final - base)`` of one score (``base`` without it: 0)."""
+    if key not in final:
+        return None
+    return 100 * (final[key] - base.get(key, 0.0)) if not base or key in base else None
+
+
 def on_front(point: dict[str, Any], points: list[dict[str, Any]], key: str) -> bool:
     """No other point has at least the task gain and at most the drift (lower ``self_drift`` /
-    ``kl_task``; for ``benchmark_change`` higher is better), one of them strictly."""
-    sign = -1.0 if key == "benchmark_change" else 1.0
+    ``kl_task`` / ``refusal_leak``; for ``benchmark_change`` and ``ifeval`` higher is better), one
+    of them strictly."""
+    sign = -1.0 if key in HIGHER_IS_BETTER else 1.0
 
     def ok(p: dict[str, Any]) -> bool:
         return p["task_gain"] is not None and p[key] is not None
@@ -85,4 +95,9 @@ PARETO_PANELS = (
     ("benchmark_change", "benchmarks: avg change vs base (points)"),
     ("self_drift", "self-drift: NLL increase (%)"),
     ("kl_task", "kl_task: KL(pi0 || pi) on training prompts (nats/token)"),
+    ("ifeval", "IFEval: prompt-level strict change vs base (points)"),
+    ("refusal_leak", "refusal leak: IFEval replies refusing where the base did not (%)"),
 )
+HIGHER_IS_BETTER = ("benchmark_change", "ifeval")
+IFEVAL_KEY = "suite/ifeval/prompt_level_strict_acc"
+LEAK_KEY = "suite/ifeval/refusal_leak"

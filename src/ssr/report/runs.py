@@ -24,6 +24,13 @@ DRIFT_MEASURES = ("self_drift", "kl_task")
 
 
 TASK_COLUMNS = ("unanswerable_f1", "answer_recall")
+# generated replies (IFEval: official prompt-level scores, refusals leaking vs the base's replies),
+# columns of their own, kept out of the benchmark averages
+GENERATIVE_COLUMNS = (
+    "suite/ifeval/prompt_level_strict_acc",
+    "suite/ifeval/prompt_level_loose_acc",
+    "suite/ifeval/refusal_leak",
+)
 
 
 @dataclass
@@ -43,6 +50,7 @@ class Run:
     epoch_base: dict[str, float] = field(default_factory=dict)
     final_eval: bool = False  # base / final suite scores come from the eval.final evaluation
     final_eval_s: float | None = None  # its seconds (the base's too where this run computed it)
+    final_ifeval_s: float | None = None  # the IFEval part of it
 
     @property
     def curve_base(self) -> dict[str, float]:
@@ -100,6 +108,8 @@ def load_run(path: Path) -> Run:
                 *([] if drift["final"]["base"].get("cached") else [drift["final"]["base"]]),
             ]
             run.final_eval_s = round(sum(float((r.get("seconds") or {}).get("eval", 0.0)) for r in recs), 2)
+            ifeval_s = [float(s["ifeval"]) for r in recs if "ifeval" in (s := r.get("seconds") or {})]
+            run.final_ifeval_s = round(sum(ifeval_s), 2) if ifeval_s else None
     return run
 
 
@@ -160,6 +170,14 @@ def task_keys(runs: list[Run]) -> list[str]:
         first = "unanswerable_accuracy" if answerable_only else TASK_COLUMNS[0]
         keys += [f"tasks/{name}/{first}", *(f"tasks/{name}/{m}" for m in TASK_COLUMNS[1:])]
     return keys
+
+
+def generative_keys(runs: list[Run]) -> list[str]:
+    """IFEval columns (where the runs have IFEval) and the over-refusal of each out-of-domain set
+    (the share of its answerable questions declined)."""
+    keys = [k for k in GENERATIVE_COLUMNS if any(k in r.final for r in runs)]
+    ood = sorted({k.split("/")[1] for r in runs for k in r.final if k.startswith("tasks/ood_")})
+    return keys + [k for name in ood if any((k := f"tasks/{name}/over_refusal") in r.final for r in runs)]
 
 
 def _fmt(values: list[float | None]) -> str:

@@ -6,14 +6,22 @@ import statistics
 from typing import Any
 
 from ssr.report.paired import ALPHA, Row
-from ssr.report.runs import Run, _by_method, _fmt, benchmark_keys, relative_change, task_keys
+from ssr.report.runs import (
+    Run,
+    _by_method,
+    _fmt,
+    benchmark_keys,
+    generative_keys,
+    relative_change,
+    task_keys,
+)
 
 
 def table(runs: list[Run]) -> str:
     """Markdown: rows base + each method (mean ± std over seeds), paper-shaped columns."""
     bench = benchmark_keys(runs)
     tasks = task_keys(runs)
-    cols = tasks + bench
+    cols = tasks + bench + generative_keys(runs)
     header = [
         "method",
         "seeds",
@@ -36,7 +44,7 @@ def table(runs: list[Run]) -> str:
 
 def delta_table(runs: list[Run]) -> str:
     """Markdown: change vs base of every column (points; self-drift NLL increase in %), mean ± std."""
-    cols = task_keys(runs) + benchmark_keys(runs)
+    cols = task_keys(runs) + benchmark_keys(runs) + generative_keys(runs)
     header = ["method", "seeds", *[k.split("/", 1)[1] for k in cols]]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for method, group in _by_method(runs).items():
@@ -49,14 +57,16 @@ def cost_table(runs: list[Run]) -> str:
     """Markdown: wall time per run and the drift evaluation's share of each epoch."""
     lines = [
         "| method | seed | run wall s | epoch s (train + val, mean) | suite + self-drift s per epoch (mean) "
-        "| share of epoch | task metrics s (last epoch) | final evaluation s |",
-        "|---|---|---|---|---|---|---|---|",
+        "| share of epoch | IFEval s per epoch (mean) | task metrics s (last epoch) | final evaluation s "
+        "| of it IFEval s |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for method, group in _by_method(runs).items():
         for r in sorted(group, key=lambda r: r.seed):
             epoch = [s["epoch"] for s in r.seconds if "epoch" in s]
             drift = [s["drift"] for s in r.seconds if "drift" in s]
             tasks = [s["tasks"] for s in r.seconds if "tasks" in s]
+            ifeval = [s["ifeval"] for s in r.seconds if "ifeval" in s]
             share = (
                 f"{100 * statistics.fmean(drift) / statistics.fmean(epoch):.0f}%" if epoch and drift else "–"
             )
@@ -65,8 +75,10 @@ def cost_table(runs: list[Run]) -> str:
                 f"{statistics.fmean(epoch):.0f}" if epoch else "–",
                 f"{statistics.fmean(drift):.0f}" if drift else "–",
                 share,
+                f"{statistics.fmean(ifeval):.0f}" if ifeval else "–",
                 f"{tasks[-1]:.0f}" if tasks else "–",
                 f"{r.final_eval_s:.0f}" if r.final_eval_s else "–",
+                f"{r.final_ifeval_s:.0f}" if r.final_ifeval_s else "–",
             ]
             lines.append(f"| {method} | {r.seed} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
@@ -119,14 +131,15 @@ def pareto_table(points: list[dict[str, Any]]) -> str:
 
     lines = [
         "| method | lr | seeds | chosen | task gain (points) | benchmark change (points) | self-drift (%) "
-        "| kl_task | on the Pareto front of |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| kl_task | IFEval (points) | refusal leak (%) | on the Pareto front of |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for p in points:
         lr = "–" if p["lr"] is None else f"{p['lr']:g}"
         front = ", ".join(p.get("front", [])) or "–"
         lines.append(
             f"| {p['method']} | {lr} | {p['seeds']} | {'yes' if p['chosen'] else ''} | {f(p['task_gain'])} "
-            f"| {f(p['benchmark_change'])} | {f(p['self_drift'])} | {f(p['kl_task'], 4)} | {front} |"
+            f"| {f(p['benchmark_change'])} | {f(p['self_drift'])} | {f(p['kl_task'], 4)} "
+            f"| {f(p.get('ifeval'))} | {f(p.get('refusal_leak'))} | {front} |"
         )
     return "\n".join(lines)
