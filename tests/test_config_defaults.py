@@ -20,7 +20,7 @@ from hydra.utils import get_class, get_method
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from ssr.cli._hydra import CONF_DIR
-from ssr.cli.schemas import GROUP_SCHEMAS, NODE_SCHEMAS
+from ssr.cli.schemas import GROUP_SCHEMAS, NODE_SCHEMAS, REQUIRED
 
 CONF = Path(CONF_DIR)
 PLUMBING = {"defaults", "_target_", "_convert_", "_partial_", "_recursive_"}
@@ -71,7 +71,7 @@ def schema_problems(
     required: frozenset[str] = frozenset(),
 ) -> list[str]:
     """Keys of ``node`` that restate ``cls``'s default, or (in a base file) contradict it.
-    ``required``: keys the group's base leaves at ``???`` (each option must set them: its identity)."""
+    ``required``: keys each option of the group must set (its identity: ``schemas.REQUIRED``)."""
     problems = []
     defaults = _dataclass_defaults(cls)
     for key in node:
@@ -144,8 +144,7 @@ def all_problems() -> list[str]:
         group = rel.split("/")[0] if "/" in rel else ""
         is_base = not _is_option(cfg)
         if group in GROUP_SCHEMAS and path.parent == CONF / group:
-            base = OmegaConf.load(CONF / group / "_base.yaml")
-            required = frozenset(k for k in base if k not in PLUMBING and base._get_node(k)._is_missing())
+            required = frozenset(REQUIRED.get(group, ()))
             problems += schema_problems(cfg, GROUP_SCHEMAS[group], rel, is_base, group, required)
         for key, cls in NODES_IN_FILES.get(rel, {}).items():
             if key in cfg:
@@ -183,3 +182,16 @@ def test_a_mistyped_key_is_refused_at_composition(group):
 
     with pytest.raises(ConfigCompositionException):
         compose([f"{group}.no_such_key=1"])
+
+
+@pytest.mark.parametrize(("group", "key"), [(g, k) for g, keys in REQUIRED.items() for k in keys])
+def test_an_option_that_does_not_name_its_identity_is_refused(group, key):
+    """A required key stays required although the dataclass has a library default (``model=hub``
+    without ``model.name_or_path`` must not quietly load the embedded model)."""
+    from conftest import compose
+
+    composed = compose(["model=hub"]) if group == "model" else compose([])
+    node = OmegaConf.load(CONF / group / "_base.yaml")
+    assert key not in node  # stated once, in the schema
+    if group == "model":
+        assert composed.model._get_node(key)._is_missing()

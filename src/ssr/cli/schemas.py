@@ -18,6 +18,7 @@ from dataclasses import MISSING, field, make_dataclass
 from typing import Any
 
 from hydra.core.config_store import ConfigStore
+from omegaconf import MISSING as REQUIRED_VALUE  # "???": a value every option must set
 from omegaconf import OmegaConf
 
 from ssr.data.prompts import PromptConfig
@@ -35,6 +36,13 @@ GROUP_SCHEMAS: dict[str, type] = {
     "generator": GeneratorConfig,
     "model": ModelSpec,
     "method": MethodConfig,
+}
+# keys each option of a group must set (its identity): required (``???``) in the schema, whatever
+# the library default (a ``???`` in YAML cannot undo a default: OmegaConf merges skip missing values)
+REQUIRED: dict[str, tuple[str, ...]] = {
+    "generator": ("backend",),
+    "model": ("name_or_path",),
+    "method": ("name",),
 }
 # name -> (dataclass, instantiated with _target_?): stored as ``schema/<name>``, placed by the
 # defaults list of the file that holds the node (``- /schema/optim@optim`` in train.yaml)
@@ -65,9 +73,10 @@ def _default(f: dataclasses.Field) -> Any:
     return field(default=MISSING)
 
 
-def node_schema(cls: type, target: bool = True) -> type:
+def node_schema(cls: type, target: bool = True, required: tuple[str, ...] = ()) -> type:
     """A dataclass for ``cls``'s config node: its fields and defaults (nested dataclasses as nested
-    nodes), plus ``_target_`` (and ``_convert_: all``) when the node is built by ``instantiate``."""
+    nodes; the ``required`` ones without a default), plus ``_target_`` (and ``_convert_: all``) when
+    the node is built by ``instantiate``."""
     hints = typing.get_type_hints(cls)
     specs: list[tuple[str, Any, Any]] = []
     if target:
@@ -81,7 +90,8 @@ def node_schema(cls: type, target: bool = True) -> type:
             sub = node_schema(tp, target)
             specs.append((f.name, sub, field(default_factory=sub)))
         else:
-            specs.append((f.name, _node_type(tp), _default(f)))
+            default = field(default=REQUIRED_VALUE) if f.name in required else _default(f)
+            specs.append((f.name, _node_type(tp), default))
     return make_dataclass(f"{cls.__name__}Node", specs)
 
 
@@ -89,7 +99,7 @@ def register() -> None:
     """Store every schema in Hydra's ConfigStore (idempotent; before composing ``conf/``)."""
     store = ConfigStore.instance()
     for group, cls in GROUP_SCHEMAS.items():
-        store.store(group=group, name="_schema", node=node_schema(cls))
+        store.store(group=group, name="_schema", node=node_schema(cls, required=REQUIRED.get(group, ())))
     for name, (cls, target) in NODE_SCHEMAS.items():
         store.store(group="schema", name=name, node=node_schema(cls, target))
 
