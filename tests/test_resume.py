@@ -114,6 +114,10 @@ def test_a_finished_run_resumed_with_eval_final_gets_that_evaluation_only(tiny_c
         "eval.tasks.max_rows=2",
         "eval.tasks.max_new_tokens=4",
         "eval.kl_task.max_rows=2",
+        "eval.ifeval.limit=2",
+        "eval.ifeval.max_gen_toks=4",
+        "eval.final.ifeval.limit=2",  # not the published 541 x 1280 on a tiny random model
+        "eval.final.ifeval.max_gen_toks=4",
         # checkpoints at epoch ends only (as the experiments): the last one holds the epoch's record
         "callbacks.model_checkpoint.every_n_train_steps=0",
     ]
