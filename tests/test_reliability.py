@@ -261,29 +261,6 @@ def test_remote_code_never_runs_without_opt_in(tmp_path, tiny_model, tokenizer):
         assert "trust_remote_code: false" in path.read_text(), path
 
 
-# --------------------------------------------------------------------------- resume target
-def test_ckpt_path_last_picks_the_newest_complete_checkpoint(tmp_path):
-    import os
-
-    from omegaconf import OmegaConf
-
-    from ssr.cli._run import resume_checkpoint
-
-    cfg = OmegaConf.create({"ckpt_path": "last", "callbacks": {"model_checkpoint": {"dirpath": None}}})
-    assert resume_checkpoint(cfg, tmp_path) is None  # nothing saved yet: a fresh start
-    folder = tmp_path / "checkpoints"
-    folder.mkdir()
-    for i, name in enumerate(["last.ckpt", "step2.ckpt", "step4.ckpt"]):  # killed before last.ckpt moved on
-        torch.save({"global_step": 2 * i}, folder / name)
-        os.utime(folder / name, ns=(10**18 + i * 10**9, 10**18 + i * 10**9))
-    assert resume_checkpoint(cfg, tmp_path) == str(folder / "step4.ckpt")
-    data = (folder / "step4.ckpt").read_bytes()
-    (folder / "step6.ckpt").write_bytes(data[: len(data) // 2])  # a copy cut short
-    os.utime(folder / "step6.ckpt", ns=(2 * 10**18, 2 * 10**18))
-    assert resume_checkpoint(cfg, tmp_path) == str(folder / "step4.ckpt")
-    assert resume_checkpoint(OmegaConf.create({"ckpt_path": "/x/y.ckpt"}), tmp_path) == "/x/y.ckpt"
-
-
 # --------------------------------------------------------------------------- endpoints
 def test_unreachable_judge_fails_before_generation_with_one_line_naming_the_url(tmp_path):
     """Before: found only after generation, 55 s later, with 48 warnings and 5 tracebacks."""

@@ -34,7 +34,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     started = time.perf_counter()
     check_trainer(cfg.trainer, export_merged=cfg.export_merged)
     run_dir = Path(cfg.paths.output_dir)
-    ckpt = resume_checkpoint(cfg, run_dir)
+    ckpt = resume_checkpoint(cfg, run_dir, set_aside=True)
     run_record = preflight_train(cfg, run_dir, ckpt)  # bad settings / a changed resume stop here
     # after the fingerprint: it keeps the setting (`auto`), so a requeue onto another CPU resumes
     precision = resolve_precision(cfg)
@@ -53,7 +53,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     threads = configure_threads(local_processes(trainer))
 
     fit_started = time.perf_counter()
-    trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt)
+    trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt, weights_only=True)
     fit_s = time.perf_counter() - fit_started
     adapter = module.save_adapter(run_dir / "adapter")  # every rank: ZeRO-3 gathers the shards
     summary: dict[str, Any] = {}
