@@ -28,9 +28,7 @@ class _Payload:
 def _overwrite_inside_a_tensor(path: Path, size: int = 1024) -> str:
     """1 KB of the largest tensor's bytes overwritten in place (the archive stays a valid zip)."""
     with zipfile.ZipFile(path) as archive:
-        member = max(
-            (i for i in archive.infolist() if "/data/" in i.filename), key=lambda i: i.file_size
-        )
+        member = max((i for i in archive.infolist() if "/data/" in i.filename), key=lambda i: i.file_size)
     with open(path, "r+b") as fh:  # a stored member's data follows its 30-byte local header
         fh.seek(member.header_offset + 26)
         name_len, extra_len = (int.from_bytes(fh.read(2), "little") for _ in range(2))

@@ -94,5 +94,7 @@ def newest_intact(folder: Path, set_aside: bool = False) -> Path | None:
             path.rename(path.with_name(path.name + DAMAGED_SUFFIX))
             damaged[-1] += f", set aside as {path.name}{DAMAGED_SUFFIX}"
     if damaged:
-        log.warning("ckpt_path=last: %s; no intact checkpoint left: starting from scratch", "; ".join(damaged))
+        log.warning(
+            "ckpt_path=last: %s; no intact checkpoint left: starting from scratch", "; ".join(damaged)
+        )
     return None
