@@ -22,6 +22,7 @@ from transformers import (
     PreTrainedTokenizerBase,
 )
 
+from ssr.runtime.configs import ConfigError
 from ssr.runtime.hashing import content_hash
 from ssr.runtime.paths import cache_root
 from ssr.runtime.precision import torch_dtype
@@ -105,9 +106,17 @@ def embedded_tokenizer_dir() -> Path:
 
 
 def resolve_path(name_or_path: str) -> str:
-    """Map the symbolic names to real directories; hub ids and local dirs pass through."""
+    """Map the symbolic names to real directories; hub ids and local dirs pass through. A local
+    path (``/...``, ``./...``, ``~/...``, or more than one ``/``) must exist: a :class:`ConfigError`
+    says so (Hugging Face would call it an invalid repo id)."""
     if name_or_path == EMBEDDED:
         return str(embedded_model_dir())
+    local = name_or_path.startswith(("/", "./", "../", "~")) or name_or_path.count("/") > 1
+    if local and not Path(name_or_path).expanduser().exists():
+        raise ConfigError(
+            f"model path {name_or_path} does not exist (a hub id is <org>/<name>; a local model is a "
+            "directory with config.json)"
+        )
     return name_or_path
 
 
