@@ -57,8 +57,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     try:
         summary = _fit(cfg, run_dir, ckpt, datamodule, module, callbacks, precision, started)
     except BaseException as err:
-        if rank_zero:
-            write_status(run_dir, err)
+        if rank_zero:  # a launcher's requeue exits with its own exception: the status says why
+            write_status(run_dir, getattr(preemption, "stopped", None) or err)
         raise
     finally:
         if preemption is not None:

@@ -74,6 +74,7 @@ class Preemption(L.Callback):
         self._received: int | None = None
         self._deferring = False  # inside the training loop: act at the end of the step
         self._step: int | None = None  # None: training has not started
+        self.stopped: Preempted | None = None  # how the run stopped, for its STATUS
 
     # ------------------------------------------------------------------ handlers
     def install(self) -> None:
@@ -128,12 +129,12 @@ class Preemption(L.Callback):
             return
         signum = self._received or signal.SIGTERM  # a rank that got none stops with the others
         path = self._save(trainer)
-        error = Preempted(signum, trainer.global_step, path)
+        error = self.stopped = Preempted(signum, trainer.global_step, path)
         log.warning("%s", error)
         previous = self._previous.get(signum)
         if signum == self.requeue_signal and callable(previous) and trainer.is_global_zero:
             self._deferring = False
-            previous(signum, None)  # the launcher's checkpoint-and-requeue (submitit)
+            previous(signum, None)  # the launcher's checkpoint-and-requeue (submitit): it exits
         raise error
 
     @staticmethod
