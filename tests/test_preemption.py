@@ -107,3 +107,26 @@ def test_signal_saves_the_current_step_says_so_and_resumes_exactly(tmp_path, sig
     assert sorted(p.name for p in (run / "checkpoints").iterdir()) == [
         "last.ckpt", "step2.ckpt", "step4.ckpt", "step6.ckpt", "step8.ckpt"
     ]  # fmt: skip
+
+
+@pytest.mark.slow
+def test_a_signal_to_rank_0_of_a_gloo_ddp_run_stops_both_ranks_at_one_step(tmp_path):
+    """Two CPU processes (gloo): only rank 0 gets SIGTERM; one all-reduce of the flag makes both
+    save at the same step and exit (no rank left waiting in a collective)."""
+    run, flags = tmp_path / "run", tmp_path / "flags"
+    flags.mkdir()
+    proc = _start(
+        run, tmp_path, "trainer=ddp", "callbacks.model_checkpoint.every_n_train_steps=3",
+        f"+callbacks.pause._target_={__name__}.PauseAtStep", "+callbacks.pause.step=1", f"+callbacks.pause.folder={flags}",
+    )  # fmt: skip
+    _signal_at(proc, flags, signal.SIGTERM)
+    out, _ = proc.communicate(timeout=300)
+    assert proc.returncode == 143, out[-4000:]
+    last = run / "checkpoints" / "last.ckpt"
+    assert (run / "STATUS").read_text().startswith(f"interrupted at step 2 by SIGTERM (checkpoint {last})")
+    assert torch.load(last, weights_only=True, map_location="cpu")["global_step"] == 2
+    deadline = time.monotonic() + 60
+    while subprocess.run(["pgrep", "-f", f"hydra.run.dir={run}"], capture_output=True).returncode == 0:
+        assert time.monotonic() < deadline, "rank 1 is still running"
+        time.sleep(0.5)
+    assert "interrupted at step 2" in (run / "train_ddp_process_1.log").read_text()

@@ -107,10 +107,6 @@ class Preemption(L.Callback):
             signal.signal(signal.SIGTERM, self._handle)
         self._deferring = True
 
-    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self._deferring = False
-        self._step = trainer.global_step
-
     def on_exception(
         self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException
     ) -> None:
@@ -125,16 +121,38 @@ class Preemption(L.Callback):
         stop = self._received is not None
         if trainer.world_size > 1:  # every rank stops at the same step, or none does
             stop = trainer.strategy.reduce_boolean_decision(stop, all=False)
-        if not stop:
+        if stop:  # saved like ModelCheckpoint's own step checkpoints; the stop follows the step's logging
+            signum = self._received or signal.SIGTERM  # a rank that got none stops with the others
+            self.stopped = Preempted(signum, trainer.global_step, self._save(trainer))
+
+    # the first hook after the step's metrics were logged: the next batch, the epoch's end, validation
+    def on_train_batch_start(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, batch_idx: int
+    ) -> None:
+        self._stop(trainer)
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._stop(trainer)
+
+    def on_validation_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._stop(trainer)
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._stop(trainer)
+        self._deferring = False
+        self._step = trainer.global_step
+
+    def _stop(self, trainer: L.Trainer) -> None:
+        error = self.stopped
+        if error is None:
             return
-        signum = self._received or signal.SIGTERM  # a rank that got none stops with the others
-        path = self._save(trainer)
-        error = self.stopped = Preempted(signum, trainer.global_step, path)
+        for logger in trainer.loggers:  # the metrics up to the saved step reach their files
+            logger.save()
         log.warning("%s", error)
-        previous = self._previous.get(signum)
-        if signum == self.requeue_signal and callable(previous) and trainer.is_global_zero:
+        previous = self._previous.get(self._received or 0)
+        if self._received == self.requeue_signal and callable(previous) and trainer.is_global_zero:
             self._deferring = False
-            previous(signum, None)  # the launcher's checkpoint-and-requeue (submitit): it exits
+            previous(self._received, None)  # the launcher's checkpoint-and-requeue (submitit): it exits
         raise error
 
     @staticmethod
