@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from ssr.models.loading import SPEC_FILE, adapter_base_spec
+from test_reliability import remote_code_model
 
 
 @pytest.fixture
@@ -17,14 +18,7 @@ def evil_adapter(tmp_path, tiny_model, tokenizer) -> tuple[Path, Path]:
     """A downloaded adapter whose ``ssr_model.json`` points at a base with remote code and asks
     for ``trust_remote_code``; the remote code writes a marker file."""
     base = tmp_path / "base"
-    tiny_model.save_pretrained(base)
-    tokenizer.save_pretrained(base)
-    marker = tmp_path / "remote_code_ran"
-    code = f"open({str(marker)!r}, 'w').write('pwned')\nfrom transformers import LlamaConfig as EvilConfig\n"
-    (base / "evil.py").write_text(code)
-    config = json.loads((base / "config.json").read_text())
-    config.update(model_type="evil_llama", auto_map={"AutoConfig": "evil.EvilConfig"})
-    (base / "config.json").write_text(json.dumps(config))
+    marker = remote_code_model(base, tiny_model, tokenizer)
     adapter = tmp_path / "adapter"
     adapter.mkdir()
     (adapter / "adapter_config.json").write_text(json.dumps({"base_model_name_or_path": str(base)}))

@@ -130,3 +130,24 @@ def test_a_signal_to_rank_0_of_a_gloo_ddp_run_stops_both_ranks_at_one_step(tmp_p
         assert time.monotonic() < deadline, "rank 1 is still running"
         time.sleep(0.5)
     assert "interrupted at step 2" in (run / "train_ddp_process_1.log").read_text()
+
+
+def test_a_signal_outside_the_training_loop_stops_at_once_and_handlers_are_restored(tmp_path):
+    """During data preparation (generation, judging: their caches keep every finished batch) there
+    is no step to save: the run stops at once, exit code 128+signal, and STATUS says where."""
+    from ssr.training.preemption import Preempted, Preemption, write_status
+
+    before = signal.getsignal(signal.SIGTERM)
+    preemption = Preemption(requeue_signal="USR2")
+    preemption.install()
+    try:
+        with pytest.raises(Preempted) as stopped:
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(5)  # the handler raises in the main thread before this ends
+    finally:
+        preemption.uninstall()
+    assert stopped.value.code == 143 and signal.getsignal(signal.SIGTERM) is before
+    write_status(tmp_path, stopped.value)
+    assert (tmp_path / "STATUS").read_text() == (
+        "interrupted before training (data preparation) by SIGTERM (no new checkpoint); resume with ckpt_path=last\n"
+    )

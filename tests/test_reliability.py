@@ -240,20 +240,26 @@ def test_pickle_only_checkpoint_is_refused(tmp_path, tiny_model, tokenizer):
     assert model.config.num_hidden_layers == tiny_model.config.num_hidden_layers
 
 
-def test_remote_code_never_runs_without_opt_in(tmp_path, tiny_model, tokenizer):
+def remote_code_model(folder: Path, model, tokenizer) -> Path:
+    """A model directory whose remote code (``auto_map``) writes the returned marker file."""
     import json
 
-    from ssr.models.loading import ModelSpec, load_model
-
-    tiny_model.save_pretrained(tmp_path)
-    tokenizer.save_pretrained(tmp_path)
-    marker = tmp_path / "remote_code_ran"
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    marker = folder / "remote_code_ran"
     code = f"open({str(marker)!r}, 'w').write('pwned')\nfrom transformers import LlamaConfig as EvilConfig\n"
-    (tmp_path / "evil.py").write_text(code)
-    config = json.loads((tmp_path / "config.json").read_text())
+    (folder / "evil.py").write_text(code)
+    config = json.loads((folder / "config.json").read_text())
     config["model_type"] = "evil_llama"
     config["auto_map"] = {"AutoConfig": "evil.EvilConfig", "AutoModelForCausalLM": "evil.EvilConfig"}
-    (tmp_path / "config.json").write_text(json.dumps(config))
+    (folder / "config.json").write_text(json.dumps(config))
+    return marker
+
+
+def test_remote_code_never_runs_without_opt_in(tmp_path, tiny_model, tokenizer):
+    from ssr.models.loading import ModelSpec, load_model
+
+    marker = remote_code_model(tmp_path, tiny_model, tokenizer)
     with pytest.raises(ValueError, match="trust_remote_code"):
         load_model(ModelSpec(name_or_path=str(tmp_path)))
     assert not marker.exists()

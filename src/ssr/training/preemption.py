@@ -95,7 +95,8 @@ class Preemption(L.Callback):
         if self._deferring and first:
             log.warning("received %s: saving a checkpoint at the end of this step, then stopping", name)
             return
-        log.warning("received %s: stopping now (no training step in progress to save)", name)
+        why = "a second signal" if not first else "no training step in progress to save"
+        log.warning("received %s: stopping now (%s)", name, why)
         raise Preempted(signum, self._step, None)
 
     # ------------------------------------------------------------------ training loop
@@ -103,7 +104,7 @@ class Preemption(L.Callback):
         # Lightning put its own SIGTERM handler in place when fit started (it would only set a
         # flag and exit 0 at the end of the step): the training loop is this callback's
         self._step = trainer.global_step
-        if threading.current_thread() is threading.main_thread():
+        if signal.SIGTERM in self.signals and threading.current_thread() is threading.main_thread():
             signal.signal(signal.SIGTERM, self._handle)
         self._deferring = True
 
