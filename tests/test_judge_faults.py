@@ -197,7 +197,7 @@ def test_malformed_replies_fail_clearly_and_run_judge_says_how_to_resume(tmp_pat
     assert len(path.read_text().splitlines()) == 2
 
 
-def test_unparseable_verdict_text_is_a_counted_reject(tmp_path: Path) -> None:
+def test_unparseable_verdict_text_is_counted_and_never_cached(tmp_path: Path) -> None:
     replies = {"r0": "Yes", "r1": "Maybe, it depends.", "r2": "", "r3": "No"}
 
     def script(n: int, request: dict) -> Reply:  # item rK asks question "qK?"
@@ -205,9 +205,10 @@ def test_unparseable_verdict_text_is_a_counted_reject(tmp_path: Path) -> None:
             next(text for rid, text in replies.items() if f"q{rid[1:]}?" in json.dumps(request))
         )
 
+    path = tmp_path / "v.jsonl"
     with fake_server(script) as server:
         verdicts = run_judge(
-            make_judge(server.url), items(4), JsonlCache(tmp_path / "v.jsonl"), progress=False
+            make_judge(server.url, max_unparseable=0.5), items(4), JsonlCache(path), progress=False
         )
     assert [(v.accept, v.parsed) for v in verdicts] == [
         (True, True),
@@ -215,8 +216,8 @@ def test_unparseable_verdict_text_is_a_counted_reject(tmp_path: Path) -> None:
         (False, False),
         (False, True),
     ]
-    assert sum(not v.parsed for v in verdicts) == 2
     assert "Maybe" in verdicts[1].rationale
+    assert [json.loads(line)["id"] for line in path.read_text().splitlines()] == ["r0", "r3"]
 
 
 def test_requests_are_concurrent_but_bounded() -> None:

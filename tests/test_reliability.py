@@ -240,20 +240,26 @@ def test_pickle_only_checkpoint_is_refused(tmp_path, tiny_model, tokenizer):
     assert model.config.num_hidden_layers == tiny_model.config.num_hidden_layers
 
 
-def test_remote_code_never_runs_without_opt_in(tmp_path, tiny_model, tokenizer):
+def remote_code_model(folder: Path, model, tokenizer) -> Path:
+    """A model directory whose remote code (``auto_map``) writes the returned marker file."""
     import json
 
-    from ssr.models.loading import ModelSpec, load_model
-
-    tiny_model.save_pretrained(tmp_path)
-    tokenizer.save_pretrained(tmp_path)
-    marker = tmp_path / "remote_code_ran"
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    marker = folder / "remote_code_ran"
     code = f"open({str(marker)!r}, 'w').write('pwned')\nfrom transformers import LlamaConfig as EvilConfig\n"
-    (tmp_path / "evil.py").write_text(code)
-    config = json.loads((tmp_path / "config.json").read_text())
+    (folder / "evil.py").write_text(code)
+    config = json.loads((folder / "config.json").read_text())
     config["model_type"] = "evil_llama"
     config["auto_map"] = {"AutoConfig": "evil.EvilConfig", "AutoModelForCausalLM": "evil.EvilConfig"}
-    (tmp_path / "config.json").write_text(json.dumps(config))
+    (folder / "config.json").write_text(json.dumps(config))
+    return marker
+
+
+def test_remote_code_never_runs_without_opt_in(tmp_path, tiny_model, tokenizer):
+    from ssr.models.loading import ModelSpec, load_model
+
+    marker = remote_code_model(tmp_path, tiny_model, tokenizer)
     with pytest.raises(ValueError, match="trust_remote_code"):
         load_model(ModelSpec(name_or_path=str(tmp_path)))
     assert not marker.exists()
@@ -261,29 +267,6 @@ def test_remote_code_never_runs_without_opt_in(tmp_path, tiny_model, tokenizer):
     for path in Path(__file__).resolve().parents[1].joinpath("conf", "model").glob("*.yaml"):
         if path.name != "_base.yaml":  # every option says it again, on purpose: remote code is opt-in
             assert "trust_remote_code: false" in path.read_text(), path
-
-
-# --------------------------------------------------------------------------- resume target
-def test_ckpt_path_last_picks_the_newest_complete_checkpoint(tmp_path):
-    import os
-
-    from omegaconf import OmegaConf
-
-    from ssr.cli._run import resume_checkpoint
-
-    cfg = OmegaConf.create({"ckpt_path": "last", "callbacks": {"model_checkpoint": {"dirpath": None}}})
-    assert resume_checkpoint(cfg, tmp_path) is None  # nothing saved yet: a fresh start
-    folder = tmp_path / "checkpoints"
-    folder.mkdir()
-    for i, name in enumerate(["last.ckpt", "step2.ckpt", "step4.ckpt"]):  # killed before last.ckpt moved on
-        torch.save({"global_step": 2 * i}, folder / name)
-        os.utime(folder / name, ns=(10**18 + i * 10**9, 10**18 + i * 10**9))
-    assert resume_checkpoint(cfg, tmp_path) == str(folder / "step4.ckpt")
-    data = (folder / "step4.ckpt").read_bytes()
-    (folder / "step6.ckpt").write_bytes(data[: len(data) // 2])  # a copy cut short
-    os.utime(folder / "step6.ckpt", ns=(2 * 10**18, 2 * 10**18))
-    assert resume_checkpoint(cfg, tmp_path) == str(folder / "step4.ckpt")
-    assert resume_checkpoint(OmegaConf.create({"ckpt_path": "/x/y.ckpt"}), tmp_path) == "/x/y.ckpt"
 
 
 # --------------------------------------------------------------------------- endpoints

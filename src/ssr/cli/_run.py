@@ -7,36 +7,47 @@ import contextlib
 import ctypes
 import gc
 import logging
-import zipfile
 from pathlib import Path
 
 import lightning as L
 from omegaconf import DictConfig, OmegaConf
 
 from ssr.runtime.hardware import cuda_available
+from ssr.training.checkpoints import checked, newest_intact
 
 log = logging.getLogger("ssr.train")
 
 
-def resume_checkpoint(cfg: DictConfig, run_dir: Path) -> str | None:
-    """``ckpt_path``, with ``last`` meaning the newest complete checkpoint of this run.
+def is_rank_zero() -> bool:
+    """Rank 0 of a distributed run, or a single process (known before the Trainer exists)."""
+    from lightning.pytorch.utilities import rank_zero_only
+
+    return getattr(rank_zero_only, "rank", 0) == 0
+
+
+def resume_checkpoint(cfg: DictConfig, run_dir: Path, set_aside: bool = False) -> str | None:
+    """``ckpt_path``, checked (:mod:`ssr.training.checkpoints`), with ``last`` meaning the newest
+    intact checkpoint of this run.
 
     Lightning's own ``last`` looks only at ``last.ckpt``, which a kill between writing
-    ``step<N>.ckpt`` and ``last.ckpt`` leaves missing or one save behind. A file that is not a
-    complete zip archive (a copy cut short) is skipped; no checkpoint yet means a fresh start.
+    ``step<N>.ckpt`` and ``last.ckpt`` leaves missing or one save behind. A damaged file (cut
+    short, or bytes changed inside: the archive's CRCs) is passed over with a warning naming it
+    and the one used instead, and with ``set_aside`` (the run itself, not its preflight) renamed
+    ``<name>.damaged``; no checkpoint yet means a fresh start. An explicit path to a damaged or
+    missing file is a one-line :class:`~ssr.training.checkpoints.CheckpointError`.
     """
     ckpt_path = cfg.ckpt_path
-    if ckpt_path != "last":
+    if ckpt_path in (None, "best", "hpc", "registry"):  # Lightning's own keywords
         return ckpt_path
+    if ckpt_path != "last":
+        return checked(str(ckpt_path))
     folder = Path(OmegaConf.select(cfg, "callbacks.model_checkpoint.dirpath") or run_dir / "checkpoints")
-    candidates = sorted(folder.glob("*.ckpt"), key=lambda p: p.stat().st_mtime_ns, reverse=True)
-    for path in candidates:
-        if path.is_dir() or zipfile.is_zipfile(path):  # DeepSpeed writes a directory
-            log.info("ckpt_path=last: resuming from %s", path)
-            return str(path)
-        log.warning("ckpt_path=last: skipping %s (incomplete; interrupted while written)", path)
-    log.info("ckpt_path=last: no checkpoint in %s yet; starting from scratch", folder)
-    return None
+    path = newest_intact(folder, set_aside=set_aside and is_rank_zero())
+    if path is None:
+        log.info("ckpt_path=last: no checkpoint in %s yet; starting from scratch", folder)
+        return None
+    log.info("ckpt_path=last: resuming from %s", path)
+    return str(path)
 
 
 def local_processes(trainer: L.Trainer) -> int:

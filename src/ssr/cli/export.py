@@ -19,14 +19,27 @@ from ssr.models.loading import ModelSpec, adapter_base_spec, load_model, load_to
 log = logging.getLogger("ssr.export")
 
 
-def export_merged(adapter: str | Path, out: str | Path, base: str | None = None, dtype: str = "auto") -> Path:
-    """Write ``base + adapter`` merged into plain weights (safetensors) + tokenizer to ``out``."""
+def export_merged(
+    adapter: str | Path,
+    out: str | Path,
+    base: str | None = None,
+    dtype: str = "auto",
+    trust_remote_code: bool = False,
+) -> Path:
+    """Write ``base + adapter`` merged into plain weights (safetensors) + tokenizer to ``out``.
+
+    ``trust_remote_code`` is the caller's own choice (the adapter's files cannot switch it on)."""
     from peft import PeftModel
 
     adapter, out = Path(adapter), Path(out)
-    spec = adapter_base_spec(adapter)
+    spec = adapter_base_spec(adapter, trust_remote_code=trust_remote_code)
     if base:
-        spec = ModelSpec(name_or_path=base, revision=spec.revision, tokenizer=spec.tokenizer)
+        spec = ModelSpec(
+            name_or_path=base,
+            revision=spec.revision,
+            tokenizer=spec.tokenizer,
+            trust_remote_code=trust_remote_code,
+        )
     spec.dtype = dtype
     log.info("base model: %s (dtype %s)", spec.name_or_path, dtype)
     model, tokenizer = load_model(spec)
@@ -50,9 +63,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--dtype", default="auto", help="dtype to load and save the base in (default: its checkpoint's)"
     )
+    parser.add_argument(
+        "--trust-remote-code",
+        action="store_true",
+        help="run the base model's own Python code (only for a base you trust; never read from the adapter)",
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(name)s: %(message)s")
-    export_merged(args.adapter, args.out, args.base, args.dtype)
+    export_merged(args.adapter, args.out, args.base, args.dtype, args.trust_remote_code)
 
 
 if __name__ == "__main__":

@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING, Any
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
+from ssr.cli._run import is_rank_zero
 from ssr.cli.config_checks import check_config
 from ssr.cli.schemas import implicit_defaults
 from ssr.runtime import hardware
@@ -44,12 +45,6 @@ log = logging.getLogger("ssr.guard")
 EXIT_CODE = 2
 FAILED_FILE = "FAILED"
 _STARTED = time.time()
-
-
-def _is_rank_zero() -> bool:
-    from lightning.pytorch.utilities import rank_zero_only
-
-    return getattr(rank_zero_only, "rank", 0) == 0
 
 
 # --------------------------------------------------------------------------- the checks
@@ -88,7 +83,7 @@ def preflight_train(cfg: DictConfig, run_dir: Path, ckpt: str | None) -> dict[st
     check_config(cfg)
     record = check_resume(cfg, run_dir, ckpt, implicit_defaults())
     check_endpoints(cfg)
-    if _is_rank_zero():
+    if is_rank_zero():
         write_run_record(run_dir, record)
         (Path(run_dir) / FAILED_FILE).unlink(missing_ok=True)
     return record
@@ -238,7 +233,7 @@ def exits_on_config_error(task: Callable[[DictConfig], Any]) -> Callable[[DictCo
             if error is None:
                 raise
             run_dir = _output_dir(cfg)
-            if run_dir is not None and _is_rank_zero():
+            if run_dir is not None and is_rank_zero():
                 mark_failed(run_dir, error)
             if _multirun():
                 log.error("%s", error)

@@ -11,10 +11,12 @@ from ssr.data.prompts import (
     PromptConfig,
     build_messages,
     fit_document,
+    prompt_length,
     render_conversation,
     render_prompt,
 )
 from ssr.data.records import Record
+from ssr.runtime.configs import ConfigError
 
 log = logging.getLogger(__name__)
 IGNORE_INDEX = -100
@@ -30,6 +32,7 @@ class Tokenized:
     input_ids: list[int]
     labels: list[int]
     truncated_document: bool = False
+    answer_cut: bool = False  # extractive row: the gold answer was in the document, not in what is left
 
     @property
     def num_response_tokens(self) -> int:
@@ -41,6 +44,43 @@ class TokenizeReport:
     kept: int = 0
     truncated: int = 0
     dropped: list[str] = field(default_factory=list)
+    truncated_ids: list[str] = field(default_factory=list)  # documents cut to fit max_length
+    answer_cut: list[str] = field(default_factory=list)  # ... past their gold answer
+
+
+def shown_ids(ids: list[str], limit: int = 50) -> str:
+    """Row ids for a log line (the first ``limit``, then how many more)."""
+    more = f" (+{len(ids) - limit} more)" if len(ids) > limit else ""
+    return ", ".join(ids[:limit]) + more
+
+
+def check_prompts_fit(
+    tokenizer: PreTrainedTokenizerBase, records: list[Record], prompt_cfg: PromptConfig, max_length: int
+) -> list[str]:
+    """Before any generation: the ids of the rows whose prompt exceeds ``max_length`` even with the
+    document cut to nothing (with room for one answer token); a :class:`ConfigError` when that is
+    every row (no training row could be made)."""
+    too_long: list[tuple[int, str]] = []
+    for record in records:
+        messages = build_messages(record, prompt_cfg, document="" if record.document else None)
+        length = prompt_length(tokenizer, messages) + 1
+        if length > max_length:
+            too_long.append((length, record.id))
+    if records and len(too_long) == len(records):
+        shortest, row = min(too_long)
+        raise ConfigError(
+            f"data.max_length={max_length} is shorter than every prompt: the shortest, row {row!r} with "
+            f"its document cut to nothing, needs {shortest} tokens with a one-token answer; raise data.max_length"
+        )
+    if too_long:
+        log.warning(
+            "%d/%d rows cannot fit data.max_length=%d even with no document; they will be dropped: %s",
+            len(too_long),
+            len(records),
+            max_length,
+            shown_ids([row for _, row in too_long]),
+        )
+    return [row for _, row in too_long]
 
 
 def tokenize_pair(
@@ -91,7 +131,11 @@ def tokenize_record(
     if fitted is None:
         return None
     ids, labels = tokenize_pair(tokenizer, fitted, response)
-    return Tokenized(record.id, ids, labels, truncated_document=True)
+    extractive = record.answerable and bool(record.gold) and record.gold in record.document
+    kept = "\n".join(m["content"] for m in fitted)
+    return Tokenized(
+        record.id, ids, labels, truncated_document=True, answer_cut=extractive and record.gold not in kept
+    )
 
 
 def tokenize_all(
@@ -111,7 +155,26 @@ def tokenize_all(
             continue
         report.kept += 1
         report.truncated += tok.truncated_document
+        if tok.truncated_document:
+            report.truncated_ids.append(tok.id)
+        if tok.answer_cut:
+            report.answer_cut.append(tok.id)
         out.append(tok)
+    if report.truncated_ids:
+        log.info(
+            "%d documents cut to fit max_length=%d: %s",
+            report.truncated,
+            max_length,
+            shown_ids(report.truncated_ids),
+        )
+    if report.answer_cut:
+        log.warning(
+            "%d rows lost their gold answer when their document was cut to max_length=%d (the answer span "
+            "is no longer in the prompt, yet it is the target): %s",
+            len(report.answer_cut),
+            max_length,
+            shown_ids(report.answer_cut),
+        )
     if report.dropped:
         log.warning(
             "dropped %d/%d rows whose response cannot fit in max_length=%d (e.g. %s)",

@@ -34,8 +34,10 @@ class JudgeItem:
 class Verdict:
     """Whether the candidate is accepted as being as good as the gold answer.
 
-    ``parsed=False`` marks an unparseable judge output; such a verdict is always a reject and is
-    counted separately so that a broken judge does not silently look like a strict one.
+    ``parsed=False`` marks a judge output that is no verdict (unparseable): it is not a rejection
+    (``accept`` is False only so that the candidate is not used), it is never cached, it is
+    counted apart, and too many of them stop the run (:func:`run_judge`), so that a broken judge
+    cannot look like a strict one.
     """
 
     accept: bool
@@ -66,9 +68,14 @@ class Verdict:
 
 
 class Judge(abc.ABC):
-    """Decides per item whether a candidate answer is as good as the gold answer."""
+    """Decides per item whether a candidate answer is as good as the gold answer.
+
+    ``max_unparseable``: the largest share of unparseable outputs a run accepts (judges whose
+    output is always a verdict keep 0: any unparseable one is a bug).
+    """
 
     name: str = "judge"
+    max_unparseable: float = 0.0
 
     def fingerprint(self) -> str:
         """Identity of everything that changes verdicts (model, prompt, thresholds), for cache keys."""
@@ -110,7 +117,7 @@ def run_judge(
         if key in verdicts or key in todo:
             continue
         row = cache.get(key) if cache is not None else None
-        if row is not None:
+        if row is not None and row.get("parsed", True):  # an unparseable row (older caches): ask again
             verdicts[key] = Verdict.from_row(row)
         else:
             todo[key] = item
@@ -135,6 +142,7 @@ def run_judge(
             batches, total=-(-len(pending) // batch_size), desc=f"judge {judge.name}", unit="batch"
         )
     n_new = 0
+    unparsed: list[tuple[JudgeItem, Verdict]] = []
     for batch in batches:
         try:
             new = judge.judge_batch([item for _, item in batch])
@@ -154,17 +162,36 @@ def run_judge(
             cache.put_many(
                 (key, {"id": item.id, "judge": judge.name, **verdict.to_row()})
                 for (key, item), verdict in zip(batch, new)
+                if verdict.parsed
             )
         verdicts.update((key, verdict) for (key, _), verdict in zip(batch, new))
+        unparsed += [(item, verdict) for (_, item), verdict in zip(batch, new) if not verdict.parsed]
         n_new += len(batch)
+        check_unparseable(judge, unparsed, n_cached + len(todo), cache)
 
     out = [verdicts[key] for key in keys]
-    n_unparsed = sum(not v.parsed for v in out)
     log.info(
-        "judge %s: %d/%d accepted, %d unparseable outputs",
+        "judge %s: %d/%d accepted, %d unparseable outputs (not verdicts, not cached)",
         judge.name,
         sum(v.accept for v in out),
         len(out),
-        n_unparsed,
+        sum(not v.parsed for v in out),
     )
     return out
+
+
+def check_unparseable(
+    judge: Judge, unparsed: list[tuple[JudgeItem, Verdict]], n_unique: int, cache: JsonlCache | None
+) -> None:
+    """Stop once the unparseable outputs pass ``judge.max_unparseable`` of the ``n_unique`` items
+    (as soon as the count is past it, not after judging everything)."""
+    if len(unparsed) <= judge.max_unparseable * n_unique:
+        return
+    item, verdict = unparsed[0]
+    saved = f"; the parsed verdicts are saved in {cache.path}" if cache is not None else ""
+    raise JudgeError(
+        f"judge {judge.name}: {len(unparsed)} of {n_unique} outputs are no verdict (unparseable), "
+        f"more than judge.max_unparseable={judge.max_unparseable:g} allows; e.g. item {item.id!r}: "
+        f"{verdict.rationale}. Unparseable outputs are not rejections and are not cached{saved}: fix "
+        "the judge (model, prompt_template, max_tokens) and re-run, or raise judge.max_unparseable"
+    )

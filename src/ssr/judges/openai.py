@@ -67,8 +67,9 @@ def backoff_wait(
     return min(base * (1.0 + jitter * rng.random()), max(_MAX_BACKOFF_S, base))
 
 
-def _reply_text(response: httpx.Response) -> str:
-    """The first choice's message text; raises ``_Retryable`` for a malformed body."""
+def _reply_text(response: httpx.Response) -> str | None:
+    """The first choice's message text (None: ``content: null``); raises ``_Retryable`` for a
+    malformed body."""
     try:
         body = response.json()
     except ValueError as err:
@@ -77,11 +78,12 @@ def _reply_text(response: httpx.Response) -> str:
         content = body["choices"][0]["message"].get("content")
     except (KeyError, IndexError, TypeError, AttributeError) as err:
         raise _Retryable(f"reply has no choices[0].message: {str(body)[:200]!r}") from err
-    return content if isinstance(content, str) else ""
+    return content if isinstance(content, str) else None
 
 
 class OpenAIJudge(Judge):
-    """Asks a chat model "Yes or No?"; a reply that is neither is an unparsed reject."""
+    """Asks a chat model "Yes or No?"; a reply that is neither (or ``content: null``) is no
+    verdict: counted, never cached, and past ``max_unparseable`` of the items the run stops."""
 
     name = "openai"
 
@@ -100,6 +102,7 @@ class OpenAIJudge(Judge):
         prompt_template: str | None = None,
         system_prompt: str | None = DEFAULT_SYSTEM_PROMPT,
         max_document_chars: int | None = 6000,
+        max_unparseable: float = 0.05,
     ) -> None:
         if not base_url:
             raise ValueError("judge.base_url must be set (e.g. https://api.openai.com/v1)")
@@ -108,6 +111,8 @@ class OpenAIJudge(Judge):
                 "judge needs max_concurrency >= 1, max_retries >= 0, timeout_s > 0, backoff_s >= 0, "
                 "backoff_jitter >= 0"
             )
+        if not 0 <= max_unparseable <= 1:
+            raise ValueError(f"judge.max_unparseable must be a share in [0, 1], got {max_unparseable}")
         if api_key_env is not None and not os.environ.get(api_key_env):
             raise JudgeError(
                 f"judge.api_key_env names the environment variable {api_key_env!r}, which is not "
@@ -119,6 +124,7 @@ class OpenAIJudge(Judge):
         self.max_concurrency = max_concurrency
         self.timeout_s = float(timeout_s)
         self.max_retries = max_retries
+        self.max_unparseable = float(max_unparseable)
         self.backoff_s = float(backoff_s)
         self.backoff_jitter = float(backoff_jitter)
         self._rng = random.Random()
@@ -196,7 +202,7 @@ class OpenAIJudge(Judge):
             "max_tokens": self.max_tokens,
         }
 
-    def _attempt(self, payload: dict[str, Any]) -> str:
+    def _attempt(self, payload: dict[str, Any]) -> str | None:
         """One request; returns the reply text or raises ``_Retryable`` / ``JudgeError``."""
         url = f"{self.base_url}/chat/completions"
         try:
@@ -212,8 +218,9 @@ class OpenAIJudge(Judge):
             raise JudgeError(f"POST {url} -> HTTP {status} (not retried): {response.text[:300]!r}")
         return _reply_text(response)
 
-    def ask(self, item: JudgeItem, stop: threading.Event | None = None) -> str:
-        """The model's reply text for one item, retrying transient failures (until ``stop`` is set)."""
+    def ask(self, item: JudgeItem, stop: threading.Event | None = None) -> str | None:
+        """The model's reply text for one item (None: ``content: null``), retrying transient
+        failures (until ``stop`` is set)."""
         payload = self._payload(item)
         attempts = self.max_retries + 1
         for attempt in range(attempts):
@@ -243,6 +250,8 @@ class OpenAIJudge(Judge):
 
     def verdict(self, item: JudgeItem, stop: threading.Event | None = None) -> Verdict:
         reply = self.ask(item, stop)
+        if reply is None:
+            return Verdict(accept=False, score=0.0, rationale="reply content is null", parsed=False)
         answer = parse_yes_no(reply)
         shown = reply.strip()[:200]
         if answer is None:

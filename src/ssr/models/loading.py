@@ -22,6 +22,7 @@ from transformers import (
     PreTrainedTokenizerBase,
 )
 
+from ssr.runtime.configs import ConfigError
 from ssr.runtime.hashing import content_hash
 from ssr.runtime.paths import cache_root
 from ssr.runtime.precision import torch_dtype
@@ -105,9 +106,17 @@ def embedded_tokenizer_dir() -> Path:
 
 
 def resolve_path(name_or_path: str) -> str:
-    """Map the symbolic names to real directories; hub ids and local dirs pass through."""
+    """Map the symbolic names to real directories; hub ids and local dirs pass through. A local
+    path (``/...``, ``./...``, ``~/...``, or more than one ``/``) must exist: a :class:`ConfigError`
+    says so (Hugging Face would call it an invalid repo id)."""
     if name_or_path == EMBEDDED:
         return str(embedded_model_dir())
+    local = name_or_path.startswith(("/", "./", "../", "~")) or name_or_path.count("/") > 1
+    if local and not Path(name_or_path).expanduser().exists():
+        raise ConfigError(
+            f"model path {name_or_path} does not exist (a hub id is <org>/<name>; a local model is a "
+            "directory with config.json)"
+        )
     return name_or_path
 
 
@@ -133,20 +142,47 @@ def read_chat_template(value: str) -> str:
 SPEC_FILE = "ssr_model.json"  # written beside an adapter by SSRModule.save_adapter
 
 
-def adapter_base_spec(adapter: str | Path, model_cfg: dict[str, Any] | None = None) -> ModelSpec:
+def adapter_base_spec(
+    adapter: str | Path, model_cfg: dict[str, Any] | None = None, trust_remote_code: bool | None = None
+) -> ModelSpec:
     """The base model a PEFT adapter was trained on.
 
     ``ssr_model.json`` (the exact ModelSpec, written by ssr-train) when the adapter has one, else
     ``adapter_config.json``'s ``base_model_name_or_path`` and ``revision`` over ``model_cfg``'s
     other fields (dtype, attention, ...); an embedded-model cache dir maps back to its name. With
     neither (a model built from a config), ``model_cfg`` itself.
+
+    An adapter folder is data (often downloaded): ``trust_remote_code`` never comes from its
+    files, only from the user: ``trust_remote_code`` (``ssr-export --trust-remote-code``), else
+    ``model_cfg``'s (``ssr-eval model.trust_remote_code=true``), else off.
     """
     adapter = Path(adapter)
     config_file = adapter / "adapter_config.json"
     if not config_file.is_file():
         raise FileNotFoundError(f"{config_file} not found: not a PEFT adapter directory")
+    if trust_remote_code is None:
+        trust_remote_code = bool((model_cfg or {}).get("trust_remote_code", False))
     if (adapter / SPEC_FILE).is_file():
-        return ModelSpec(**json.loads((adapter / SPEC_FILE).read_text()))
+        saved = json.loads((adapter / SPEC_FILE).read_text())
+        if saved.get("trust_remote_code") and not trust_remote_code:
+            log.warning(
+                "%s asks for trust_remote_code=true: ignored (an adapter's files never switch on "
+                "remote code; set it yourself if you trust %s)",
+                adapter / SPEC_FILE,
+                saved.get("name_or_path"),
+            )
+        spec = ModelSpec(**saved)
+    else:
+        spec = _spec_from_adapter_config(config_file, model_cfg)
+    spec.trust_remote_code = trust_remote_code
+    if trust_remote_code:
+        log.warning(
+            "trust_remote_code=true (your setting): the Python code of %s will run on load", spec.name_or_path
+        )
+    return spec
+
+
+def _spec_from_adapter_config(config_file: Path, model_cfg: dict[str, Any] | None) -> ModelSpec:
     name = json.loads(config_file.read_text()).get("base_model_name_or_path")
     if not name:
         if model_cfg is None:

@@ -103,17 +103,26 @@ class JsonlCache:
         if not new:
             return
         payload = "".join(new).encode("utf-8")
-        with open(self.path, "ab") as fh:
+        try:
+            with open(self.path, "ab") as fh:
 
-            def torn_write() -> None:  # a kill in the middle of this write: half of its last line
-                last = payload.rfind(b"\n", 0, len(payload) - 1) + 1
-                fh.write(payload[: last + max(1, (len(payload) - last) // 2)])
+                def torn_write() -> None:  # a kill in the middle of this write: half of its last line
+                    last = payload.rfind(b"\n", 0, len(payload) - 1) + 1
+                    fh.write(payload[: last + max(1, (len(payload) - last) // 2)])
+                    fh.flush()
+
+                fault_point(f"cache.{self.path.parent.name}", before_kill=torn_write)
+                fh.write(payload)
                 fh.flush()
-
-            fault_point(f"cache.{self.path.parent.name}", before_kill=torn_write)
-            fh.write(payload)
-            fh.flush()
-            os.fsync(fh.fileno())
+                os.fsync(fh.fileno())
+        except OSError as err:  # disk full, quota: name the file (the OS error does not)
+            for line in new:
+                self._rows.pop(json.loads(line)["key"], None)
+            raise OSError(
+                err.errno,
+                f"{err.strerror}: appending {len(new)} rows to {self.path} failed; the rows written "
+                "before are kept (a torn last line is dropped on the next open): free space and re-run",
+            ) from err
 
     def stats(self) -> dict[str, int]:
         return {

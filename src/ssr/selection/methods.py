@@ -66,12 +66,13 @@ class MethodConfig:
 
 @dataclass(frozen=True)
 class Candidate:
-    """A model-written target and its verdict."""
+    """A model-written target and its verdict (``parsed=False``: the judge gave none; not used)."""
 
     text: str
     accept: bool
     score: float
     rationale: str = ""
+    parsed: bool = True
 
 
 @dataclass(frozen=True)
@@ -109,7 +110,8 @@ def select_one(
     if cfg.needs_self and own_ok:
         return Selection(source="self", target=own.text, verdict=True, score=own.score, **base)
     if cfg.name == "self_only":
-        return Selection(source=DROPPED, target="", verdict=own.accept, score=own.score, **base)
+        verdict = own.accept if own.parsed else None
+        return Selection(source=DROPPED, target="", verdict=verdict, score=own.score, **base)
     if cfg.name == "s3ft" and rewrite.accept:
         return Selection(source="paraphrase", target=rewrite.text, verdict=True, score=rewrite.score, **base)
     if cfg.name == "sdft" and rewrite.accept:
@@ -118,7 +120,7 @@ def select_one(
     return Selection(
         source="gold",
         target=record.gold,
-        verdict=None if judged is None else judged.accept,
+        verdict=None if judged is None or not judged.parsed else judged.accept,
         score=None if judged is None else judged.score,
         **base,
     )
@@ -159,8 +161,10 @@ class SelectionStats:
     by_source_answerable: dict[str, float]
     by_source_unanswerable: dict[str, float]
     counts: dict[str, int]
-    judge_accept_rate_self: float | None = None
+    judge_accept_rate_self: float | None = None  # of the verdicts (unparseable outputs are none)
     judge_accept_rate_rewrite: float | None = None
+    judge_unparseable_self: int | None = None  # judge outputs that were no verdict (gold used there)
+    judge_unparseable_rewrite: int | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
@@ -186,6 +190,14 @@ def selection_stats(
         by_source_answerable=_shares([s for s in selections if s.answerable]),
         by_source_unanswerable=_shares([s for s in selections if not s.answerable]),
         counts=dict(Counter(s.source for s in selections)),
-        judge_accept_rate_self=(sum(c.accept for c in own) / len(own)) if own else None,
-        judge_accept_rate_rewrite=(sum(c.accept for c in rewrites) / len(rewrites)) if rewrites else None,
+        judge_accept_rate_self=_accept_rate(own),
+        judge_accept_rate_rewrite=_accept_rate(rewrites),
+        judge_unparseable_self=None if own is None else sum(not c.parsed for c in own),
+        judge_unparseable_rewrite=None if rewrites is None else sum(not c.parsed for c in rewrites),
     )
+
+
+def _accept_rate(candidates: list[Candidate] | None) -> float | None:
+    """Accepted share of the candidates that got a verdict (None: none judged)."""
+    judged = [c for c in candidates or [] if c.parsed]
+    return sum(c.accept for c in judged) / len(judged) if judged else None

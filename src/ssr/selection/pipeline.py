@@ -122,7 +122,7 @@ def judge_candidates(
         computed = len(cache) - before
     counters.add(stage, len(items), len(items) - computed, computed, time.perf_counter() - t0)
     return [
-        Candidate(text=c, accept=v.accept, score=v.score, rationale=v.rationale)
+        Candidate(text=c, accept=v.accept, score=v.score, rationale=v.rationale, parsed=v.parsed)
         for c, v in zip(candidates, verdicts)
     ]
 

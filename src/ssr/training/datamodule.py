@@ -22,7 +22,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 from ssr.data.adapters import sample_rows
 from ssr.data.prompts import PromptConfig, prompt_token_budget
 from ssr.data.records import Record
-from ssr.data.tokenize import IGNORE_INDEX, Tokenized, TokenizeReport, tokenize_all
+from ssr.data.tokenize import IGNORE_INDEX, Tokenized, TokenizeReport, check_prompts_fit, tokenize_all
 from ssr.generation.config import GeneratorConfig
 from ssr.generation.generator import BaseModelGenerator
 from ssr.judges.base import Judge
@@ -258,6 +258,7 @@ class SSRDataModule(L.LightningDataModule):
         return [r.id for r in rows], [(r.input_ids, r.labels) for r in rows]
 
     def prepare_data(self) -> None:
+        check_prompts_fit(self.tokenizer, self.train_records, self.prompt, self.max_length)
         generator = self.base_generator() if self.method.needs_judge else None
         _, self.stats, _ = run_selection(
             self.train_records, self.method, self.prompt, generator, self.judge, self.cache_dir, self.run_dir

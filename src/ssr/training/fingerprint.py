@@ -213,9 +213,9 @@ def checkpoint_record(ckpt: str | Path) -> dict[str, Any] | None:
     path = Path(ckpt)
     if not path.is_file():
         return None  # DeepSpeed writes a directory; the run directory's record stands in
-    import torch
+    from ssr.training.checkpoints import read_checkpoint
 
-    saved = torch.load(path, map_location="cpu", weights_only=False, mmap=True)
+    saved = read_checkpoint(path)  # weights_only: a crafted file cannot run code here
     record = saved.get(CHECKPOINT_KEY) if isinstance(saved, dict) else None
     return record if isinstance(record, dict) and "fingerprint" in record else None
 
