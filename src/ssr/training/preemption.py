@@ -23,6 +23,7 @@ from __future__ import annotations
 import logging
 import signal
 import threading
+from collections.abc import Sequence
 from pathlib import Path
 from types import FrameType
 from typing import Any
@@ -64,8 +65,8 @@ class Preemption(L.Callback):
     preparation); :meth:`uninstall` restores the previous ones.
     """
 
-    def __init__(self, signals: list[str] | None = None, requeue_signal: str | None = "USR2") -> None:
-        names = list(signals if signals is not None else ["TERM", "INT"])
+    def __init__(self, signals: Sequence[str] = ("TERM", "INT"), requeue_signal: str | None = "USR2") -> None:
+        names = list(signals)
         if requeue_signal:
             names.append(requeue_signal)
         self.signals = list(dict.fromkeys(_signum(n) for n in names))
