@@ -123,10 +123,8 @@ def measure(model: torch.nn.Module, dtype: torch.dtype | None, pad_token_id: int
 def choose(tokens_per_s: dict[str, float]) -> tuple[str, str]:
     """The fastest engine, with the reason."""
     best = max(tokens_per_s, key=tokens_per_s.__getitem__)
-    others = [
-        f"{k} {best and tokens_per_s[best] / max(v, 1e-9):.1f}x" for k, v in tokens_per_s.items() if k != best
-    ]
-    return best, f"measured fastest ({'; vs '.join(others) or 'alone'})"
+    ratios = [f"{tokens_per_s[best] / max(v, 1e-9):.1f}x {k}" for k, v in tokens_per_s.items() if k != best]
+    return best, f"{best} measured {', '.join(ratios) or 'alone'} on the probe"
 
 
 def resolve_engine(
