@@ -239,7 +239,10 @@ class LlamaRunner:
         n = tokens.shape[0]
         span = int(pos.max()) + 1
         rows = torch.arange(n, device=self.device)
-        mask = (torch.arange(span, device=self.device)[None] <= pos[:, None])[:, None, None]
+        past = torch.arange(span, device=self.device)[None] <= pos[:, None]
+        # an additive mask in the compute dtype (a boolean one costs the CPU kernel a conversion)
+        mask = torch.zeros(past.shape, dtype=self.dtype, device=self.device).masked_fill(~past, float("-inf"))
+        mask = mask[:, None, None]
         group = self.n_heads // self.n_kv
         x = self.embed[tokens].float()
         for i, layer in enumerate(self.layers):
