@@ -131,6 +131,11 @@ def main() -> None:
     p.add_argument("--json", default=None, help="raw results (default: next to --out, .json)")
     p.add_argument("--work", default=None, help="scratch dir for logs/runs (default: a temp dir)")
     p.add_argument("--model", default=EMBEDDED)
+    p.add_argument(
+        "--precision",
+        default="auto",
+        help="auto: measured now (a busy machine can measure bf16 slower than it is); or a Lightning precision",
+    )
     p.add_argument("--rounds", type=int, default=2, help="training rounds (contenders alternate)")
     p.add_argument("--warmup", type=int, default=1)
     p.add_argument("--train-steps", type=int, default=3)
@@ -224,7 +229,7 @@ def main() -> None:
     runner.say(f"work dir: {work}\n")
     from ssr.runtime.precision import resolve
 
-    choice = resolve("auto", "cpu", use_cache=False)  # measured now, on this machine
+    choice = resolve(opts.precision, "cpu", use_cache=False)  # auto: measured now, on this machine
     res["precision"] = {"auto_choice": choice.precision, **choice.to_dict()}
     opts.train_precision = choice.precision
     runner.say(choice.describe() + "\n")
