@@ -203,6 +203,8 @@ def test_a_run_under_auto_uses_bf16_on_no_path_where_the_probe_says_fp32(
     assert (torch.bfloat16 in recorder.seen) is expect_bf16
     assert summary["precision"]["precision"] == ("bf16-mixed" if expect_bf16 else "32-true")
     assert summary["precision"]["setting"] == "auto" and summary["precision"]["threads"] >= 1
+    engines = summary["generation_engine"]  # every engine choice of the run, for the model it ran
+    assert engines and all(c["setting"] == "auto" and c["engine"] in ("hf", "continuous") for c in engines)
     stages = summary["stages"]
     assert stages["generate"] > 0 and stages["base_eval"] > 0 and len(stages["epochs"]) == 1
     assert stages["epochs"][0]["train"] > 0 and stages["epochs"][0]["eval"] > 0
