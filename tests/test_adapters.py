@@ -88,3 +88,55 @@ def test_subsample_balances(tmp_path):
     rows = embedded_grounded_qa("train")
     bal = subsample(rows, max_rows=20, balance=True, seed=1)
     assert len(bal) == 20 and sum(r.answerable for r in bal) == 10
+
+
+def test_swapped_unanswerables_pair_a_question_with_a_passage_lacking_its_answers():
+    from ssr.data.adapters import swapped_unanswerables
+    from ssr.data.records import Record
+
+    def row(i, title, doc, answer):
+        return Record(
+            id=f"q{i}",
+            question=f"Q{i}?",
+            gold=answer,
+            document=doc,
+            meta={"title": title, "answers": [answer]},
+        )
+
+    rows = [
+        row(0, "A", "The class P holds problems solvable in polynomial time.", "P"),
+        row(1, "A", "The class NP is verified in polynomial time.", "NP"),
+        row(2, "B", "Paris is the capital and most populous city of France.", "Paris"),
+        row(3, "B", "France has a population of about 68 million.", "68 million"),
+        row(4, "C", "Pumpkins grow upward in a warm summer.", "summer"),
+        row(5, "C", "A prime number has exactly two divisors.", "two"),
+    ]
+    out = swapped_unanswerables(rows, share=0.5, seed=3, unanswerable_sentence="NO")
+    assert out == swapped_unanswerables(rows, share=0.5, seed=3, unanswerable_sentence="NO")  # deterministic
+    swapped = [r for r in out if not r.answerable]
+    assert len(out) == 6 and len(swapped) == 3  # each question once: kept or swapped
+    by_id = {r.id: r for r in rows}
+    for r in swapped:
+        source, donor = by_id[r.id.removesuffix(":swapped")], by_id[r.meta["swapped_from"]]
+        assert r.gold == "NO" and r.question == source.question and r.document == donor.document
+        assert donor.meta["title"] != source.meta["title"]  # another article
+        assert f" {source.gold.lower()} " not in f" {donor.document.lower().replace('.', ' ')} "
+    # "P" occurs inside words ("Pumpkins", "upward") but never as a word there: that passage may serve
+    lone = [
+        Record(id="p", question="?", gold="P", document="The class P.", meta={"title": "A", "answers": ["P"]})
+    ]
+    donors = [
+        Record(
+            id="d",
+            question="?",
+            gold="x",
+            document="Pumpkins grow upward.",
+            meta={"title": "C", "answers": ["x"]},
+        )
+    ]
+    made = {r.id: r for r in swapped_unanswerables(lone + donors, share=1.0, seed=0)}
+    assert made["p:swapped"].document == "Pumpkins grow upward."
+    with pytest.raises(DataError, match="no document of another group lacks its answers"):
+        swapped_unanswerables(rows[:2], share=1.0, seed=0)  # one article only
+    with pytest.raises(ValueError, match="swap_share"):
+        swapped_unanswerables(rows, share=1.5, seed=0)

@@ -11,6 +11,7 @@ import torch
 from lightning.pytorch.loggers import CSVLogger
 from torch.utils.data import DataLoader
 
+from ssr.cli._hydra import build
 from ssr.data.prompts import PromptConfig
 from ssr.eval import drift_callback
 from ssr.eval.drift_callback import GeneralizationDriftCallback, score_deltas, table_rows
@@ -74,14 +75,16 @@ class Probe(pl.Callback):
         self.seen.append((pl_module.training, pl_module.model.training, torch.rand(1).item()))
 
 
-def _fit(tokenizer, tmp_path, with_drift=True, suite=SUITE):
+def _fit(tokenizer, tmp_path, with_drift=True, suite=SUITE, every_n_steps=0):
     pl.seed_everything(7)
     module = TinyLM(tiny_random_model(tokenizer, seed=0))
     probe = Probe()
     callbacks = [probe]
     drift = None
     if with_drift:
-        drift = GeneralizationDriftCallback(_evaluator(suite), run_dir=tmp_path / "run")
+        drift = GeneralizationDriftCallback(
+            _evaluator(suite), run_dir=tmp_path / "run", every_n_steps=every_n_steps
+        )
         callbacks.insert(0, drift)
     trainer = pl.Trainer(
         max_epochs=2,
@@ -135,6 +138,28 @@ def test_two_epochs_write_base_and_epoch_records_and_restore_state(tokenizer, tm
     keys = set(rows[0])
     assert {"drift/ssr_arc_easy/acc", "drift/self_drift/nll", "drift_delta/self_drift/nll"} <= keys
     assert sum(1 for r in rows if r["drift/self_drift/nll"]) == 3
+
+
+def test_every_n_steps_adds_evaluations_along_training_that_leave_it_unchanged(tokenizer, tmp_path):
+    _, _, weights, _ = _fit(tokenizer, tmp_path / "a", suite={**SUITE, "limits": 1}, every_n_steps=3)
+    _, _, weights_plain, _ = _fit(tokenizer, tmp_path / "b", with_drift=False)
+    payload = json.loads((tmp_path / "a" / "run" / "drift.json").read_text())
+    # 4 steps per epoch: steps 3 and 6 inside the epochs; 4 and 8 are the epochs' own evaluations
+    assert [(r["stage"], r["step"]) for r in payload["steps"]] == [("step", 3), ("step", 6)]
+    assert [r["step"] for r in payload["epochs"]] == [4, 8]
+    assert payload["steps"][0]["delta"]["self_drift"]["nll"] == pytest.approx(
+        payload["steps"][0]["scores"]["self_drift"]["nll"] - payload["base"]["scores"]["self_drift"]["nll"]
+    )
+    assert sorted(p.name for p in (tmp_path / "a" / "run" / "eval_items").iterdir()) == [
+        "base",
+        "epoch_0",
+        "epoch_1",
+        "step_3",
+        "step_6",
+    ]
+    assert torch.equal(weights, weights_plain)  # evaluating along the way changes no training step
+    with pytest.raises(ValueError, match="every_n_steps"):
+        GeneralizationDriftCallback(_evaluator(), every_n_steps=-1)
 
 
 def test_base_evaluation_is_reused_across_runs_and_timed(tokenizer, tmp_path, monkeypatch):
@@ -213,7 +238,7 @@ def test_from_eval_config(tokenizer):
     def drift_of(*overrides):
         with initialize_config_dir(config_dir=str(conf), version_base=None):
             cfg = compose(config_name="train", overrides=["paths.output_dir=/tmp/unused", *overrides])
-        evaluator = Evaluator.from_config(cfg, [], {})
+        evaluator = build(cfg.eval)(val_records=[], ood={})
         return instantiate_callbacks(cfg.callbacks, evaluator=evaluator, config={}, run_record=None)["drift"]
 
     cb = drift_of("eval.callback.every_n_epochs=2")
@@ -331,10 +356,10 @@ def test_final_settings_replace_the_per_epoch_limits_whole(tokenizer):
         ]
     )
     final = final_settings(cfg.eval)
-    assert final.suite.limits == {"default": 50}  # not merged with the per-epoch ssr_arc_easy: 8
-    assert final.suite.tasks == cfg.eval.suite.tasks and final.self_drift.limit is None
-    assert final.kl_task == cfg.eval.kl_task
-    evaluator = Evaluator.from_config(cfg, [], {})
+    assert final["suite"]["limits"] == {"default": 50}  # not merged with the per-epoch ssr_arc_easy: 8
+    assert final["suite"]["tasks"] == list(cfg.eval.suite.tasks) and final["self_drift"]["limit"] is None
+    assert final["kl_task"] == dict(cfg.eval.kl_task)
+    evaluator = build(cfg.eval)(val_records=[], ood={})
     assert evaluator.final.suite.limits == {"default": 50} and evaluator.final.task_sets == {}
     assert evaluator.suite.limits["ssr_arc_easy"] == 8
     with pytest.raises(KeyError, match=r"eval\.final keys.*tasks"):

@@ -7,7 +7,6 @@ from omegaconf import OmegaConf
 
 from conftest import compose
 from ssr.cli import guard
-from ssr.eval import task_sets as task_sets_mod
 from ssr.runtime import hardware
 
 
@@ -67,13 +66,14 @@ def test_sample_seed_gives_every_run_seed_the_same_rows_and_eval_items():
 
     assert rows(1) != rows(2)  # default: each run seed draws its own sample
     assert rows(1, "data.sample_seed=0") == rows(2, "data.sample_seed=0")
-    cfg = compose(["eval.tasks.max_rows=4"])
-    val = load_records(cfg.data, "val", 0)
-    for seed in (1, 2):
-        cfg.seed = seed
-        assert [r.id for r in task_sets_mod.task_sets(cfg, val)["in_domain"]] == [
-            r.id for r in task_sets_mod.task_sets(compose(["eval.tasks.max_rows=4"]), val)["in_domain"]
-        ]
+    from ssr.cli._hydra import build
+
+    def eval_ids(seed):
+        cfg = compose(["eval.tasks.max_rows=4", f"seed={seed}"])
+        evaluator = build(cfg.eval)(val_records=load_records(cfg.data, "val", 0), ood={})
+        return [r.id for r in evaluator.task_sets["in_domain"]]
+
+    assert eval_ids(1) == eval_ids(2) and len(eval_ids(1)) == 4  # fixed items, whatever the run seed
 
 
 def _sweep_params(cfg) -> dict[str, list[str]]:
@@ -118,3 +118,29 @@ def test_replication_v2_sweep_gives_every_method_the_same_budget_and_a_grid():
     # per epoch: the small defaults of conf/eval/suite/local.yaml; the final one is off in phase 1
     assert cfgs["ssr"].eval.suite.limits == compose([]).eval.suite.limits
     assert not compose(["experiment=cpu_replication_v2"]).eval.final.enabled
+
+
+def test_replication_v3_learns_a_learnable_task_and_follows_forgetting_along_training():
+    from ssr.cli._hydra import build, load_records
+
+    params = _sweep_params(compose(["experiment=cpu_replication_v3"]))
+    methods = params["method"]
+    assert set(methods) == {"sft", "ssr", "sdft", "s3ft", "dft", "self_only"}
+    lrs = sorted(float(v) for v in params["optim.lr"])
+    assert len(lrs) >= 3 and 4 <= round(lrs[-1] / lrs[0], 6) <= 10
+    phase2 = ["experiment=cpu_replication_v3", "eval.final.enabled=true", "seed=2"]
+    cfgs = {m: compose([*phase2, f"method={m}", f"optim.lr={lrs[1]}"]) for m in methods}
+    for key in ("peft", "optim", "trainer", "data", "eval", "generator"):  # the same budget for all
+        assert len({str(_plain(c, key)) for c in cfgs.values()}) == 1, key
+    cfg = cfgs["ssr"]
+    assert cfg.data.train.unanswerables == "swapped" and cfg.data.val.unanswerables == "swapped"
+    assert cfg.eval.callback.every_n_steps > 0  # an evaluation interval inside the epochs
+    # the lr-selection rows and the reported test rows are disjoint in-domain validation rows
+    val = load_records(cfg.data, "val", cfg.seed)
+    sets = build(cfg.eval)(val_records=val, ood={}).task_sets
+    assert len(sets["in_domain"]) == cfg.eval.tasks.max_rows
+    assert len(sets["in_domain_val"]) == cfg.eval.tasks.selection_rows
+    assert not {r.id for r in sets["in_domain"]} & {r.id for r in sets["in_domain_val"]}
+    final = cfg.eval.final
+    assert final.enabled and final.self_drift.limit is None and final.kl_task.max_rows is None
+    assert final.suite.limits.default >= 300 and final.suite.limits.ssr_mmlu >= 20

@@ -9,10 +9,10 @@ import pytest
 
 from ssr.cli.report import main as report_main
 from ssr.eval.items import ItemSink
-from ssr.report.grid import choose_lr, task_keys_for
+from ssr.report.grid import choose_lr
 from ssr.report.paired import change_rows, difference_rows, measures
 from ssr.report.pareto import pareto_points
-from ssr.report.runs import find_runs
+from ssr.report.runs import find_runs, task_keys
 
 BASE_ARC = [1.0] * 12 + [0.0] * 8  # 20 documents, 12 right
 
@@ -93,7 +93,7 @@ def _sweep(root: Path) -> None:
 def test_lr_is_chosen_on_the_task_score_and_stats_are_paired(tmp_path):
     _sweep(tmp_path)
     runs = find_runs([tmp_path])
-    keys = task_keys_for(runs)
+    keys = task_keys(runs)
     assert choose_lr(runs, keys) == {"sft": 1e-3, "ssr": 1e-4}  # recall 0.6 > 0.4, drift ignored
     chosen = [r for r in runs if (r.method, r.lr) in {("sft", 1e-3), ("ssr", 1e-4)}]
     groups = {
@@ -194,3 +194,26 @@ def test_pareto_front_per_drift_measure():
         k: [i for i, p in enumerate(points) if on_front(p, points, k)] for k in points[0] if k != "task_gain"
     }
     assert front == {"benchmark_change": [0, 1], "self_drift": [0, 1], "kl_task": [0, 1, 2]}
+
+
+def test_the_lr_is_chosen_on_validation_rows_disjoint_from_the_reported_test_rows():
+    from ssr.data.records import Record
+    from ssr.eval.task_sets import TaskMetricsConfig, task_sets
+    from ssr.report.grid import report_keys, selection_keys
+
+    val = [Record(id=f"v{i}", question="?", gold="g", answerable=i % 2 == 0) for i in range(20)]
+    sets = task_sets(TaskMetricsConfig(max_rows=8, selection_rows=6), val, {})
+    test_ids, val_ids = {r.id for r in sets["in_domain"]}, {r.id for r in sets["in_domain_val"]}
+    assert len(test_ids) == 8 and len(val_ids) == 6 and not test_ids & val_ids
+    assert sum(not r.answerable for r in sets["in_domain_val"]) == 3  # balanced
+    assert sets["in_domain"] == task_sets(TaskMetricsConfig(max_rows=8), val, {})["in_domain"]  # unchanged
+    with pytest.raises(ValueError, match="selection_rows=20: only 12 validation rows"):
+        task_sets(TaskMetricsConfig(max_rows=8, selection_rows=20), val, {})
+    keys = [
+        "tasks/in_domain/answer_recall",
+        "tasks/in_domain_val/answer_recall",
+        "tasks/ood_nq/answer_recall",
+    ]
+    assert selection_keys(keys) == ["tasks/in_domain_val/answer_recall"]
+    assert report_keys(keys) == ["tasks/in_domain/answer_recall"]
+    assert selection_keys(keys[:1]) == keys[:1]  # older runs: chosen on the reported rows

@@ -108,6 +108,10 @@ def _before_the_layout(tree):
 
 
 def test_a_run_started_before_the_layout_move_resumes(tmp_path, no_model_loading):
+    """A config as checkpoints wrote it before the layout: classes at their old place, ``_convert_``
+    keys, and none of the keys the layout added (the eval node's plumbing, schema defaults that the
+    YAML did not name). It resumes as the same run; a real change is still one, named alone."""
+    from ssr.cli.schemas import implicit_defaults
     from ssr.training.fingerprint import (
         ResumeMismatchError,
         check_resume,
@@ -117,15 +121,23 @@ def test_a_run_started_before_the_layout_move_resumes(tmp_path, no_model_loading
     )
 
     config = _before_the_layout(make_record(_cfg())["config"])
+    for key in ("_target_", "_partial_", "prompt", "max_length", "data_root"):
+        del config["eval"][key]
+    del config["optim"]["betas"]
+    for key in ("server", "base_urls", "gguf", "timeout_s", "llama_cpp", "fidelity_sample"):
+        del config["generator"][key]
+    for group in ("model", "generator", "data", "module"):
+        config[group]["_convert_"] = "all"
     assert config["data"]["_target_"] == "ssr.datamodule.SSRDataModule"
     assert config["generator"]["_target_"] == "ssr.generation.GeneratorConfig"
     write_run_record(tmp_path, {"fingerprint": fingerprint_of(config), "config": config})
-    assert (
-        check_resume(_cfg("ckpt_path=last"), tmp_path, None)["fingerprint"]
-        == make_record(_cfg())["fingerprint"]
-    )
-    with pytest.raises(ResumeMismatchError) as err:  # a real change is still one, named alone
-        check_resume(_cfg("ckpt_path=last", "optim.lr=1e-3"), tmp_path, None)
+    implicit = implicit_defaults()
+    resumed = check_resume(_cfg("ckpt_path=last"), tmp_path, None, implicit)
+    assert resumed["fingerprint"] == make_record(_cfg())["fingerprint"]
+    with pytest.raises(ResumeMismatchError):  # without the schema defaults, the added keys differ
+        check_resume(_cfg("ckpt_path=last"), tmp_path, None)
+    with pytest.raises(ResumeMismatchError) as err:
+        check_resume(_cfg("ckpt_path=last", "optim.lr=1e-3"), tmp_path, None, implicit)
     assert "optim.lr: 0.0002 -> 0.001" in str(err.value) and "_target_" not in str(err.value)
 
 

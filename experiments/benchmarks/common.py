@@ -27,18 +27,26 @@ for _k, _v in OFFLINE_ENV.items():
 os.environ.setdefault("SSR_DATA_ROOT", "/work/shared/data")
 
 
-def shipped(path: str) -> Any:
-    """A file of the shipped config tree (``conf/``), so the benchmark runs what users run."""
-    from omegaconf import OmegaConf
+def shipped(*overrides: str) -> Any:
+    """The shipped config tree (``conf/``) composed as ``ssr-train`` composes it (schema defaults
+    included), with ``overrides``: the benchmark runs what users run."""
+    import sys
 
-    return OmegaConf.load(REPO / "conf" / path)
+    sys.path.insert(0, str(REPO / "src"))
+    from hydra import compose, initialize_config_dir
+
+    from ssr.cli._hydra import CONF_DIR
+
+    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+        return compose(config_name="train", overrides=list(overrides))
 
 
 # The same adapter, learning rate and row length for every contender, read from the shipped
-# config: LoRA (conf/peft/lora.yaml), optim.lr (conf/train.yaml), SQuAD rows (conf/data/squad_v2.yaml).
-LORA: dict[str, Any] = dict(shipped("peft/lora.yaml"))
-LR = float(shipped("train.yaml").optim.lr)
-MAX_LENGTH = int(shipped("data/squad_v2.yaml").max_length)
+# config: LoRA (conf/peft/lora.yaml), optim.lr (OptimConfig), SQuAD rows (conf/data/squad_v2.yaml).
+_SQUAD = shipped("data=squad_v2")
+LORA: dict[str, Any] = {k: v for k, v in _SQUAD.peft.items() if not str(k).startswith("_")}
+LR = float(_SQUAD.optim.lr)
+MAX_LENGTH = int(_SQUAD.data.max_length)
 
 
 def squad_path() -> Path:

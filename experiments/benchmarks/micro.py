@@ -9,7 +9,7 @@ import statistics
 import time
 from typing import Any
 
-from common import LORA, MAX_LENGTH, REPO, FlopModel, bench_records, cpu_seconds, loadavg
+from common import LORA, MAX_LENGTH, FlopModel, bench_records, cpu_seconds, loadavg
 
 
 def _timed(fn: Any) -> tuple[Any, float, float]:
@@ -441,7 +441,6 @@ def run_drift(args: dict[str, Any]) -> dict[str, Any]:
     if importlib.util.find_spec("ssr.eval.drift_callback") is None:
         return {"pending": "ssr.eval.drift_callback is not in this checkout (branch evalsuite not merged)"}
     import torch
-    import yaml
 
     from ssr.eval.evaluate import evaluate_model
     from ssr.eval.self_drift import SelfDriftConfig, build_reference
@@ -449,11 +448,14 @@ def run_drift(args: dict[str, Any]) -> dict[str, Any]:
     from ssr.models.loading import ModelSpec, apply_peft, cast_frozen_linear_weights, load_model
 
     fraction = float(args.get("fraction", 1.0))
-    conf = REPO / "conf" / "eval"
-    suite_cfg = yaml.safe_load((conf / "suite" / "local.yaml").read_text())
+    from common import shipped
+    from omegaconf import OmegaConf
+
+    evaluation = shipped().eval  # the main job's evaluation settings, as composed
+    suite_cfg = OmegaConf.to_container(evaluation.suite)
     suite = SuiteConfig.from_mapping(suite_cfg)
     scaled = SuiteConfig.from_mapping({**suite_cfg, "limits": _scaled_limits(suite.limits, fraction)})
-    drift_cfg = yaml.safe_load((conf / "default.yaml").read_text()).get("self_drift") or {}
+    drift_cfg = OmegaConf.to_container(evaluation.self_drift)
     drift = SelfDriftConfig.from_mapping(drift_cfg)
     model, tok = load_model(ModelSpec(name_or_path=args["model"]))
     model = apply_peft(model, dict(LORA))

@@ -11,6 +11,7 @@ from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
+from ssr.cli.schemas import register
 from ssr.data.adapters import sample_rows
 from ssr.data.records import Record
 from ssr.runtime.precision import PrecisionChoice, lightning_precision
@@ -38,6 +39,7 @@ def conf_dir() -> str:
 
 
 CONF_DIR = conf_dir()
+register()  # the dataclass-backed nodes' schemas, before any composition (ssr.cli.schemas)
 
 
 def to_dict(node: Any) -> Any:

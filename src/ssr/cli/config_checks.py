@@ -140,6 +140,8 @@ RULES: tuple[Rule, ...] = (
     _rule("judge.max_document_chars", int_at_least(1)),
     # evaluation
     _rule("eval.callback.every_n_epochs", int_at_least(1)),
+    _rule("eval.callback.every_n_steps", int_at_least(0)),
+    _rule("eval.tasks.selection_rows", int_at_least(0)),
     _rule("eval.tasks.max_rows", int_at_least(1)),
     _rule("eval.tasks.ood_max_rows", int_at_least(1)),
     _rule("eval.tasks.max_new_tokens", int_at_least(1)),
@@ -258,8 +260,9 @@ def check_method(cfg: DictConfig) -> list[str]:
         return []
     try:
         fields = OmegaConf.to_container(node, resolve=True)
-        fields.pop("_target_", None)
-        method = MethodConfig(**fields)
+        method = MethodConfig(
+            **{k: v for k, v in fields.items() if not k.startswith("_")}
+        )  # no _target_ etc.
     except (TypeError, ValueError) as err:
         return [f"method: {_one_line(err)}"]
     if method.needs_judge and not cfg.get("judge"):

@@ -10,7 +10,6 @@ or into the run directory for a base model.
 from __future__ import annotations
 
 import logging
-import os
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -19,9 +18,9 @@ import hydra
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 
-from ssr.cli._hydra import CONF_DIR, load_records, resolve_precision
+from ssr.cli._hydra import CONF_DIR, build, load_records, resolve_precision
 from ssr.cli.guard import exits_on_config_error, preflight_stage
-from ssr.eval.evaluator import Evaluator, eval_summary, write_json
+from ssr.eval.evaluator import eval_summary, write_json
 from ssr.eval.items import ITEMS_DIR, ItemSink
 from ssr.models.loading import adapter_base_spec, load_model
 
@@ -41,8 +40,8 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
         from peft import PeftModel
 
         model = PeftModel.from_pretrained(model, adapter)
-    os.environ["SSR_DATA_ROOT"] = str(Path(cfg.paths.data_root).resolve())  # the local lm-eval tasks
-    evaluator = Evaluator.from_config(cfg, load_records(cfg.data, "val", cfg.seed))
+    ood = {str(name): build(node) for name, node in cfg.data.ood.items()}
+    evaluator = build(cfg.eval)(val_records=load_records(cfg.data, "val", cfg.seed), ood=ood)
     out = Path(adapter) if adapter else Path(cfg.paths.output_dir)
     items = ItemSink(out / ITEMS_DIR, "eval")  # per-item results, as in a training run's evaluations
     record = evaluator.evaluate(model, tokenizer, "eval", precision=precision, items=items)

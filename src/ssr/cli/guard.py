@@ -31,6 +31,7 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
 from ssr.cli.config_checks import check_config
+from ssr.cli.schemas import implicit_defaults
 from ssr.runtime import hardware
 from ssr.runtime.configs import ConfigError
 from ssr.training.fingerprint import check_resume, write_run_record
@@ -85,7 +86,7 @@ def preflight_train(cfg: DictConfig, run_dir: Path, ckpt: str | None) -> dict[st
     """Every check of ``ssr-train`` (config, resume fingerprint, endpoints); writes
     ``run_fingerprint.json`` and returns the run record the checkpoints carry."""
     check_config(cfg)
-    record = check_resume(cfg, run_dir, ckpt)
+    record = check_resume(cfg, run_dir, ckpt, implicit_defaults())
     check_endpoints(cfg)
     if _is_rank_zero():
         write_run_record(run_dir, record)
@@ -270,7 +271,7 @@ class PreflightCallback(Callback):
                 from ssr.cli._run import resume_checkpoint
 
                 run_dir = Path(cfg.paths.output_dir)
-                check_resume(cfg, run_dir, resume_checkpoint(cfg, run_dir))
+                check_resume(cfg, run_dir, resume_checkpoint(cfg, run_dir), implicit_defaults())
         except Exception as err:
             error = user_error(err)
             if error is None:  # not a setting: the entry point's own checks will report it

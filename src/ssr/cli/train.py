@@ -9,7 +9,6 @@ from their groups, and ``trainer.fit``. docs/architecture.md maps every config g
 from __future__ import annotations
 
 import logging
-import os
 import time
 from pathlib import Path
 from typing import Any
@@ -21,7 +20,6 @@ from omegaconf import DictConfig
 from ssr.cli._hydra import CONF_DIR, build, resolve_precision, to_dict
 from ssr.cli._run import local_processes, release_memory, resume_checkpoint
 from ssr.cli.guard import check_launch, check_trainer, exits_on_config_error, preflight_train
-from ssr.eval.evaluator import Evaluator
 from ssr.runtime.hardware import configure_threads
 from ssr.training.callbacks import TrackerLogging, instantiate_callbacks
 from ssr.training.summary import write_summary
@@ -42,9 +40,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
 
     datamodule = build(cfg.data)
     module = build(cfg.module)
-    os.environ["SSR_DATA_ROOT"] = str(Path(cfg.paths.data_root).resolve())  # the local lm-eval tasks
     enabled = cfg.eval.callback.enabled  # off: the eval settings are not read at all
-    evaluator = Evaluator.from_config(cfg, datamodule.val_records, datamodule.ood) if enabled else None
+    evaluator = build(cfg.eval)(val_records=datamodule.val_records, ood=datamodule.ood) if enabled else None
     runtime = {"config": to_dict(cfg), "run_record": run_record, "evaluator": evaluator}
     callbacks = instantiate_callbacks(cfg.callbacks, **runtime)
     loggers = [build(node) for node in cfg.logger.values() if node is not None]

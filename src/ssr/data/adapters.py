@@ -12,7 +12,7 @@ import json
 import logging
 import random
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +28,7 @@ from ssr.data.formats import (
 )
 from ssr.data.prompts import DEFAULT_UNANSWERABLE
 from ssr.data.records import Record
+from ssr.data.textmatch import normalize_answer
 from ssr.runtime.hashing import content_hash
 
 __all__ = ["DataError", "LoadReport", "embedded_grounded_qa", "hub", "jsonl", "quac", "squad_v2", "subsample"]
@@ -140,8 +141,22 @@ def squad_v2(
     seed: int = 0,
     unanswerable_sentence: str = DEFAULT_UNANSWERABLE,
     on_error: str = "raise",
+    unanswerables: str = "original",
+    swap_share: float = 0.5,
 ) -> list[Record]:
-    """SQuAD 2.0 JSON; ``split`` train/test/all partitions by article title."""
+    """SQuAD 2.0 JSON; ``split`` train/test/all partitions by article title.
+
+    ``unanswerables``: ``original`` keeps SQuAD 2.0's own (written adversarially to look
+    answerable); ``swapped`` drops them and makes ``swap_share`` of the answerable questions
+    unanswerable by pairing each with a passage of another article of the same split that holds
+    none of its answers (:func:`swapped_unanswerables`: the construction of the paper's NQ variant,
+    learnable by a small model)."""
+    if unanswerables not in UNANSWERABLES:
+        raise ValueError(f"unanswerables={unanswerables!r}; valid choices: {', '.join(UNANSWERABLES)}")
+    if unanswerables == "swapped":
+        kept = squad_v2(path, split, test_fraction, seed, unanswerable_sentence, on_error)
+        answerable = [r for r in kept if r.answerable]
+        return swapped_unanswerables(answerable, swap_share, seed, unanswerable_sentence)
     file = Path(path)
     data = _load_json_file(file)
     if not isinstance(data, dict) or not isinstance(data.get("data"), list):
@@ -176,6 +191,60 @@ def squad_v2(
                     )
 
     return _collect(rows(), str(file), on_error)
+
+
+UNANSWERABLES = ("original", "swapped")
+
+
+def swapped_unanswerables(
+    records: list[Record], share: float, seed: int, unanswerable_sentence: str = DEFAULT_UNANSWERABLE
+) -> list[Record]:
+    """``records`` (answerable, each with a document) with ``share`` of them made unanswerable: the
+    question paired with the document of another group (``meta["title"]``, else another document)
+    that contains none of its answers (normalised, as whole words), the gold the unanswerable
+    sentence. Deterministic in ``seed``; ids get ``:swapped``, ``meta["swapped_from"]`` names the
+    row whose document was borrowed. A question is kept once, answerable or swapped."""
+    if not 0.0 <= share <= 1.0:
+        raise ValueError(f"swap_share={share}: must be in [0, 1]")
+    bad = next((r for r in records if not r.answerable or not r.document), None)
+    if bad is not None:
+        raise DataError(f"swapped unanswerables need answerable rows with a document; row {bad.id!r} is not")
+    rng = random.Random(content_hash("swap", seed))
+    order = list(range(len(records)))
+    rng.shuffle(order)
+    swap = set(order[: round(share * len(records))])
+    group = [r.meta.get("title", r.document) for r in records]
+    text = [f" {normalize_answer(r.document)} " for r in records]  # whole words: " p " is not in "up"
+    out: list[Record] = []
+    for i, record in enumerate(records):
+        if i not in swap:
+            out.append(record)
+            continue
+        answers = [
+            f" {a} " for a in (normalize_answer(x) for x in record.meta.get("answers") or [record.gold]) if a
+        ]
+        start = rng.randrange(len(order))
+        donor = next(
+            (
+                j
+                for j in order[start:] + order[:start]
+                if group[j] != group[i] and not any(a in text[j] for a in answers)
+            ),
+            None,
+        )
+        if donor is None:
+            raise DataError(f"row {record.id!r}: no document of another group lacks its answers")
+        out.append(
+            replace(
+                record,
+                id=f"{record.id}:swapped",
+                gold=unanswerable_sentence,
+                document=records[donor].document,
+                answerable=False,
+                meta={**record.meta, "answers": [], "swapped_from": records[donor].id},
+            )
+        )
+    return out
 
 
 def _squad_record(qa: dict, para: dict, where: str, title: str, unanswerable: str) -> Record:

@@ -1,4 +1,5 @@
-"""Lightning callback: evaluate the base model at fit start and the model after every n epochs.
+"""Lightning callback: evaluate the base model at fit start and the model after every n epochs
+(and, with ``every_n_steps``, every n optimizer steps: forgetting along training).
 
 The scores come from :class:`ssr.eval.evaluator.Evaluator` (suite + self-drift + kl_task + task
 metrics; per-item results under ``<run>/eval_items/<base|epoch_n>/``, :mod:`ssr.eval.items`);
@@ -9,6 +10,7 @@ a W&B table for W&B loggers, and written to ``drift.json`` (and the task metrics
     {"suite": {...}, "self_drift": {...}, "kl_task": {...}, "ifeval": {...},
      "base": {"stage": "base", "epoch": -1, "step": 0, "scores": {task: {metric: value}}},
      "epochs": [{"stage": "epoch", "epoch": 0, "step": 40, "scores": {...}, "delta": {...}}, ...],
+     "steps": [{"stage": "step", "epoch": 0, "step": 10, "scores": {...}, "tasks": {...}, "delta": ...}, ...],
      "final": {"settings": {"suite", "self_drift", "kl_task", "ifeval"}, "base": {...}, "model": {..., "delta"}}}
 
 ``final`` is there when ``eval.final`` is enabled: the base and the trained model evaluated once
@@ -34,7 +36,7 @@ from lightning.pytorch.loggers import WandbLogger
 
 from ssr.eval.evaluator import SELF_DRIFT_KEY, EvalRecord, Evaluator, eval_summary, write_json
 from ssr.eval.ifeval import Replies
-from ssr.eval.items import FINAL_BASE_TAG, FINAL_TAG, ITEMS_DIR, ItemSink, epoch_tag
+from ssr.eval.items import FINAL_BASE_TAG, FINAL_TAG, ITEMS_DIR, ItemSink, epoch_tag, step_tag
 from ssr.eval.self_drift import SelfDriftReference, is_peft
 from ssr.eval.suite import Scores
 from ssr.runtime.precision import trainer_autocast
@@ -89,6 +91,10 @@ def table_rows(records: list[EvalRecord]) -> list[list[Any]]:
 class GeneralizationDriftCallback(pl.Callback):
     """Track generalisation drift during fine-tuning (base at fit start, then every n epochs).
 
+    ``every_n_steps`` (0: off) adds an evaluation, task metrics included, every n optimizer steps
+    inside an epoch (not at its last batch: the epoch's own evaluation follows there), so a run
+    yields curves of task gain and of each drift measure against steps (``drift.json`` ``steps``).
+
     ``mixed_precision``: ``auto`` follows the trainer (``bf16-mixed`` -> bf16 autocast), or an
     :mod:`ssr.runtime.precision` setting; ``run_dir``: where ``drift.json`` goes (default
     ``trainer.default_root_dir``); ``tokenizer``: default ``trainer.datamodule.tokenizer``.
@@ -102,9 +108,13 @@ class GeneralizationDriftCallback(pl.Callback):
         mixed_precision: str = "auto",
         enabled: bool = True,
         tokenizer: Any = None,
+        every_n_steps: int = 0,
     ) -> None:
         if every_n_epochs < 1:
             raise ValueError(f"every_n_epochs must be >= 1, got {every_n_epochs}")
+        if every_n_steps < 0:
+            raise ValueError(f"every_n_steps must be >= 0 (0: off), got {every_n_steps}")
+        self.every_n_steps = every_n_steps
         self.evaluator, self.every_n_epochs, self.mixed_precision = evaluator, every_n_epochs, mixed_precision
         self.run_dir = Path(run_dir) if run_dir else None
         self.active, self.tokenizer = enabled, tokenizer
@@ -135,6 +145,16 @@ class GeneralizationDriftCallback(pl.Callback):
 
     def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._epoch_started = time.perf_counter()
+
+    def on_train_batch_end(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
+        step = trainer.global_step
+        if not self.every_n_steps or not step or step % self.every_n_steps or trainer.is_last_batch:
+            return
+        if any(r["step"] == step for r in self.records):  # gradient accumulation: once per step
+            return
+        self._evaluate(trainer, pl_module, "step")
 
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if (trainer.current_epoch + 1) % self.every_n_epochs == 0:
@@ -234,11 +254,11 @@ class GeneralizationDriftCallback(pl.Callback):
         return ev.evaluate(
             model,
             tokenizer,
-            "epoch",
+            stage,
             precision=precision,
             epoch=trainer.current_epoch,
             step=trainer.global_step,
-            with_tasks=last or ev.tasks.every_epoch,
+            with_tasks=stage == "step" or last or ev.tasks.every_epoch,
             items=items,
         )
 
@@ -283,7 +303,9 @@ class GeneralizationDriftCallback(pl.Callback):
 
     def _items(self, trainer: pl.Trainer, stage: str) -> ItemSink:
         """Where this evaluation's per-item results go (``<run>/eval_items/<base|epoch_n>/``)."""
-        tag = "base" if stage == "base" else epoch_tag(trainer.current_epoch)
+        tag = {"base": "base", "step": step_tag(trainer.global_step)}.get(stage) or epoch_tag(
+            trainer.current_epoch
+        )
         return ItemSink(self._run_dir(trainer) / ITEMS_DIR, tag)
 
     def _log(self, trainer: pl.Trainer, record: EvalRecord) -> None:
@@ -319,7 +341,8 @@ class GeneralizationDriftCallback(pl.Callback):
         path = self._run_dir(trainer) / DRIFT_FILE
         path.parent.mkdir(parents=True, exist_ok=True)
         base = self.base_scores
-        epochs = [r for r in self.records if r["stage"] != "base"]
+        epochs = [r for r in self.records if r["stage"] == "epoch"]
+        steps = [r for r in self.records if r["stage"] == "step"]
         write_json(
             path,
             {
@@ -329,6 +352,15 @@ class GeneralizationDriftCallback(pl.Callback):
                 "ifeval": asdict(self.evaluator.ifeval.cfg),
                 "base": next((r for r in self.records if r["stage"] == "base"), None),
                 "epochs": [{**r, "delta": score_deltas(r["scores"], base) if base else None} for r in epochs],
+                **(
+                    {
+                        "steps": [
+                            {**r, "delta": score_deltas(r["scores"], base) if base else None} for r in steps
+                        ]
+                    }
+                    if steps
+                    else {}
+                ),
                 **({"final": self._final_payload()} if self.final_records else {}),
             },
         )

@@ -23,14 +23,13 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from omegaconf import DictConfig, OmegaConf
 
 from ssr.data.prompts import PromptConfig, prompt_token_budget
 from ssr.data.records import Record
 from ssr.eval.grounded import evaluate_grounded
 from ssr.eval.ifeval import IFEVAL_KEY, IFEval, IFEvalConfig
 from ssr.eval.items import LM_EVAL_PREFIX, ItemSink, lm_eval_rows
-from ssr.eval.kl_task import KL_TASK_KEY, KLTask, KLTaskConfig, own_answer_rows
+from ssr.eval.kl_task import KL_TASK_KEY, KLTask, KLTaskConfig
 from ssr.eval.self_drift import (
     SelfDriftConfig,
     SelfDriftReference,
@@ -90,40 +89,55 @@ class Evaluator:
         self.final: Evaluator | None = None  # eval.final: the larger evaluation after the last epoch
 
     @classmethod
-    def from_config(
-        cls, cfg: DictConfig, val_records: list[Record], ood: dict[str, list[Record]] | None = None
+    def from_settings(
+        cls,
+        *,
+        suite: Any,
+        self_drift: Any,
+        tasks: Any,
+        kl_task: Any,
+        prompt: PromptConfig,
+        max_length: int,
+        data_root: str,
+        val_records: list[Record],
+        ood: dict[str, list[Record]],
+        ifeval: Any = None,
+        final: Any = None,
+        callback: Any = None,
     ) -> Evaluator:
-        """From the composed run config: ``eval`` (suite, self_drift, tasks, kl_task, final,
-        callback.cache_base), ``prompt``, ``data`` (``max_length`` and the ``ood`` sets) and
-        ``paths.data_root``."""
-        from hydra.utils import instantiate
-
-        ev = cfg.eval
-        tasks = checked_dataclass(TaskMetricsConfig, ev.tasks, "eval.tasks")
-        budget = tasks.max_prompt_tokens or prompt_token_budget(cfg.data.max_length, tasks.max_new_tokens)
+        """Built by ``instantiate(cfg.eval)`` (a ``_partial_`` node: ``conf/eval/default.yaml``
+        interpolates ``prompt``, ``data.max_length`` and ``paths.data_root``); the recipe completes it
+        with the run's records: the in-domain validation rows and the ``data.ood`` sets. ``callback``
+        holds the drift callback's settings, of which the evaluator reads ``cache_base``."""
+        tasks = checked_dataclass(TaskMetricsConfig, tasks, "eval.tasks")
+        budget = tasks.max_prompt_tokens or prompt_token_budget(max_length, tasks.max_new_tokens)
         shared = {
             "tasks": tasks,
-            "prompt": instantiate(cfg.prompt),
+            "prompt": prompt,
             "max_prompt_tokens": budget,
-            "data_root": str(Path(cfg.paths.data_root).resolve()),
-            "cache_base": ev.callback.cache_base,
+            "data_root": str(Path(data_root).resolve()),
+            "cache_base": bool(plain_config(callback or {}).get("cache_base", True)),
         }
         evaluator = cls(
-            suite=checked_dataclass(SuiteConfig, ev.suite, "eval suite"),
-            self_drift=checked_dataclass(SelfDriftConfig, ev.self_drift, "self_drift"),
-            task_sets=task_sets(cfg, val_records, ood),
-            kl_task=checked_dataclass(KLTaskConfig, ev.kl_task, "eval.kl_task"),
-            ifeval=checked_dataclass(IFEvalConfig, _ifeval_node(ev), "eval.ifeval"),
+            suite=checked_dataclass(SuiteConfig, suite, "eval suite"),
+            self_drift=checked_dataclass(SelfDriftConfig, self_drift, "self_drift"),
+            task_sets=task_sets(tasks, val_records, ood),
+            kl_task=checked_dataclass(KLTaskConfig, kl_task, "eval.kl_task"),
+            ifeval=checked_dataclass(IFEvalConfig, _ifeval_node(ifeval), "eval.ifeval"),
             **shared,
         )
-        final = final_settings(ev)
-        if final is not None:
+        settings = final_settings(
+            {"suite": suite, "self_drift": self_drift, "kl_task": kl_task, "ifeval": ifeval, "final": final}
+        )
+        if settings is not None:
             evaluator.final = cls(
-                suite=checked_dataclass(SuiteConfig, final.suite, "eval.final.suite"),
-                self_drift=checked_dataclass(SelfDriftConfig, final.self_drift, "eval.final.self_drift"),
+                suite=checked_dataclass(SuiteConfig, settings["suite"], "eval.final.suite"),
+                self_drift=checked_dataclass(
+                    SelfDriftConfig, settings["self_drift"], "eval.final.self_drift"
+                ),
                 task_sets={},
-                kl_task=checked_dataclass(KLTaskConfig, final.kl_task, "eval.final.kl_task"),
-                ifeval=checked_dataclass(IFEvalConfig, final.ifeval, "eval.final.ifeval"),
+                kl_task=checked_dataclass(KLTaskConfig, settings["kl_task"], "eval.final.kl_task"),
+                ifeval=checked_dataclass(IFEvalConfig, settings["ifeval"], "eval.final.ifeval"),
                 **shared,
             )
         return evaluator
@@ -145,14 +159,16 @@ class Evaluator:
         return self.reference
 
     def prepare_kl_task(self, datamodule: Any, tokenizer: Any) -> None:
-        """The training prompts and the base model's own answers that ``kl_task`` scores (once)."""
+        """The training prompts and the base model's own answers that ``kl_task`` scores (once),
+        handed over by the DataModule (``own_answer_rows``: it owns the records, the prompt and the
+        generation cache)."""
         if not self.kl_task.enabled or self.kl_task.rows:
             return
-        if not hasattr(datamodule, "train_records"):
-            log.warning("drift: kl_task skipped (the datamodule has no train_records)")
+        if not hasattr(datamodule, "own_answer_rows"):
+            log.warning("drift: kl_task skipped (the datamodule hands over no own_answer_rows)")
             self.kl_task.cfg.enabled = False
             return
-        ids, rows = own_answer_rows(datamodule, self.kl_task.cfg.max_rows)
+        ids, rows = datamodule.own_answer_rows(self.kl_task.cfg.max_rows)
         self.kl_task.set_rows(ids, rows, pad_token_id(tokenizer))
 
     def drift_scores(
@@ -304,27 +320,27 @@ class Evaluator:
         )
 
 
-def final_settings(ev: DictConfig) -> DictConfig | None:
+def final_settings(ev: Any) -> dict[str, Any] | None:
     """``eval.suite``/``self_drift``/``kl_task`` with ``eval.final``'s keys on top (``None`` when
     ``eval.final.enabled`` is off). A mapping given there (``suite.limits``) replaces the per-epoch
     one whole: the final limits are not mixed with the per-epoch ones."""
-    final = ev.get("final")
-    if final is None or not final.get("enabled", False):
+    final = plain_config(ev.get("final"))
+    if not final or not final.get("enabled", False):
         return None
     unknown = sorted(set(final) - {"enabled", *FINAL_KEYS})
     if unknown:
         raise KeyError(f"unknown eval.final keys {unknown} (known: {['enabled', *FINAL_KEYS]})")
     out = {}
     for key in FINAL_KEYS:
-        node = plain_config(ev[key]) if key != "ifeval" else _ifeval_node(ev)
+        node = dict(plain_config(ev[key]) if key != "ifeval" else _ifeval_node(ev.get("ifeval")))
         node.update(plain_config(final.get(key)) or {})
         out[key] = node
-    return OmegaConf.create(out)
+    return out
 
 
-def _ifeval_node(ev: DictConfig) -> dict[str, Any]:
+def _ifeval_node(node: Any) -> dict[str, Any]:
     """``eval.ifeval`` (off where a saved config predates it)."""
-    return plain_config(ev.get("ifeval")) or {"enabled": False}
+    return plain_config(node) or {"enabled": False}
 
 
 def eval_summary(records: list[EvalRecord], **about: Any) -> dict[str, Any]:

@@ -26,6 +26,7 @@ import torch
 from ssr.eval.items import ItemSink
 from ssr.eval.refusal import leaked, refusal_flags, share
 from ssr.eval.self_drift import base_weights, generate_answers, weights_fingerprint
+from ssr.eval.suite import loaded_tasks, quiet_lm_eval, task_manager
 from ssr.runtime.configs import checked_dataclass
 from ssr.runtime.files import atomic_write_text
 from ssr.runtime.hashing import content_hash
@@ -72,8 +73,6 @@ class Replies:
 
 def ifeval_task(data_root: str | None) -> Any:
     """The packaged lm-eval task (built once per process, like the suite's)."""
-    from ssr.eval.suite import loaded_tasks, quiet_lm_eval, task_manager
-
     with quiet_lm_eval():
         return loaded_tasks(task_manager(False, data_root), [IFEVAL_TASK])[0]
 

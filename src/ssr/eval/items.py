@@ -38,6 +38,11 @@ def epoch_tag(epoch: int) -> str:
     return f"epoch_{epoch}"
 
 
+def step_tag(step: int) -> str:
+    """An evaluation every n optimizer steps (``eval.callback.every_n_steps``)."""
+    return f"step_{step}"
+
+
 class ItemSink:
     """Writes the item files of one evaluation (one ``tag``) under ``root``."""
 

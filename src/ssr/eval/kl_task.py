@@ -21,14 +21,12 @@ from typing import Any
 
 import torch
 
-from ssr.data.tokenize import tokenize_all
 from ssr.eval.self_drift import base_weights, weights_fingerprint
 from ssr.eval.token_nll import Row, row_nll
 from ssr.runtime.files import atomic_write_text
 from ssr.runtime.hashing import content_hash
 from ssr.runtime.paths import cache_root
 from ssr.runtime.precision import autocast_dtype
-from ssr.selection.pipeline import answer_prompts
 
 KL_TASK_KEY = "kl_task"
 
@@ -127,18 +125,3 @@ class KLTask:
         if items is not None:
             items.write(KL_TASK_KEY, rows)
         return {"kl": sum(r["kl"] for r in rows) / len(rows), "n_rows": float(len(rows))}
-
-
-def own_answer_rows(datamodule: Any, max_rows: int | None) -> tuple[list[str], list[Row]]:
-    """The base model's own answers to the first ``max_rows`` training prompts (through the
-    generation cache: no generation where the selection stage already wrote them), tokenized as
-    training tokenizes a target."""
-
-    records = datamodule.train_records[:max_rows] if max_rows else datamodule.train_records
-    with datamodule.base_generator() as generator:
-        prompts = answer_prompts(
-            generator.tokenizer, records, datamodule.prompt, generator.cfg.max_prompt_tokens
-        )
-        answers, _ = generator.generate(prompts)
-    rows, _ = tokenize_all(datamodule.tokenizer, records, answers, datamodule.prompt, datamodule.max_length)
-    return [r.id for r in rows], [(r.input_ids, r.labels) for r in rows]

@@ -40,8 +40,8 @@ class SelfDriftConfig:
 
     enabled: bool = True
     prompts_file: str | None = None  # JSONL with a "prompt" field; None = the packaged set
-    limit: int | None = None  # use only the first n prompts
-    max_new_tokens: int = 64
+    limit: int | None = 16  # use only the first n prompts (None: all 48); the main job's size
+    max_new_tokens: int = 48
     batch_size: int = 16
     reference_path: str | None = None  # a saved reference (e.g. a run's self_drift_reference.json)
     cache: bool = True  # cache the base answers under SSR_CACHE/self_drift

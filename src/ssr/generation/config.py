@@ -10,7 +10,7 @@ from typing import Any
 class DecodingConfig:
     """Decoding settings; part of every generation cache key."""
 
-    max_new_tokens: int = 96
+    max_new_tokens: int = 64
     do_sample: bool = False
     temperature: float = 1.0
     top_p: float = 1.0
@@ -43,18 +43,27 @@ class GeneratorConfig:
     # documents are cut so a prompt has at most this many tokens; null: SSRDataModule sets
     # data.max_length - decoding.max_new_tokens (what training can hold)
     max_prompt_tokens: int | None = None
-    # openai: OpenAI-compatible completions servers (conf/generator/openai.yaml documents each key)
-    server: str = "llama_cpp"  # llama_cpp (started here over `gguf`) | external (at base_urls)
-    base_urls: list[str] = field(default_factory=list)
-    served_model: str | None = None
-    gguf: str | None = None
-    api_key_env: str | None = None
-    max_concurrency: int = 4
+    # openai: OpenAI-compatible completions servers (generator=openai; the keys below are for it)
+    server: str = (
+        "llama_cpp"  # llama_cpp: start llama-cpp-python's server here over `gguf`; external: base_urls
+    )
+    base_urls: list[str] = field(
+        default_factory=list
+    )  # external: e.g. [http://node1:8000/v1,...]; one queue feeds all
+    served_model: str | None = None  # the model name to request; None: the first id of GET /v1/models
+    gguf: str | None = None  # llama_cpp: a GGUF file; None: the embedded SmolLM2-135M-Instruct GGUF
+    api_key_env: str | None = None  # name of the env var holding the API key (never the key); None: no auth
+    max_concurrency: int = 4  # requests in flight per base URL (vLLM: 64+; llama-cpp-python: one at a time)
     timeout_s: float = 300.0
-    max_retries: int = 3
+    max_retries: int = 3  # connect errors, timeouts, 5xx and 429 are retried with exponential backoff
     backoff_s: float = 1.0
-    prompt_format: str = "text"  # text | token_ids
-    extra_body: dict[str, Any] = field(default_factory=dict)
+    prompt_format: str = "text"  # text | token_ids (vLLM, SGLang: the server does not re-tokenize)
+    extra_body: dict[str, Any] = field(
+        default_factory=dict
+    )  # extra request fields, e.g. {add_special_tokens: false}
+    # llama_cpp server options: replicas (servers started, each serving one request at a time; None:
+    # cores / n_threads), n_threads (per server; 1 is fastest for small models), n_ctx, n_batch,
+    # startup_timeout_s (conf/generator/openai.yaml sets them)
     llama_cpp: dict[str, Any] = field(default_factory=dict)
     # rows also generated with generator=hf to report what the server changes (0: off; not for hf)
     fidelity_sample: int = 0

@@ -12,7 +12,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from functools import cached_property
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from ssr.generation.config import DecodingConfig, GeneratorConfig
 from ssr.generation.hf import hf_generate
@@ -30,9 +30,6 @@ from ssr.runtime.cache import JsonlCache, stage_lock
 from ssr.runtime.hardware import cuda_available
 from ssr.runtime.hashing import content_hash
 from ssr.runtime.precision import autocast_dtype as precision_dtype
-
-if TYPE_CHECKING:
-    from ssr.generation.server import ServerGenerator
 
 log = logging.getLogger(__name__)
 

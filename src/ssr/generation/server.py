@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any
 import httpx
 from tqdm.auto import tqdm
 
-from ssr.generation.config import DecodingConfig, check_server_options
+from ssr.generation.config import DecodingConfig, GeneratorConfig, check_server_options
 from ssr.generation.llama_server import LlamaCppServer, llama_cpp_version
 from ssr.models.loading import embedded_gguf_path
 from ssr.runtime.hardware import usable_cores
@@ -37,8 +37,6 @@ from ssr.runtime.hashing import content_hash
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
-
-    from ssr.generation.config import GeneratorConfig
 
 log = logging.getLogger(__name__)
 
@@ -200,7 +198,6 @@ class ServerGenerator:
     # ---- identity -------------------------------------------------------------------------------
     @property
     def gguf(self) -> Path:
-
         return Path(self.cfg.gguf) if self.cfg.gguf else embedded_gguf_path()
 
     def request_fields(self) -> dict[str, Any]:

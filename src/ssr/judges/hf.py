@@ -106,7 +106,6 @@ class HFJudge(Judge):
 
     @staticmethod
     def _anonymous_model_id(cfg: Any) -> str:
-
         name = getattr(cfg, "name_or_path", "") or ""
         return name or f"config:{content_hash(cfg.to_json_string() if cfg is not None else '')}"
 

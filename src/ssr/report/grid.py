@@ -7,8 +7,6 @@ import statistics
 from collections import defaultdict
 from typing import Any
 
-from ssr.report.runs import task_keys
-
 
 def lr_of(run: Any) -> float | None:
     return getattr(run, "lr", None)
@@ -20,13 +18,21 @@ def task_score(run: Any, scores: dict[str, float], keys: list[str]) -> float | N
     return statistics.fmean(vals) if vals else None
 
 
-def task_keys_for(runs: list[Any]) -> list[str]:
-
-    return task_keys(runs)
+def selection_set(task_keys: list[str]) -> str:
+    """The set the lr is chosen on: ``in_domain_val`` (validation rows disjoint from the reported
+    test rows, ``eval.tasks.selection_rows``) where runs have it, else ``in_domain`` (older runs:
+    chosen and reported on the same rows, a selection leak the report states)."""
+    return SELECTION_SET if any(k.split("/")[1] == SELECTION_SET for k in task_keys) else REPORT_SET
 
 
 def selection_keys(task_keys: list[str]) -> list[str]:
-    return [k for k in task_keys if k.split("/")[1] == SELECTION_SET]
+    chosen = selection_set(task_keys)
+    return [k for k in task_keys if k.split("/")[1] == chosen]
+
+
+def report_keys(task_keys: list[str]) -> list[str]:
+    """The in-domain test columns: the task gain that is reported (never the lr's selection rows)."""
+    return [k for k in task_keys if k.split("/")[1] == REPORT_SET]
 
 
 def choose_lr(runs: list[Any], task_keys: list[str]) -> dict[str, float | None]:
@@ -46,4 +52,5 @@ def choose_lr(runs: list[Any], task_keys: list[str]) -> dict[str, float | None]:
     return chosen
 
 
-SELECTION_SET = "in_domain"  # the learning rate is chosen on this task set's validation score
+SELECTION_SET = "in_domain_val"  # the learning rate is chosen on this task set's score
+REPORT_SET = "in_domain"  # the in-domain test rows, reported

@@ -7,7 +7,7 @@ import statistics
 from collections import defaultdict
 from typing import Any
 
-from ssr.report.grid import choose_lr, lr_of, selection_keys, task_score
+from ssr.report.grid import choose_lr, lr_of, report_keys, task_score
 from ssr.report.runs import relative_change
 
 
@@ -18,7 +18,7 @@ def pareto_points(
     measure, whether the point is on the Pareto front (``front``). ``chosen``: the lr per method
     (default: :func:`choose_lr` on these runs)."""
 
-    keys = selection_keys(task_keys)
+    keys = report_keys(task_keys)
     chosen = choose_lr(runs, task_keys) if chosen is None else chosen
     groups: dict[tuple[str, float | None], list[Any]] = defaultdict(list)
     for run in runs:

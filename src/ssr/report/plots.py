@@ -7,7 +7,7 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
-from ssr.report.grid import SELECTION_SET
+from ssr.report.grid import REPORT_SET
 from ssr.report.paired import benchmark_band, self_drift_band
 from ssr.report.pareto import PARETO_PANELS
 from ssr.report.runs import Run, _by_method, benchmark_keys, relative_change
@@ -139,7 +139,7 @@ def plot_pareto(points: list[dict[str, Any]], out_dir: Path, name: str = "pareto
             )
         ax.axhline(0, color="grey", lw=0.8)
         ax.axvline(0, color="grey", lw=0.8)
-        ax.set(title=title, xlabel=f"task gain: {SELECTION_SET} score change (points)")
+        ax.set(title=title, xlabel=f"task gain: {REPORT_SET} score change (points)")
         ax.legend(fontsize=8, title="star = chosen lr", title_fontsize=7)
 
     return save_figure(fig, out_dir, name)

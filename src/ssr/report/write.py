@@ -16,7 +16,8 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from ssr.report.grid import SELECTION_SET, choose_lr
+from ssr.report.curves import has_steps, matched_rows, matched_table, method_curves, plot_curves
+from ssr.report.grid import REPORT_SET, choose_lr, selection_set
 from ssr.report.paired import change_rows, difference_rows, has_items
 from ssr.report.pareto import pareto_points
 from ssr.report.plots import plot_drift, plot_pareto, plot_summary
@@ -120,9 +121,16 @@ def write_report(paths: list[Path], out_dir: Path, grid: list[Path] | None = Non
     md += [
         "## Learning rate and the task-gain / drift trade-off",
         "",
-        f"Per method the learning rate with the best mean `{SELECTION_SET}` validation task score "
+        f"Per method the learning rate with the best mean `{selection_set(task_keys(lr_runs))}` task score "
         "(mean of its task columns after the last epoch) is chosen; drift never enters the choice. "
-        "Task gain = that score's change vs base (points); one point per method × lr (mean over seeds).",
+        + (
+            "Those validation rows are disjoint from the reported test rows. "
+            if selection_set(task_keys(lr_runs)) != REPORT_SET
+            else f"The lr is chosen and reported on the same `{REPORT_SET}` rows (a selection leak on the task "
+            "columns, not on the drift verdict). "
+        )
+        + f"Task gain = the `{REPORT_SET}` score's change vs base (points); one point per method × lr "
+        "(mean over seeds).",
         "",
         pareto_table(points),
         "",
@@ -137,6 +145,7 @@ def write_report(paths: list[Path], out_dir: Path, grid: list[Path] | None = Non
             if final_points
             else []
         ),
+        *_curve_section(runs, out_dir),
         "## Selection statistics",
         "",
         selection_table(runs),
@@ -152,6 +161,25 @@ def write_report(paths: list[Path], out_dir: Path, grid: list[Path] | None = Non
     report = out_dir / "results.md"
     report.write_text("\n".join(md) + "\n")
     return report
+
+
+def _curve_section(runs: list[Run], out_dir: Path) -> list[str]:
+    """Forgetting along training (runs evaluated every n steps): curves and drift at matched gain."""
+    if not has_steps(runs):
+        return []
+    curves = method_curves(runs)
+    target, rows = matched_rows(curves)
+    image = plot_curves(curves, out_dir) if importlib.util.find_spec("matplotlib") is not None else None
+    return [
+        "## Forgetting along training",
+        "",
+        "Each run evaluated every `eval.callback.every_n_steps` optimizer steps (task metrics "
+        "included) and at its epoch ends: task gain on the in-domain test rows and each drift measure "
+        "against steps, and each drift measure against task gain (one line per run).",
+        "",
+        *([f"![curves]({image.name})", ""] if image else []),
+        *matched_table(target, rows),
+    ]
 
 
 def _final_eval_note(runs: list[Run]) -> list[str]:

@@ -140,7 +140,6 @@ def choose_cpu(gflops: dict[str, dict[str, float]], margin: float = BF16_MARGIN)
 
 
 def _cache_file(key: dict[str, Any]):
-
     return cache_root() / "precision" / f"{content_hash(key)}.json"
 
 

@@ -45,7 +45,6 @@ class MethodConfig:
     loss: str = "ce"  # the method's default training loss (ce | dft); a top-level `loss=` overrides it
 
     def __post_init__(self) -> None:
-
         if self.name not in METHODS:
             raise ValueError(f"unknown method {self.name!r}; valid choices: {', '.join(METHODS)}")
         if self.loss not in LOSSES:

@@ -29,7 +29,7 @@ from ssr.judges.base import Judge
 from ssr.models.loading import ModelSpec, load_tokenizer
 from ssr.runtime.paths import cache_root
 from ssr.selection.methods import MethodConfig, SelectionStats, trained
-from ssr.selection.pipeline import read_selection, run_selection
+from ssr.selection.pipeline import answer_prompts, read_selection, run_selection
 
 log = logging.getLogger(__name__)
 
@@ -202,7 +202,7 @@ class SSRDataModule(L.LightningDataModule):
         sample_seed: int | None = None,
         max_length: int = 1024,
         batch_size: int = 8,
-        val_batch_size: int | None = None,
+        val_batch_size: int | None = 16,
         num_workers: int = 0,
         seed: int = 0,
         cache_dir: str | None = None,
@@ -243,6 +243,19 @@ class SSRDataModule(L.LightningDataModule):
     def base_generator(self) -> BaseModelGenerator:
         """The base model's generator (own answers, rewrites) through the shared cache."""
         return BaseModelGenerator(self.spec, self.generator_cfg, self.cache_dir)
+
+    def own_answer_rows(self, max_rows: int | None) -> tuple[list[str], list[tuple[list[int], list[int]]]]:
+        """The base model's own answers to the first ``max_rows`` training prompts, tokenized as
+        training tokenizes a target: what the evaluation's ``kl_task`` scores. Through the
+        generation cache: nothing is generated where the selection stage already wrote them."""
+        records = self.train_records[:max_rows] if max_rows else self.train_records
+        with self.base_generator() as generator:
+            prompts = answer_prompts(
+                generator.tokenizer, records, self.prompt, generator.cfg.max_prompt_tokens
+            )
+            answers, _ = generator.generate(prompts)
+        rows, _ = tokenize_all(self.tokenizer, records, answers, self.prompt, self.max_length)
+        return [r.id for r in rows], [(r.input_ids, r.labels) for r in rows]
 
     def prepare_data(self) -> None:
         generator = self.base_generator() if self.method.needs_judge else None

@@ -89,13 +89,26 @@ def moved_path(value: Any) -> Any:
 
 
 def with_current_paths(tree: Any) -> Any:
-    """``tree`` (a stored run config) with every moved dotted path (:func:`moved_path`) mapped."""
+    """``tree`` (a stored run config) with every moved dotted path (:func:`moved_path`) mapped and
+    Hydra's ``_convert_`` plumbing dropped (it changes how a node is built, not what is trained)."""
     if isinstance(tree, dict):
-        return {k: with_current_paths(v) for k, v in tree.items()}
+        return {k: with_current_paths(v) for k, v in tree.items() if k != CONVERT}
     if isinstance(tree, list):
         return [with_current_paths(v) for v in tree]
     return moved_path(tree)
 
+
+CONVERT = "_convert_"
+# Keys the package layout added to every run config, which change nothing a run does: ``eval`` is
+# built with ``instantiate`` now (its target, and the settings it interpolates). A run written
+# before them resumes as the same run; see also ``implicit`` in :func:`check_resume`.
+ADDED_BY_LAYOUT = {
+    "eval._target_": "ssr.eval.evaluator.Evaluator.from_settings",
+    "eval._partial_": True,
+    "eval.prompt": "<prompt>",
+    "eval.max_length": "<data.max_length>",
+    "eval.data_root": "<paths.data_root>",
+}
 
 REFERENCE = re.compile(r"\$\{([A-Za-z_][\w.]*)\}")  # ${key} or ${group.key}, no resolver
 
@@ -125,7 +138,7 @@ def run_config(cfg: DictConfig) -> dict[str, Any]:
         out[str(key)] = (
             OmegaConf.to_container(node, resolve=True) if isinstance(node, DictConfig) else work[key]
         )
-    return out
+    return with_current_paths(out)
 
 
 def _mark_group_references(cfg: DictConfig, skip: set[str]) -> None:
@@ -183,12 +196,14 @@ def _shown(value: Any) -> str:
     return text if len(text) <= 80 else text[:77] + "..."
 
 
-def config_diff(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
-    """``key: old -> new`` for every leaf that differs (sorted by key)."""
+def config_diff(
+    old: dict[str, Any], new: dict[str, Any], ignore: frozenset[str] | set[str] = frozenset()
+) -> list[str]:
+    """``key: old -> new`` for every leaf that differs (sorted by key), but the ``ignore`` keys."""
     a, b = _flat(old), _flat(new)
     return [
         f"{key}: {_shown(a.get(key, _ABSENT))} -> {_shown(b.get(key, _ABSENT))}"
-        for key in sorted(a.keys() | b.keys())
+        for key in sorted((a.keys() | b.keys()) - ignore)
         if a.get(key, _ABSENT) != b.get(key, _ABSENT)
     ]
 
@@ -215,11 +230,23 @@ def run_dir_record(run_dir: Path) -> dict[str, Any] | None:
         raise ConfigError(f"{path} is unreadable ({err}); delete it to resume without the check") from err
 
 
-def check_resume(cfg: DictConfig, run_dir: Path, ckpt: str | None) -> dict[str, Any]:
+def implicit_keys(old: dict[str, Any], new: dict[str, Any], implicit: dict[str, Any]) -> set[str]:
+    """Keys ``old`` lacks whose new value is the one the old run used without naming it: a schema
+    default (``implicit``, flat keys) or one of :data:`ADDED_BY_LAYOUT`."""
+    a, b = _flat(old), _flat(new)
+    known = {**implicit, **ADDED_BY_LAYOUT}
+    return {key for key in b.keys() - a.keys() if key in known and b[key] == known[key]}
+
+
+def check_resume(
+    cfg: DictConfig, run_dir: Path, ckpt: str | None, implicit: dict[str, Any] | None = None
+) -> dict[str, Any]:
     """The record of this run; raises :class:`ResumeMismatchError` if a resume changed its config.
 
     ``ckpt`` is the checkpoint the resume starts from (``ckpt_path`` resolved; None when nothing
     was saved yet). Without ``ckpt_path`` the run is a fresh start and nothing is compared.
+    ``implicit``: flat key -> the default a config node takes from its dataclass schema; a key an
+    older config lacks at that value is no change (the old run used it without naming it).
     """
     record = make_record(cfg)
     if not cfg.get("ckpt_path"):
@@ -240,10 +267,14 @@ def check_resume(cfg: DictConfig, run_dir: Path, ckpt: str | None) -> dict[str, 
     if previous["fingerprint"] == record["fingerprint"]:
         return record
     old_config = with_current_paths(previous.get("config") or {})
-    if fingerprint_of(old_config) == record["fingerprint"]:
-        log.info("resume: %s names classes at their place before the package layout; same run", source)
+    changes = config_diff(
+        old_config, record["config"], implicit_keys(old_config, record["config"], implicit or {})
+    )
+    if not changes:
+        log.info(
+            "resume: %s was written before the package layout (classes moved, keys added); same run", source
+        )
         return record
-    changes = config_diff(old_config, record["config"])
     if not OmegaConf.select(cfg, ALLOW_FLAG, default=False):
         raise ResumeMismatchError(
             f"ckpt_path={cfg.ckpt_path}: {source} was made by a different config "

@@ -20,7 +20,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-AVX2_ENV = {"ONEDNN_MAX_CPU_ISA": "AVX2", "MKL_ENABLE_INSTRUCTIONS": "AVX2"}
+from harness import AVX2_ENV, Context, Target, child_env, fmt, run_child, status
+
+NAME = "pipeline"
+MAIN_JOB_S = 300  # target: the README main job, end to end (setup and GGUF conversion excluded)
 VARIANTS: dict[str, tuple[dict[str, str], list[str], str]] = {
     "main_job": ({}, [], "the README main job on this machine (precision auto)"),
     "main_job_fp32": ({}, ["trainer.precision=32-true"], "same, fp32 forced"),
@@ -36,9 +39,41 @@ def fresh_cache(root: Path, models: Path) -> Path:
     return root
 
 
-def run_pipeline(runner: Any, variants: list[str], run_child: Any, child_env: Any) -> dict[str, Any]:
+def run(ctx: Context, res: dict[str, Any]) -> None:
+    if not ctx.opts.quick:
+        res["pipeline"] = run_pipeline(ctx.runner, [v for v in ctx.opts.pipeline.split(",") if v])
+
+
+def finish(res: dict[str, Any]) -> None:
+    main = (res.get("pipeline") or {}).get("main_job") or {}
+    if main:
+        res["pipeline"]["main_job"]["wall_s"] = round(main["wall_s"], 1)
+    res["agreement"] = agreement(res)
+
+
+def render(res: dict[str, Any]) -> list[str]:
+    return render_pipeline(res)
+
+
+def targets(res: dict[str, Any]) -> list[Target]:
+    rows = []
+    for job in (res.get("pipeline") or {}).values():
+        total = job["wall_s"] if job.get("rc") == 0 else None
+        rows.append(
+            (
+                f"{job['label']} <= {MAIN_JOB_S} s end to end",
+                f"{total:.0f} s (precision {(job.get('precision') or {}).get('precision')})"
+                if total
+                else "failed",
+                status(total is not None and total <= MAIN_JOB_S),
+            )
+        )
+    return rows
+
+
+def run_pipeline(runner: Any, variants: list[str]) -> dict[str, Any]:
     """Each variant once: wall seconds seen from outside and the run's own stage records."""
-    sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "src"))
+    sys.path.insert(0, str(Path(__file__).resolve().parents[3] / "src"))
     from ssr.runtime.paths import cache_root
 
     models = cache_root() / "models"
@@ -49,7 +84,7 @@ def run_pipeline(runner: Any, variants: list[str], run_child: Any, child_env: An
         shutil.rmtree(run_dir, ignore_errors=True)
         cache = fresh_cache(runner.work / f"pipeline_{name}_cache", models)
         cmd = [sys.executable, "-m", "ssr.cli.train", f"hydra.run.dir={run_dir}", *overrides]
-        runner._say(f"[{time.strftime('%H:%M:%S')}] pipeline {name} ... ")
+        runner.say(f"[{time.strftime('%H:%M:%S')}] pipeline {name} ... ")
         proc = run_child(
             cmd,
             runner.work / f"pipeline_{name}.log",
@@ -76,7 +111,7 @@ def run_pipeline(runner: Any, variants: list[str], run_child: Any, child_env: An
                 drift=_drift_seconds(run_dir / "drift.json"),
             )
         out[name] = record
-        runner._say(f"rc {proc['rc']}, {proc['wall_s']:.0f}s\n")
+        runner.say(f"rc {proc['rc']}, {proc['wall_s']:.0f}s\n")
     return out
 
 
@@ -162,7 +197,7 @@ def _row(stage: str, micro: float, real: float, how: str) -> dict[str, Any]:
     }
 
 
-def render_pipeline(res: dict[str, Any], fmt: Any) -> list[str]:
+def render_pipeline(res: dict[str, Any]) -> list[str]:
     pipe = res.get("pipeline") or {}
     if not pipe:
         return []

@@ -1,0 +1,71 @@
+#!/usr/bin/env bash
+# Replication v3 (issue 26), resumable run by run: each finished run's records (summary.json,
+# drift.json, eval.json, selection_stats.json, eval_items/, .hydra/config.yaml — no checkpoints)
+# are copied under runs/ here and, with COMMIT=1, committed at once; a run whose records are here
+# is skipped, so the script continues after any interruption, in any later session.
+#   OUT=/work/runs/v3 COMMIT=1 bash experiments/results/cpu_replication_v3/run.sh
+# Phase 1: every method x lr at seed 1 (runs/grid/). The lr is chosen per method on the in-domain
+# validation rows (eval.tasks.selection_rows, disjoint from the reported test rows). Phase 2: seeds
+# 2 and 3 at the chosen lr with eval.final (runs/seeds/), and the seed-1 run at that lr resumed for
+# its eval.final. Then ssr-report rebuilds everything here from the committed records alone.
+set -euo pipefail
+OUT=${OUT:?set OUT to a scratch folder (checkpoints, caches)}
+HERE=experiments/results/cpu_replication_v3
+export SSR_CACHE=${SSR_CACHE:-$OUT/cache} SSR_DATA_ROOT=${SSR_DATA_ROOT:-../shared/data}
+METHODS=${METHODS:-"sft ssr s3ft sdft dft self_only"}
+LRS=${LRS:-"3.0e-4 1.0e-3 3.0e-3"}
+TRAIN=${TRAIN:-ssr-train}
+mkdir -p "$OUT" "$HERE/runs"
+stamp() { echo "$(date -u +%FT%TZ) $*" | tee -a "$HERE/timeline.log"; }
+
+keep() {  # keep <run dir> <records dir> <message>: copy the records, commit them with COMMIT=1
+  local run=$1 dest=$2
+  rm -rf "$dest.tmp" && mkdir -p "$dest.tmp/.hydra"
+  for f in summary.json drift.json eval.json selection_stats.json; do
+    [ -f "$run/$f" ] && cp "$run/$f" "$dest.tmp/"
+  done
+  cp "$run/.hydra/config.yaml" "$dest.tmp/.hydra/"
+  [ -d "$run/eval_items" ] && cp -r "$run/eval_items" "$dest.tmp/"
+  rm -rf "$dest" && mv "$dest.tmp" "$dest"
+  if [ "${COMMIT:-0}" = 1 ]; then
+    git add "$dest" "$HERE/timeline.log" && git commit -q -m "replication v3: $3" -- "$dest" "$HERE/timeline.log"
+  fi
+}
+
+train() {  # train <phase> <name> <run dir> <overrides...>: one run, skipped when its records are kept
+  local phase=$1 name=$2 run=$3; shift 3
+  local dest="$HERE/runs/$phase/$name"
+  if [ -f "$dest/summary.json" ] && { [ "$phase" = grid ] || [ -d "$dest/eval_items/final" ]; }; then
+    return
+  fi
+  stamp "start $phase/$name"
+  $TRAIN experiment=cpu_replication_v3 "$@" hydra.run.dir="$run" < /dev/null
+  keep "$run" "$dest" "$phase/$name"
+  stamp "done $phase/$name"
+}
+
+stamp "machine: $(grep -o 'avx512_bf16\|amx_bf16\|avx2' /proc/cpuinfo | sort -u | tr '\n' ' ')"
+for method in $METHODS; do
+  for lr in $LRS; do
+    train grid "${method}_lr${lr}_s1" "$OUT/grid/${method}_lr${lr}_s1" method="$method" optim.lr="$lr" seed=1
+  done
+done
+ssr-report "$HERE/runs/grid" --out "$OUT/grid_report" > /dev/null
+python - "$OUT/grid_report/item_stats.json" "$LRS" > "$OUT/chosen.txt" <<'PY'
+import json, sys
+grid = sys.argv[2].split()  # the chosen lr spelled as in LRS (it names the grid run)
+for method, lr in json.loads(open(sys.argv[1]).read())["chosen_lr"].items():
+    print(method, next(g for g in grid if float(g) == lr))
+PY
+stamp "chosen lr: $(tr '\n' ';' < "$OUT/chosen.txt")"
+while read -r method lr; do
+  for seed in 2 3; do
+    train seeds "${method}_lr${lr}_s${seed}" "$OUT/seeds/${method}_lr${lr}_s${seed}" \
+      method="$method" optim.lr="$lr" seed="$seed" eval.final.enabled=true
+  done
+  # the seed-1 grid run at the chosen lr: resumed from its last checkpoint for eval.final only
+  train seeds "${method}_lr${lr}_s1" "$OUT/grid/${method}_lr${lr}_s1" \
+    method="$method" optim.lr="$lr" seed=1 eval.final.enabled=true ckpt_path=last
+done < "$OUT/chosen.txt"
+ssr-report "$HERE/runs/seeds" --grid "$HERE/runs/grid" --out "$HERE"
+stamp "report written"

@@ -1,0 +1,184 @@
+"""Forgetting along training: task gain and each drift measure against optimizer steps, and each
+method's drift at matched task gain.
+
+A run with ``eval.callback.every_n_steps`` has evaluations inside its epochs (``drift.json``'s
+``steps``) beside the epochs' own; with the base (step 0) they make one curve per run. The task
+gain at a point is the change vs base of the mean in-domain test score (``report_keys``: the
+columns the lr is *not* chosen on). Comparing methods at one step count favours whichever moves
+least; the comparison that matters is drift at the same task gain: :func:`drift_at_gain`
+interpolates a run's drift where its gain curve first reaches a target, and :func:`matched_rows`
+sets the target to the largest gain every method reaches (mean over seeds, bootstrap CI over seeds).
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import math
+from collections import defaultdict
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from ssr.report.grid import report_keys, task_score
+from ssr.report.plots import save_figure
+from ssr.report.runs import _flatten
+from ssr.report.stats import bootstrap_ci
+
+# drift measures along training (drift.json score keys, flattened); lower is less drift unless
+# listed in HIGHER_IS_BETTER
+CURVE_MEASURES = {
+    "self_drift": "suite/self_drift/nll_increase_rel",
+    "kl_task": "suite/kl_task/kl",
+    "ifeval": "suite/ifeval/prompt_level_loose_acc",
+    "refusal_leak": "suite/ifeval/refusal_leak",
+    "reply_length": "suite/ifeval/length_ratio",
+}
+HIGHER_IS_BETTER = {"ifeval"}
+Point = dict[str, float]  # "step", "task_gain" and the flat score keys
+
+
+def curve(run_dir: Path) -> list[Point]:
+    """The run's evaluations in step order (base first): flat ``suite/...`` and ``tasks/...``
+    scores, ``step``, and ``task_gain`` (points) where the point has task metrics."""
+    path = Path(run_dir) / "drift.json"
+    if not path.is_file():
+        return []
+    drift = json.loads(path.read_text())
+    records = [r for r in [drift.get("base"), *drift.get("steps", []), *drift.get("epochs", [])] if r]
+    points = []
+    for rec in sorted(records, key=lambda r: (r.get("step") or 0, r.get("stage") != "base")):
+        point = {f"suite/{k}": v for k, v in _flatten(rec.get("scores") or {}).items()}
+        point.update({f"tasks/{k}": v for k, v in _flatten(rec.get("tasks") or {}).items()})
+        point["step"] = float(rec.get("step") or 0)
+        points.append(point)
+    keys = report_keys(sorted({k for p in points for k in p if k.startswith("tasks/")}))
+    base = task_score(None, points[0], keys) if points else None
+    for point in points:
+        score = task_score(None, point, keys)
+        if score is not None and base is not None:
+            point["task_gain"] = 100 * (score - base)
+    return points
+
+
+def drift_at_gain(points: Sequence[Point], gain: float, key: str) -> float | None:
+    """``key``'s value where the run's task gain first reaches ``gain`` (linear between the two
+    evaluations around the crossing); ``None`` if it never does or a value is missing."""
+    path = [p for p in points if "task_gain" in p and key in p]
+    for before, after in itertools.pairwise(path):
+        lo, hi = before["task_gain"], after["task_gain"]
+        if lo <= gain <= hi and hi > lo:
+            t = (gain - lo) / (hi - lo)
+            return before[key] + t * (after[key] - before[key])
+    if path and path[0]["task_gain"] >= gain:
+        return path[0][key]
+    return None
+
+
+def matched_rows(curves: dict[str, list[list[Point]]]) -> tuple[float | None, list[dict[str, Any]]]:
+    """Per method and drift measure: the drift at the matched task gain (mean over seeds, 95%
+    bootstrap CI over seeds). The matched gain is the largest gain every method's runs all reach
+    (their smallest peak); ``None`` when some method never gains."""
+    peaks = [
+        max((p["task_gain"] for p in run if "task_gain" in p), default=-math.inf)
+        for runs in curves.values()
+        for run in runs
+    ]
+    target = min(peaks) if peaks else None
+    if target is None or target <= 0:
+        return None, []
+    rows = []
+    for method, runs in sorted(curves.items()):
+        for name, key in CURVE_MEASURES.items():
+            values = [v for run in runs if (v := drift_at_gain(run, target, key)) is not None]
+            if not values:
+                continue
+            est = bootstrap_ci(values) if len(values) > 1 else None
+            rows.append(
+                {
+                    "method": method,
+                    "measure": name,
+                    "value": sum(values) / len(values),
+                    "ci": (est.lo, est.hi) if est else None,
+                    "runs": len(values),
+                }
+            )
+    return target, rows
+
+
+def method_curves(runs: Sequence[Any]) -> dict[str, list[list[Point]]]:
+    """Each method's run curves (runs without evaluations inside epochs still give base + epochs)."""
+    out: dict[str, list[list[Point]]] = defaultdict(list)
+    for run in runs:
+        points = curve(run.path)
+        if points:
+            out[run.method].append(points)
+    return dict(out)
+
+
+def has_steps(runs: Sequence[Any]) -> bool:
+    return any(
+        (run.path / "drift.json").is_file() and json.loads((run.path / "drift.json").read_text()).get("steps")
+        for run in runs
+    )
+
+
+def matched_table(target: float | None, rows: list[dict[str, Any]]) -> list[str]:
+    if target is None:
+        return ["Matched task gain: some method never gains on the in-domain test rows; no comparison.", ""]
+    lines = [
+        f"Drift at the matched in-domain task gain of **{target:+.1f} points** (the largest gain every "
+        "run reaches; linear between the evaluations around it; mean over runs, 95% bootstrap CI over "
+        "seeds where there are several):",
+        "",
+        "| method | measure | value | 95% CI | runs |",
+        "|---|---|---|---|---|",
+    ]
+    for r in rows:
+        ci = f"[{r['ci'][0]:.3f}, {r['ci'][1]:.3f}]" if r["ci"] else "-"
+        lines.append(f"| {r['method']} | {r['measure']} | {r['value']:.3f} | {ci} | {r['runs']} |")
+    return [*lines, ""]
+
+
+def plot_curves(curves: dict[str, list[list[Point]]], out_dir: Path) -> Path | None:
+    """Task gain vs steps, each drift measure vs steps and vs task gain, one line per run."""
+    keys = [
+        (n, k)
+        for n, k in CURVE_MEASURES.items()
+        if any(k in p for runs in curves.values() for r in runs for p in r)
+    ]
+    if not curves or not keys:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(2, len(keys) + 1, figsize=(4 * (len(keys) + 1), 7), squeeze=False)
+    colors = {m: f"C{i}" for i, m in enumerate(sorted(curves))}
+    for method, runs in sorted(curves.items()):
+        for n, run in enumerate(runs):
+            label = method if n == 0 else None
+            gained = [p for p in run if "task_gain" in p]
+            axes[0][0].plot(
+                [p["step"] for p in gained],
+                [p["task_gain"] for p in gained],
+                "o-",
+                color=colors[method],
+                label=label,
+            )
+            for col, (name, key) in enumerate(keys, start=1):
+                along = [p for p in run if key in p]
+                axes[0][col].plot(
+                    [p["step"] for p in along], [p[key] for p in along], "o-", color=colors[method]
+                )
+                both = [p for p in gained if key in p]
+                axes[1][col].plot(
+                    [p["task_gain"] for p in both], [p[key] for p in both], "o-", color=colors[method]
+                )
+                axes[0][col].set(title=f"{name} vs step", xlabel="optimizer step")
+                axes[1][col].set(title=f"{name} vs task gain", xlabel="in-domain task gain (points)")
+    axes[0][0].set(title="task gain vs step", xlabel="optimizer step", ylabel="points")
+    axes[0][0].legend(fontsize=8)
+    axes[1][0].axis("off")
+    return save_figure(fig, out_dir, "curves.png")

@@ -1,0 +1,64 @@
+"""Forgetting along training in ssr-report: curves from drift.json and drift at matched task gain."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from ssr.report.curves import curve, drift_at_gain, matched_rows, method_curves
+from ssr.report.runs import find_runs
+from ssr.report.write import write_report
+
+
+def _record(stage: str, step: int, recall: float, drift: float) -> dict:
+    return {
+        "stage": stage,
+        "epoch": 0,
+        "step": step,
+        "scores": {"self_drift": {"nll_increase_rel": drift}},
+        "tasks": {"in_domain": {"unanswerable_f1": recall, "answer_recall": recall}},
+    }
+
+
+def _run(root: Path, name: str, method: str, seed: int, path: list[tuple[int, float, float]]) -> Path:
+    run = root / name
+    run.mkdir(parents=True)
+    (step0, r0, d0), *rest = path
+    records = [_record("step" if i < len(rest) - 1 else "epoch", *p) for i, p in enumerate(rest)]
+    drift = {
+        "base": _record("base", step0, r0, d0),
+        "steps": [r for r in records if r["stage"] == "step"],
+        "epochs": [r for r in records if r["stage"] == "epoch"],
+    }
+    (run / "drift.json").write_text(json.dumps(drift))
+    (run / "summary.json").write_text(json.dumps({"method": method, "seed": seed, "lr": 1e-3}))
+    return run
+
+
+def test_curves_and_drift_at_matched_task_gain(tmp_path):
+    # sft gains 20 points by step 20 while drift climbs to 0.4; ssr gains 10 by step 20, drift 0.05
+    sft = _run(tmp_path, "sft", "sft", 1, [(0, 0.5, 0.0), (10, 0.6, 0.2), (20, 0.7, 0.4)])
+    _run(tmp_path, "ssr", "ssr", 1, [(0, 0.5, 0.0), (10, 0.55, 0.02), (20, 0.6, 0.05)])
+    points = curve(sft)
+    assert [p["step"] for p in points] == [0, 10, 20]
+    assert [round(p["task_gain"], 6) for p in points] == [0.0, 10.0, 20.0]
+    # 5 points of gain: halfway from the base to step 10 for sft (drift 0.1), step 10 for ssr
+    assert drift_at_gain(points, 5.0, "suite/self_drift/nll_increase_rel") == pytest.approx(0.1)
+    assert drift_at_gain(points, 25.0, "suite/self_drift/nll_increase_rel") is None  # never reached
+    runs = find_runs([tmp_path])
+    target, rows = matched_rows(method_curves(runs))
+    assert target == pytest.approx(10.0)  # the smallest peak: ssr's
+    by = {(r["method"], r["measure"]): r["value"] for r in rows}
+    assert by["sft", "self_drift"] == pytest.approx(0.2) and by["ssr", "self_drift"] == pytest.approx(0.05)
+    report = write_report([tmp_path], tmp_path / "report").read_text()
+    assert "## Forgetting along training" in report and "+10.0 points" in report
+    assert (tmp_path / "report" / "curves.png").is_file()
+
+
+def test_no_matched_gain_when_a_method_never_gains(tmp_path):
+    _run(tmp_path, "sft", "sft", 1, [(0, 0.5, 0.0), (10, 0.6, 0.2), (20, 0.7, 0.4)])
+    _run(tmp_path, "ssr", "ssr", 1, [(0, 0.5, 0.0), (10, 0.4, 0.02), (20, 0.45, 0.05)])
+    target, rows = matched_rows(method_curves(find_runs([tmp_path])))
+    assert target is None and rows == []
