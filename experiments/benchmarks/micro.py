@@ -10,6 +10,7 @@ import time
 from typing import Any
 
 from common import LORA, MAX_LENGTH, FlopModel, bench_records, cpu_seconds, loadavg
+from gen_engines import run_generation_engines
 
 
 def _timed(fn: Any) -> tuple[Any, float, float]:
@@ -224,138 +225,6 @@ def run_padding(args: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-# -- generation ------------------------------------------------------------------------------------
-
-
-def run_generation(args: dict[str, Any]) -> dict[str, Any]:
-    """hf_generate (batched, length-sorted, left padding) vs one prompt at a time, in bf16 autocast
-    (the path shipped before ``precision: auto``) and in fp32, on ``args["data"]``'s prompts
-    (``embedded``: the main job's own rows; else SQuAD rows of 250-400 prompt tokens).
-
-    ``auto_variant`` names the row the generator runs by default on this machine: batch
-    ``GeneratorConfig.batch_size``, static cache, in the precision ``auto`` chose (weights stored in
-    the autocast dtype once, as ``BaseModelGenerator`` does: bit-identical under autocast).
-    """
-    import torch
-
-    from ssr.data.prompts import PromptConfig
-    from ssr.generation.config import DecodingConfig
-    from ssr.generation.hf import hf_generate
-    from ssr.models.loading import ModelSpec, cast_for_autocast_inference, load_model
-    from ssr.selection.pipeline import GeneratorConfig, answer_prompts
-
-    spec = ModelSpec(name_or_path=args["model"])
-    naive, tok = load_model(spec)
-    prepared, _ = load_model(spec)
-    cast_for_autocast_inference(prepared, torch.bfloat16)
-    records = _generation_records(args, tok)
-    prompts = answer_prompts(tok, records, PromptConfig())
-    decoding = DecodingConfig(max_new_tokens=args["max_new_tokens"])
-    prompt_tokens = sum(len(tok(p, add_special_tokens=False)["input_ids"]) for p in prompts)
-    default = GeneratorConfig()
-    auto_bf16 = args.get("precision", "bf16-mixed").startswith("bf16")
-
-    def n_tokens(texts: list[str]) -> int:
-        return sum(len(tok(t, add_special_tokens=False)["input_ids"]) + 1 for t in texts)  # +1: end of turn
-
-    bs = default.batch_size
-    cache = default.cache_implementation
-    # name -> (model, batch size, kv cache, autocast setting)
-    variants: dict[str, tuple[Any, int, str | None, str | None]] = {
-        "one prompt at a time, fp32": (naive, 1, None, None),
-        f"batched, batch {bs}, bf16 autocast, bf16-stored weights, {cache} cache (shipped before)": (
-            prepared,
-            bs,
-            cache,
-            "bf16",
-        ),
-        f"batched, batch {bs}, fp32, {cache} cache": (naive, bs, cache, None),
-    }
-    auto_name = next(
-        k for k, v in variants.items() if v[0] is (prepared if auto_bf16 else naive) and v[1] == bs
-    )
-    results: dict[str, Any] = {}
-    texts_by: dict[str, list[str]] = {}
-    for name, (model, size, kv, precision) in variants.items():
-        try:
-            texts, w, c = _timed(
-                lambda model=model, size=size, kv=kv, precision=precision: hf_generate(
-                    model,
-                    tok,
-                    prompts,
-                    decoding,
-                    batch_size=size,
-                    precision=precision,
-                    progress=False,
-                    cache_implementation=kv,
-                )
-            )
-        except Exception as err:  # a failing option is a result, not a crash of the benchmark
-            results[name] = {"error": f"{type(err).__name__}: {err}"[:300]}
-            continue
-        texts_by[name] = texts
-        gen = n_tokens(texts)
-        results[name] = {
-            "batch_size": size,
-            "cache": kv or "dynamic",
-            "precision": precision or "fp32",
-            "wall_s": w,
-            "cpu_s": c,
-            "generated_tokens": gen,
-            "tokens_per_s": gen / w,
-            "rows_per_s": len(prompts) / w,
-            "loadavg": loadavg(),
-        }
-    fp32_texts = texts_by.get(f"batched, batch {bs}, fp32, {cache} cache")
-    for name, texts in texts_by.items():
-        if fp32_texts is not None:
-            results[name]["same_text_as_fp32"] = sum(a == b for a, b in zip(texts, fp32_texts)) / len(texts)
-    return {
-        "data": args.get("data", "squad"),
-        "prompts": len(prompts),
-        "prompt_tokens": prompt_tokens,
-        "max_new_tokens": decoding.max_new_tokens,
-        "auto_variant": auto_name,
-        "before_variant": next(k for k in variants if "shipped before" in k),
-        "prefill_s": _prefill_seconds(prepared if auto_bf16 else naive, tok, prompts, bs, auto_bf16),
-        "prefill_batch_size": bs,
-        "variants": results,
-    }
-
-
-def _generation_records(args: dict[str, Any], tok: Any) -> list:
-    """The main job's own training rows (``data: embedded``, as its config samples them) or SQuAD rows."""
-    if args.get("data") != "embedded":
-        return bench_records(args["prompts"], tok)
-    from ssr.data.adapters import embedded_grounded_qa, subsample
-    from ssr.data.prompts import DEFAULT_UNANSWERABLE
-
-    rows = embedded_grounded_qa(split="train", unanswerable_sentence=DEFAULT_UNANSWERABLE)
-    return subsample(rows, max_rows=args["prompts"], balance=True, seed=args.get("seed", 0))
-
-
-def _prefill_seconds(model: Any, tok: Any, prompts: list[str], batch_size: int, bf16: bool) -> float:
-    """Time of the prompt forward passes alone (what any decoding strategy must pay once)."""
-    import torch
-
-    order = sorted(prompts, key=lambda p: -len(tok(p, add_special_tokens=False)["input_ids"]))
-    side, tok.padding_side = tok.padding_side, "left"
-    try:
-        t = time.perf_counter()
-        with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
-            for start in range(0, len(order), batch_size):
-                enc = tok(
-                    order[start : start + batch_size],
-                    return_tensors="pt",
-                    padding=True,
-                    add_special_tokens=False,
-                )
-                model(**enc, logits_to_keep=1)
-        return time.perf_counter() - t
-    finally:
-        tok.padding_side = side
-
-
 # -- judges ------------------------------------------------------------------------------------------
 
 
@@ -494,7 +363,7 @@ TASKS = {
     "matmul": run_matmul,
     "levers": run_levers,
     "padding": run_padding,
-    "generation": run_generation,
+    "generation_engines": run_generation_engines,
     "judges": run_judges,
     "drift": run_drift,
 }

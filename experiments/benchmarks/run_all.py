@@ -146,7 +146,20 @@ def main() -> None:
         help=f"main-job variants to run: {', '.join(pipeline.VARIANTS)}",
     )
     p.add_argument(
-        "--gen-avx2-prompts", type=int, default=8, help="prompts of the emulated-AVX2 generation section"
+        "--gen-avx2-prompts",
+        type=int,
+        default=16,
+        help="IFEval prompts of the emulated-AVX2 generation section",
+    )
+    p.add_argument("--gen-ifeval-prompts", type=int, default=64, help="IFEval prompts at 256 new tokens")
+    p.add_argument(
+        "--gen-full-prompts",
+        type=int,
+        default=541,
+        help="IFEval prompts at 1280 new tokens (fewer: extrapolated)",
+    )
+    p.add_argument(
+        "--gen-fidelity-prompts", type=int, default=16, help="prompts also generated in fp32 by transformers"
     )
     p.add_argument("--judge-items", type=int, default=32)
     p.add_argument("--e2e-rows", type=int, default=32)
@@ -184,6 +197,7 @@ def main() -> None:
         opts.model = "tiny-random"
         opts.rounds, opts.train_steps, opts.batch_size, opts.lever_rounds = 1, 1, 2, 1
         opts.gen_prompts, opts.gen_max_new = 4, 8
+        opts.gen_ifeval_prompts, opts.gen_full_prompts, opts.gen_fidelity_prompts = 4, 2, 2
         opts.judge_items, opts.e2e_rows, opts.e2e_epochs = 4, 8, 1
         opts.epoch_rows, opts.drift_fraction = 32, 0.02
     skip = opts.skip_set = {s for s in opts.skip.split(",") if s}

@@ -150,14 +150,15 @@ def agreement(res: dict[str, Any]) -> list[dict[str, Any]]:
         return []
     rows: list[dict[str, Any]] = []
     gen = res.get("generation") or {}
-    default = (gen.get("variants") or {}).get(gen.get("auto_variant") or "", {})
-    if default.get("wall_s") and gen.get("prompts") and job.get("train_rows"):
+    own = ((gen.get("workloads") or {}).get("own_answers")) or {}
+    default = (own.get("engines") or {}).get((gen.get("auto") or {}).get("engine") or "", {})
+    if default.get("wall_s") and own.get("prompts") and job.get("train_rows"):
         rows.append(
             _row(
                 "generate (own answers)",
-                default["wall_s"] / gen["prompts"] * job["train_rows"],
+                default["wall_s"] / own["prompts"] * job["train_rows"],
                 stages["generate"],
-                "rows x seconds per row of the generation section's auto-precision row",
+                "rows x seconds per row of the generation section's chosen engine",
             )
         )
     drift = res.get("drift") or {}

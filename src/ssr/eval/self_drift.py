@@ -135,8 +135,10 @@ def generate_answers(
     max_new_tokens: int = 64,
     batch_size: int = 16,
     mixed_precision: str | torch.dtype | None = None,
+    engine: str = "auto",
 ) -> tuple[list[str], list[int | None]]:
-    """Greedy answers (``ssr.generation.hf.generate_ids``) and the token that ended each."""
+    """Greedy answers (``ssr.generation.hf.generate_ids``, ``engine``: see
+    :mod:`ssr.generation.engine`) and the token that ended each."""
     stops = _stop_token_ids(model, tokenizer)
     new_ids = generate_ids(
         model,
@@ -148,6 +150,7 @@ def generate_answers(
         },
         batch_size,
         autocast_dtype=autocast_dtype(mixed_precision),
+        engine=engine,
     )
     answers: list[str] = []
     stop_ids: list[int | None] = []

@@ -26,6 +26,9 @@ class DecodingConfig:
 
 
 BACKENDS = ("hf", "vllm", "openai")
+# in-process engines (ssr.generation.engine); auto picks one by measurement
+ENGINES = ("hf", "continuous")
+ENGINE_CHOICES = ("auto", *ENGINES)
 
 
 @dataclass
@@ -38,6 +41,9 @@ class GeneratorConfig:
     precision: str = "auto"
     # hf: KV cache passed to generate; "static" preallocates it (no per-step concatenation), null: dynamic
     cache_implementation: str | None = "static"
+    # hf: in-process engine (ssr.generation.engine): auto = the faster one measured on this machine,
+    # hf = transformers' generate in padded batches, continuous = continuous batching over a slotted KV cache
+    engine: str = "auto"
     decoding: DecodingConfig = field(default_factory=DecodingConfig)
     vllm_kwargs: dict[str, Any] = field(default_factory=dict)
     # documents are cut so a prompt has at most this many tokens; null: SSRDataModule sets
@@ -72,6 +78,10 @@ class GeneratorConfig:
         if self.backend not in BACKENDS:
             raise ValueError(
                 f"unknown generator backend {self.backend!r}; valid choices: {', '.join(BACKENDS)}"
+            )
+        if self.engine not in ENGINE_CHOICES:
+            raise ValueError(
+                f"unknown generator.engine {self.engine!r}; valid choices: {', '.join(ENGINE_CHOICES)}"
             )
         if self.backend == "openai":
             check_server_options(self)

@@ -151,6 +151,7 @@ class BaseModelGenerator:
             precision=self.autocast,
             on_batch=on_batch,
             cache_implementation=self.cfg.cache_implementation,
+            engine=self.cfg.engine,
         )
 
     def generate(self, prompts: list[str]) -> tuple[list[str], GenerationStats]:

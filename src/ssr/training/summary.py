@@ -12,6 +12,7 @@ from typing import Any
 import lightning as L
 from omegaconf import DictConfig
 
+from ssr.generation.engine import resolved_choices
 from ssr.runtime.files import atomic_write_text
 from ssr.runtime.hardware import process_age_s
 from ssr.runtime.precision import PrecisionChoice
@@ -46,6 +47,7 @@ def write_summary(
         "selection": json.loads(stats_path.read_text()) if stats_path.exists() else None,
         "metrics": {k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1},
         "precision": {**precision.to_dict(), "threads": threads},
+        "generation_engine": resolved_choices(),
         "wall_s": round(time.perf_counter() - started, 1),
     }
     summary["stages"] = stage_seconds(summary["selection"], drift_records, fit_s, summary["wall_s"])
