@@ -17,8 +17,9 @@ from ssr.eval.items import ItemSink
 from ssr.eval.task_metrics import grounded_qa_scores
 from ssr.eval.token_nll import row_scores
 from ssr.report.paired import change_rows, difference_rows, measures
-from ssr.report.pareto import on_front
+from ssr.report.pareto import on_front, pareto_points
 from ssr.report.runs import find_runs
+from ssr.report.tables import table
 
 SENTENCE = "The answer is not in the document."
 
@@ -201,6 +202,12 @@ def test_ifeval_items_feed_the_paired_statistics(tmp_path):
     assert change["ssr"].mean == pytest.approx((4 - 2) / 5)
     (diff,) = [r for r in difference_rows(groups, "sft", runs, []) if r.measure == measure]
     assert diff.estimate.mean == pytest.approx((4 - 1) / 5)  # ssr - sft on the same 5 prompts
+    header = table(runs).splitlines()[0]  # ssr-report's columns and Pareto axes
+    assert "ifeval/prompt_level_strict_acc" in header and "ifeval/refusal_leak" in header
+    points = {p["method"]: p for p in pareto_points(runs, [], [])}
+    assert (
+        points["sft"]["ifeval"] == pytest.approx(100 * (1 - 2) / 5) and points["sft"]["refusal_leak"] == 40.0
+    )
 
 
 def test_pareto_front_of_the_generative_axes():

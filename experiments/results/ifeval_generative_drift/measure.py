@@ -71,12 +71,13 @@ def evaluate_all(
     from hydra.utils import instantiate
     from peft import PeftModel
 
-    from ssr.eval.evaluator import Evaluator
+    from ssr.cli._hydra import build
     from ssr.models.loading import load_model
     from ssr.runtime.precision import resolve
 
     cfg = compose(out, limit, max_gen_toks)
-    evaluator = Evaluator.from_config(cfg, val_records=[])
+    ood = {str(name): build(node) for name, node in cfg.data.ood.items()}
+    evaluator = build(cfg.eval)(val_records=[], ood=ood)
     spec = instantiate(cfg.model)
     records = {}
     for name, adapter in {"base": None, **adapters}.items():
