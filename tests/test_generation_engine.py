@@ -84,6 +84,18 @@ def test_continuous_equals_transformers_greedy_fp32(tokenizer, slots):
     assert [row[: len(e)] for row, e in zip(hf, expected, strict=True)] == expected
 
 
+def test_rows_ending_at_their_first_token_leave_no_gap(tokenizer):
+    """A prompt of a prefilled batch that ends at its first token frees its slot at once; the
+    rows after it move up with their cache rows."""
+    model = tiny_random_model(tokenizer, {"num_hidden_layers": 3, "initializer_range": 0.3}, seed=2).eval()
+    ids = _ids(tokenizer)
+    reference = _one_at_a_time(model, ids, {"max_new_tokens": 8, "do_sample": False})
+    stop = reference[3][0]  # the second-longest prompt: early in the batch
+    expected = [row[: row.index(stop) + 1] if stop in row else row for row in reference]
+    assert len(expected[3]) == 1 and sum(len(row) > 1 for row in expected) >= 2
+    assert continuous_generate_ids(model, ids, Sampling(8, frozenset([stop])), slots=8) == expected
+
+
 def test_hf_generate_texts_match_between_engines(tokenizer):
     model = tiny_random_model(tokenizer, seed=2).eval()
     decoding = DecodingConfig(max_new_tokens=10)

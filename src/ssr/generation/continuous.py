@@ -29,6 +29,8 @@ from tqdm.auto import tqdm
 log = logging.getLogger(__name__)
 
 SUPPORTED_TYPES = ("llama", "mistral", "qwen2")
+# prompt tokens (padded) prefilled in one forward at most
+PREFILL_TOKENS = 4096
 # the KV cache is sized to fit this budget (slots are reduced, never the sequence length)
 KV_BUDGET_BYTES = 3 * 2**30
 
@@ -212,25 +214,31 @@ class LlamaRunner:
     def _logits(self, x: torch.Tensor) -> torch.Tensor:
         return F.linear(self._norm(x, self.norm), self.lm_head).float()
 
-    def prefill(self, ids: list[int], slot: int, keys: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
-        """Run one prompt into ``slot`` of the cache; the logits of its last position."""
-        n = len(ids)
+    def prefill(
+        self, prompts: list[list[int]], first_slot: int, keys: torch.Tensor, values: torch.Tensor
+    ) -> torch.Tensor:
+        """Run prompts (right-padded to the longest: causal attention never sees the padding)
+        into slots ``first_slot, first_slot + 1, ...``; next-token logits ``[prompts, vocab]``.
+        The padding's cache rows lie past each prompt's end, where decoding writes before it reads."""
+        b, n = len(prompts), max(map(len, prompts))
+        ids = torch.zeros(b, n, dtype=torch.long, device=self.device)
+        for row, prompt in enumerate(prompts):
+            ids[row, : len(prompt)] = torch.tensor(prompt, device=self.device)
         pos = torch.arange(n, device=self.device)
-        x = self.embed[torch.tensor(ids, device=self.device)].float()
+        slots = slice(first_slot, first_slot + b)
+        x = self.embed[ids].float()
         for i, layer in enumerate(self.layers):
-            q, k, v = self._qkv(x, layer, pos)  # [n, heads, d]
-            keys[i, slot, :, :n] = k.transpose(0, 1)
-            values[i, slot, :, :n] = v.transpose(0, 1)
+            q, k, v = self._qkv(x, layer, pos)  # [b, n, heads, d]
+            k, v = k.transpose(1, 2), v.transpose(1, 2)
+            keys[i, slots, :, :n] = k
+            values[i, slots, :, :n] = v
             out = F.scaled_dot_product_attention(
-                q.transpose(0, 1)[None],
-                k.transpose(0, 1)[None],
-                v.transpose(0, 1)[None],
-                is_causal=True,
-                enable_gqa=self.n_kv != self.n_heads,
+                q.transpose(1, 2), k, v, is_causal=True, enable_gqa=self.n_kv != self.n_heads
             )
-            x = x + F.linear(out[0].transpose(0, 1).reshape(n, self.q_size), layer.o, layer.o_bias).float()
+            x = x + F.linear(out.transpose(1, 2).reshape(b, n, self.q_size), layer.o, layer.o_bias).float()
             x = self._mlp(x, layer)
-        return self._logits(x[-1:])[0]
+        ends = torch.tensor([len(p) - 1 for p in prompts], device=self.device)
+        return self._logits(x[torch.arange(b, device=self.device), ends])
 
     def decode(
         self, tokens: torch.Tensor, pos: torch.Tensor, keys: torch.Tensor, values: torch.Tensor
@@ -338,19 +346,29 @@ def continuous_generate_ids(
         done: list[int] = []
         t = time.perf_counter()
         while queue and len(active) < slots:
-            req = queue.pop()
-            slot = len(active)
+            # the next prompts (similar lengths: the queue is sorted) prefilled as one batch
+            take = min(slots - len(active), len(queue), max(1, PREFILL_TOKENS // len(prompt_ids[queue[-1]])))
+            group = [queue.pop() for _ in range(take)]
             if sampling.do_sample:
-                generators[req] = torch.Generator(device=runner.device).manual_seed(sampling.seed + req)
-            logits = runner.prefill(list(prompt_ids[req]), slot, keys, values)
-            token = _pick(logits[None], sampling, gens([req]))[0]
-            results[req].append(token)
-            if token in stops or sampling.max_new_tokens == 1:
-                done.append(req)
-                continue
-            active.append(req)
-            pos.append(len(prompt_ids[req]))
-            last.append(token)
+                for req in group:
+                    generators[req] = torch.Generator(device=runner.device).manual_seed(sampling.seed + req)
+            first = len(active)
+            logits = runner.prefill([list(prompt_ids[r]) for r in group], first, keys, values)
+            for offset, (req, token) in enumerate(
+                zip(group, _pick(logits, sampling, gens(group)), strict=True)
+            ):
+                results[req].append(token)
+                if token in stops or sampling.max_new_tokens == 1:
+                    done.append(req)
+                    continue
+                slot, target = first + offset, len(active)
+                if slot != target:  # a row of this group ended at its first token: close the gap
+                    n = len(prompt_ids[req])
+                    keys[:, target, :, :n] = keys[:, slot, :, :n]
+                    values[:, target, :, :n] = values[:, slot, :, :n]
+                active.append(req)
+                pos.append(len(prompt_ids[req]))
+                last.append(token)
         prefill_s += time.perf_counter() - t
         if active:
             t = time.perf_counter()

@@ -106,10 +106,13 @@ def measure(model: torch.nn.Module, dtype: torch.dtype | None, pad_token_id: int
     prompts = probe_prompts(causal_lm(model).config.vocab_size)
 
     def run(engine: str, rows: list[list[int]], new_tokens: int) -> int:
-        # no stop token can be generated (-1): every row runs to the end in both engines
-        kwargs = {"max_new_tokens": new_tokens, "do_sample": False, "eos_token_id": [-1]}
-        kwargs.update(temperature=None, top_p=None, top_k=None)
-        out = generate_ids(model, rows, pad_token_id, kwargs, len(rows), dtype, engine=engine)
+        # no stop token (hf: -1, never generated): every row runs to the end in both engines
+        if engine == "continuous":
+            out = continuous_generate_ids(model, rows, Sampling(new_tokens), len(rows), dtype)
+        else:
+            kwargs = {"max_new_tokens": new_tokens, "do_sample": False, "eos_token_id": [-1]}
+            kwargs.update(temperature=None, top_p=None, top_k=None)
+            out = hf_batched_ids(model, rows, pad_token_id, kwargs, len(rows), dtype)
         return sum(map(len, out))
 
     def timed(engine: str) -> float:
