@@ -45,9 +45,15 @@ OVERRIDES = [
     "trainer.log_every_n_steps=1",
     "trainer.enable_progress_bar=false",
     f"generator.batch_size={GEN_BATCH}",
+    # batches of GEN_BATCH rows written as each finishes: the continuous engine would write all 16
+    # rows of the tiny random model (none ends early) at the same step, leaving no moment to kill in
+    "generator.engine=hf",
     "generator.decoding.max_new_tokens=16",
     f"callbacks.model_checkpoint.every_n_train_steps={CKPT_EVERY}",
     "peft.lora_dropout=0.0",  # no RNG in the step: the resumed run must equal an uninterrupted one
+    # one precision for every process: `auto` is measured per cache, and the in-process reference
+    # run below measures again (a loaded CPU can tip bf16 vs fp32, and the weights then differ)
+    "trainer.precision=32-true",
     "logger=csv",
     "+logger.csv.flush_logs_every_n_steps=1",
     "ckpt_path=last",  # the same command starts fresh and resumes
