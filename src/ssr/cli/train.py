@@ -20,6 +20,7 @@ from omegaconf import DictConfig
 from ssr.cli._hydra import CONF_DIR, build, resolve_precision, to_dict
 from ssr.cli._run import is_rank_zero, local_processes, release_memory, resume_checkpoint
 from ssr.cli.guard import check_launch, check_trainer, exits_on_config_error, preflight_train
+from ssr.generation.engine import forget_choices
 from ssr.runtime.hardware import configure_threads
 from ssr.training.callbacks import TrackerLogging, instantiate_callbacks
 from ssr.training.preemption import write_status
@@ -31,6 +32,7 @@ log = logging.getLogger("ssr.train")
 def train(cfg: DictConfig) -> dict[str, Any]:
     """Run one training job; returns (and writes) its summary."""
     started = time.perf_counter()
+    forget_choices()  # summary.json's generation_engine: this run's choices only
     check_trainer(cfg.trainer, export_merged=cfg.export_merged)
     run_dir = Path(cfg.paths.output_dir)
     ckpt = resume_checkpoint(cfg, run_dir, set_aside=True)

@@ -77,8 +77,14 @@ class EngineChoice:
 
 
 def resolved_choices() -> list[dict[str, Any]]:
-    """The engine choices made in this process (one per model shape and dtype), for summaries."""
+    """The engine choices made in this process (one per model shape and dtype) since the last
+    :func:`forget_choices`, for summaries."""
     return list(_RESOLVED.values())
+
+
+def forget_choices() -> None:
+    """Start a run's record of engine choices (a process may run several jobs: sweeps, tests)."""
+    _RESOLVED.clear()
 
 
 def _shape(model: torch.nn.Module) -> dict[str, Any]:
