@@ -35,8 +35,10 @@ from ssr.generation.continuous import (
     unsupported_reason,
 )
 from ssr.generation.hf_batches import hf_batched_ids
+from ssr.runtime.files import atomic_write_text
 from ssr.runtime.hardware import cpu_isa, device_name, isa_env
 from ssr.runtime.hashing import content_hash
+from ssr.runtime.paths import cache_root
 
 log = logging.getLogger(__name__)
 
@@ -182,8 +184,6 @@ def _measured(
     probe: Probe | None,
     use_cache: bool,
 ) -> EngineChoice:
-    from ssr.runtime.files import atomic_write_text
-    from ssr.runtime.paths import cache_root
 
     key = {k: base[k] for k in ("dtype", "device_name", "isa", "isa_env")}
     key.update(

@@ -26,6 +26,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 
 from ssr.runtime.configs import ConfigError
 from ssr.runtime.files import atomic_write_text
+from ssr.training.checkpoints import read_checkpoint
 from ssr.training.loggers import redact
 
 log = logging.getLogger(__name__)
@@ -213,7 +214,6 @@ def checkpoint_record(ckpt: str | Path) -> dict[str, Any] | None:
     path = Path(ckpt)
     if not path.is_file():
         return None  # DeepSpeed writes a directory; the run directory's record stands in
-    from ssr.training.checkpoints import read_checkpoint
 
     saved = read_checkpoint(path)  # weights_only: a crafted file cannot run code here
     record = saved.get(CHECKPOINT_KEY) if isinstance(saved, dict) else None
