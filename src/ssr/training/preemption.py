@@ -126,7 +126,8 @@ class Preemption(L.Callback):
             signum = self._received or signal.SIGTERM  # a rank that got none stops with the others
             self.stopped = Preempted(signum, trainer.global_step, self._save(trainer))
 
-    # the first hook after the step's metrics were logged: the next batch, the epoch's end, validation
+    # the first hook after the step's metrics were logged: the next batch, the epoch's end (after
+    # the callbacks listed before this one), validation
     def on_train_batch_start(
         self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, batch_idx: int
     ) -> None:
