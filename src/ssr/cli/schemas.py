@@ -13,6 +13,7 @@ defaults.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import typing
 from dataclasses import MISSING, field, make_dataclass
 from typing import Any
@@ -56,6 +57,7 @@ NODE_SCHEMAS: dict[str, tuple[type, bool]] = {
 }
 
 
+@functools.cache
 def _node_type(tp: Any) -> Any:
     """``tp`` where OmegaConf can type-check it, else ``Any`` (unions of several types, tuples)."""
     try:
@@ -73,10 +75,12 @@ def _default(f: dataclasses.Field) -> Any:
     return field(default=MISSING)
 
 
+@functools.cache
 def node_schema(cls: type, target: bool = True, required: tuple[str, ...] = ()) -> type:
     """A dataclass for ``cls``'s config node: its fields and defaults (nested dataclasses as nested
     nodes; the ``required`` ones without a default), plus ``_target_`` (and ``_convert_: all``) when
-    the node is built by ``instantiate``."""
+    the node is built by ``instantiate``. Built once per arguments (every composition and resume
+    check asks again)."""
     hints = typing.get_type_hints(cls)
     specs: list[tuple[str, Any, Any]] = []
     if target:
