@@ -35,7 +35,7 @@ CURVE_MEASURES = {
     "reply_length": "suite/ifeval/length_ratio",
 }
 HIGHER_IS_BETTER = {"ifeval"}
-Point = dict[str, float]  # "step", "task_gain" and the flat score keys
+Point = dict[str, float]  # "step", "inside_epoch" (1.0: an every_n_steps evaluation), "task_gain", flat scores
 
 
 def curve(run_dir: Path) -> list[Point]:
@@ -51,6 +51,7 @@ def curve(run_dir: Path) -> list[Point]:
         point = {f"suite/{k}": v for k, v in _flatten(rec.get("scores") or {}).items()}
         point.update({f"tasks/{k}": v for k, v in _flatten(rec.get("tasks") or {}).items()})
         point["step"] = float(rec.get("step") or 0)
+        point["inside_epoch"] = float(rec.get("stage") == "step")
         points.append(point)
     keys = report_keys(sorted({k for p in points for k in p if k.startswith("tasks/")}))
     base = task_score(None, points[0], keys) if points else None
@@ -116,11 +117,9 @@ def method_curves(runs: Sequence[Any]) -> dict[str, list[list[Point]]]:
     return dict(out)
 
 
-def has_steps(runs: Sequence[Any]) -> bool:
-    return any(
-        (run.path / "drift.json").is_file() and json.loads((run.path / "drift.json").read_text()).get("steps")
-        for run in runs
-    )
+def has_steps(curves: dict[str, list[list[Point]]]) -> bool:
+    """Whether any run was evaluated inside its epochs (``eval.callback.every_n_steps``)."""
+    return any(p["inside_epoch"] for runs in curves.values() for run in runs for p in run)
 
 
 def matched_table(target: float | None, rows: list[dict[str, Any]]) -> list[str]:

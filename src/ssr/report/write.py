@@ -165,9 +165,9 @@ def write_report(paths: list[Path], out_dir: Path, grid: list[Path] | None = Non
 
 def _curve_section(runs: list[Run], out_dir: Path) -> list[str]:
     """Forgetting along training (runs evaluated every n steps): curves and drift at matched gain."""
-    if not has_steps(runs):
-        return []
     curves = method_curves(runs)
+    if not has_steps(curves):
+        return []
     target, rows = matched_rows(curves)
     image = plot_curves(curves, out_dir) if importlib.util.find_spec("matplotlib") is not None else None
     return [
