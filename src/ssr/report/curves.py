@@ -35,7 +35,8 @@ CURVE_MEASURES = {
     "reply_length": "suite/ifeval/length_ratio",
 }
 HIGHER_IS_BETTER = {"ifeval"}
-Point = dict[str, float]  # "step", "inside_epoch" (1.0: an every_n_steps evaluation), "task_gain", flat scores
+# "step", "inside_epoch" (1.0: an every_n_steps evaluation), "task_gain" and the flat scores
+Point = dict[str, float]
 
 
 def curve(run_dir: Path) -> list[Point]:
