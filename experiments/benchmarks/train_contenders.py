@@ -101,7 +101,7 @@ def _trainer_args(args: dict[str, Any], out: str, cls: Any, **extra: Any) -> Any
         learning_rate=LR,
         max_grad_norm=1.0,
         bf16=args.get("precision", "bf16-mixed").startswith("bf16"),
-        use_cpu=True,
+        use_cpu=args.get("device", "cpu") == "cpu",
         report_to="none",
         save_strategy="no",
         logging_steps=1,
