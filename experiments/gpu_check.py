@@ -350,14 +350,9 @@ def part_trl(ctx: dict[str, Any]) -> dict[str, Any]:
         return {"skipped": "trl is not installed (pip install -e '.[gpu]')"}
     import math
 
-    from datasets import Dataset
-    from peft import LoraConfig
-    from steps import FlopModel, StepLog
-    from train_contenders import _trainer_args, _trainer_timing
-    from trl import SFTConfig, SFTTrainer
+    from train_contenders import prompt_completions, sft_trainer_run
 
     from ssr.cli._hydra import build
-    from ssr.data.prompts import build_messages
     from ssr.models.loading import load_model
     from ssr.selection.methods import trained
     from ssr.selection.pipeline import read_selection
@@ -371,41 +366,15 @@ def part_trl(ctx: dict[str, Any]) -> dict[str, Any]:
         targets = "the train part's selection.jsonl"
     else:
         rows, targets = [(r, r.gold) for r in dm.train_records], "gold (the train part wrote no selection)"
-    data = Dataset.from_list(
-        [
-            {"prompt": build_messages(r, dm.prompt), "completion": [{"role": "assistant", "content": t}]}
-            for r, t in rows
-        ]
-    )
     model, tok = load_model(dm.spec)
     batch = int(cfg.data.batch_size)
     steps = math.ceil(len(rows) / batch) * int(cfg.trainer.max_epochs)
     args = {"batch_size": batch, "warmup": 1, "steps": steps - 1, "device": ctx["device"]}
     args["precision"] = "bf16-mixed" if ctx["device"] == "cuda" else "32-true"
-    log = StepLog()
-    Timed = _trainer_timing(log, SFTTrainer)
     lora = {k: v for k, v in cfg.peft.items() if not str(k).startswith("_")}
     _peak_memory(ctx["device"], reset=True)
-    out = Path(ctx["out"]) / "trl"
-    trainer = Timed(
-        model=model,
-        args=_trainer_args(
-            args,
-            str(out),
-            SFTConfig,
-            max_length=int(cfg.data.max_length),
-            completion_only_loss=True,
-            gradient_checkpointing=False,  # ssr does not checkpoint
-            packing=False,
-        ),
-        train_dataset=data,
-        processing_class=tok,
-        peft_config=LoraConfig(task_type="CAUSAL_LM", **lora),
-        callbacks=[Timed.step_end_callback()],
-    )
-    trainer.train()
-    flops = FlopModel.of(trainer.model)
-    summary = log.summary(1, flops)
+    data = prompt_completions(rows, dm.prompt)
+    summary = sft_trainer_run(model, tok, data, args, lora, int(cfg.data.max_length))
     return {
         "rows": len(rows),
         "targets": targets,

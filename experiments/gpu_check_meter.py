@@ -28,13 +28,13 @@ class TrainMeter(L.Callback):
 
     def __init__(self, out: str, warmup: int = 1) -> None:
         self.out, self.warmup = Path(out), warmup
-        self.log = StepLog()
+        self.steps = StepLog()
         self.before_train_peak: int | None = None
         self.train_peak = 0
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         _sync()
-        self.log.begin()
+        self.steps.begin()
 
     def on_train_batch_start(self, trainer: L.Trainer, pl_module: Any, batch: Any, batch_idx: int) -> None:
         if self.before_train_peak is None:  # the steps' own peak from here on
@@ -48,11 +48,11 @@ class TrainMeter(L.Callback):
             padded = sum(lengths)
         else:
             lengths, padded = [int(x) for x in mask.sum(1).tolist()], int(mask.numel())
-        self.log.record_batch(lengths, int(batch["num_response_tokens"]), padded)
+        self.steps.record_batch(lengths, int(batch["num_response_tokens"]), padded)
 
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: Any, *args: Any) -> None:
         _sync()
-        self.log.end_step()
+        self.steps.end_step()
         self.train_peak = max(self.train_peak, _peak_bytes())
 
     def on_fit_end(self, trainer: L.Trainer, pl_module: Any) -> None:
@@ -67,7 +67,7 @@ class TrainMeter(L.Callback):
             "device": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu",
         }
         try:
-            result.update(self.log.summary(self.warmup, flops))
+            result.update(self.steps.summary(self.warmup, flops))
         except RuntimeError as err:  # fewer steps than the warmup: no throughput, say why
             result["error"] = str(err)
         self.out.parent.mkdir(parents=True, exist_ok=True)
