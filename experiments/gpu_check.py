@@ -298,8 +298,12 @@ def part_peak(ctx: dict[str, Any]) -> dict[str, Any]:
 def _composed(ctx: dict[str, Any]) -> Any:
     """The main job's config with this check's overrides (as ``ssr-train`` composes it)."""
     from common import shipped
+    from omegaconf import open_dict
 
-    return shipped(*ctx["overrides"])
+    cfg = shipped(*ctx["overrides"])
+    with open_dict(cfg):  # no Hydra run here: the run dir ${hydra:...} would name
+        cfg.paths.output_dir = str(Path(ctx["out"]) / "composed")
+    return cfg
 
 
 def part_train(ctx: dict[str, Any]) -> dict[str, Any]:

@@ -182,7 +182,7 @@ class BaseModelGenerator:
 
     def generate(self, prompts: list[str], shard: Shard | None = None) -> tuple[list[str], GenerationStats]:
         """Texts for ``prompts`` through the cache; with a ``shard`` (a multi-process run) every rank
-        generates its share of the missing rows (:mod:`ssr.generation.sharded`)."""
+        generates its share of the missing rows (:meth:`_generate_sharded`)."""
         if shard is not None:
             return self._generate_sharded(prompts, shard)
         with stage_lock(self.cache_path.with_suffix(".lock")):
@@ -198,11 +198,11 @@ class BaseModelGenerator:
         keys = [generation_key(self.fingerprint, p, self.cfg.decoding) for p in prompts]
         lock = self.cache_path.with_suffix(".lock")
 
-        def missing() -> tuple[int, list[int]]:  # rows missing, and the first row of each missing key
+        def plan() -> tuple[int, list[int]]:  # rows missing, and the first row of each missing key
             missing, unique = missing_rows(SharedJsonlCache(self.cache_path, lock), keys)
             return len(missing), unique
 
-        n_missing, todo = shard.from_rank0(missing)
+        n_missing, todo = shard.from_rank0(plan)
         if todo and self.cfg.backend == "hf" and self._engine is None:  # `auto` measured once, not per rank
             self._engine = shard.from_rank0(self._engine_choice)
         share = self._share(prompts, todo, shard)
