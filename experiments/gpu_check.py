@@ -180,6 +180,13 @@ def _gib(value: Any) -> str:
     return f"{value / 2**30:.2f}" if isinstance(value, int | float) and value else ""
 
 
+def _error_line(log_tail: str) -> str:
+    """The last line of a log that names an error (else its last line)."""
+    lines = [line.strip() for line in log_tail.splitlines() if line.strip()]
+    errors = [line for line in lines if "Error" in line or "Exception" in line]
+    return (errors or lines or ["(no output)"])[-1]
+
+
 def markdown(report: dict[str, Any]) -> str:
     m = report["machine"]
     lines = [
@@ -198,10 +205,9 @@ def markdown(report: dict[str, Any]) -> str:
         mfu = part.get("mfu")
         notes = part.get("skipped") or part.get("note") or ""
         if part["status"] in ("failed", "timeout"):
-            notes = (part.get("log_tail") or "").strip().splitlines()[-1:] or [""]
-            notes = f"`{notes[0][:160]}`"
+            notes = f"`{_error_line(part.get('log_tail') or '')[:200]}`"
         if name == "peak" and part.get("bf16_flops_per_s"):
-            notes = f"bf16 matmul {part['bf16_flops_per_s'] / 1e12:.0f} TFLOP/s (n={part['n']})"
+            notes = f"bf16 matmul {part['bf16_flops_per_s'] / 1e12:.1f} TFLOP/s (n={part['n']})"
         lines.append(
             f"| {name} | {part['status']} | {part['seconds']} | {f'{rate:.0f}' if rate else ''} | "
             f"{f'{100 * mfu:.1f}%' if mfu else ''} | {_gib(part.get('peak_memory_bytes'))} | {notes} |"
@@ -247,7 +253,7 @@ def orchestrate(args: argparse.Namespace) -> int:
     }
     report: dict[str, Any] = {"machine": machine(), "model": model, "context": context, "parts": {}}
     for name in parts:
-        limit = LIMITS[name] * (4 if args.cpu_smoke else 1)
+        limit = LIMITS[name] * (10 if args.cpu_smoke else 1)
         print(f"gpu_check: {name} (limit {limit} s)", flush=True)
         report["parts"][name] = run_part(name, limit, args.out, context)
         print(f"gpu_check: {name} {report['parts'][name]['status']}", flush=True)

@@ -5,6 +5,10 @@
 # On a machine without network: experiments/gpu_check_prepare.sh (run where PyPI is reachable) packs
 # the missing wheels, the tokenizer and the evaluation data into .gpu_check/, used here when present.
 # Without a CUDA GPU it stops at once (exit 3) and runs nothing.
+# On a lent GPU machine (8 files come back at most): prepare here, carry .gpu_check, and run
+#   bash experiments/gpu_check.sh --out /tmp/gpu_check; cp /tmp/gpu_check/REPORT.* $OUT/;
+#   tar czf $OUT/gpu_check_logs.tgz -C /tmp gpu_check
+# then commit REPORT.json and REPORT.md under experiments/results/gpu_check/.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 if [ -z "${PYTHON:-}" ]; then  # this checkout's .venv (setup.sh), else the machine's python3
