@@ -195,6 +195,12 @@ class BaseModelGenerator:
         """Rank 0 lists the rows missing from the cache; every rank generates its share of them
         (:meth:`_share`), appending to the cache under its lock; then every rank reads them all."""
         t0 = time.perf_counter()
+        fingerprints = shard.all_do(lambda: self.fingerprint)
+        if len(set(fingerprints)) > 1:  # e.g. precision `auto` measured apart on each rank
+            raise ValueError(
+                f"the ranks generate with different weights or autocast dtypes (cache keys by rank: "
+                f"{fingerprints}); set trainer.precision explicitly (e.g. bf16-mixed or 32-true)"
+            )
         keys = [generation_key(self.fingerprint, p, self.cfg.decoding) for p in prompts]
         lock = self.cache_path.with_suffix(".lock")
 
