@@ -21,10 +21,10 @@ from conftest import TINY_OVERRIDES, compose
 OVERRIDES = ["method=s3ft", "judge.threshold=0.0", "generator.batch_size=4", "judge.batch_size=4"]
 
 
-def _config(run_dir: Path, cache_dir: Path):
+def _config(run_dir: Path, cache_dir: Path, *extra: str):
     from omegaconf import open_dict
 
-    cfg = compose([*TINY_OVERRIDES, *OVERRIDES])
+    cfg = compose([*TINY_OVERRIDES, *OVERRIDES, *extra])
     with open_dict(cfg):
         cfg.paths.output_dir = str(run_dir)
         cfg.paths.cache_dir = str(cache_dir)
@@ -32,8 +32,11 @@ def _config(run_dir: Path, cache_dir: Path):
     return cfg
 
 
-def _rank(rank: int, world: int, port: int, run_dir: Path, cache_dir: Path, errors: Path) -> None:
-    """One rank: join the gloo group, select (its share), and note a failure in ``errors``."""
+def _rank(
+    rank: int, world: int, port: int, run_dir: Path, cache_dir: Path, errors: Path, by_rank: dict
+) -> None:
+    """One rank: join the gloo group, select (its share), and note a failure in ``errors``;
+    ``by_rank``: this rank's extra overrides."""
     import torch.distributed as dist
 
     from ssr.cli._hydra import build
@@ -41,19 +44,19 @@ def _rank(rank: int, world: int, port: int, run_dir: Path, cache_dir: Path, erro
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     dist.init_process_group("gloo", rank=rank, world_size=world)
     try:
-        build(_config(run_dir, cache_dir).data).setup("fit")
+        build(_config(run_dir, cache_dir, *by_rank.get(rank, ())).data).setup("fit")
     except Exception as err:
         (errors / f"rank{rank}.txt").write_text(f"{type(err).__name__}: {err}")
     finally:
         dist.destroy_process_group()
 
 
-def _run_two_ranks(run_dir: Path, cache_dir: Path, errors: Path) -> None:
+def _run_two_ranks(run_dir: Path, cache_dir: Path, errors: Path, by_rank: dict | None = None) -> None:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     errors.mkdir(parents=True, exist_ok=True)
-    ctx = mp.spawn(_rank, args=(2, port, run_dir, cache_dir, errors), nprocs=2, join=False)
+    ctx = mp.spawn(_rank, args=(2, port, run_dir, cache_dir, errors, by_rank or {}), nprocs=2, join=False)
     for _ in range(60):  # a rank left waiting for a failed one would hang here: fail instead
         if ctx.join(timeout=5):
             return
@@ -118,3 +121,17 @@ def test_a_failure_on_rank_0_reaches_rank_1_instead_of_leaving_it_waiting(tmp_pa
     rank1 = (tmp_path / "errors" / "rank1.txt").read_text()
     assert rank0.startswith("CacheCorruptError") and "line 2 is corrupt" in rank0
     assert rank1.startswith("ShardError: rank 0 of 2 failed: CacheCorruptError") and "line 2" in rank1
+
+
+def test_ranks_that_would_write_different_generation_caches_stop_together(tmp_path: Path) -> None:
+    """Precision ``auto`` measured apart on each rank could differ: each rank would generate into
+    its own cache file and rank 0 would miss the rows of the others."""
+    by_rank = {0: ["trainer.precision=32-true"], 1: ["trainer.precision=bf16-mixed"]}
+    _run_two_ranks(tmp_path / "run", tmp_path / "cache", tmp_path / "errors", by_rank)
+    for rank in (0, 1):
+        error = (tmp_path / "errors" / f"rank{rank}.txt").read_text()
+        assert error.startswith("ValueError: the ranks generate with different weights or autocast dtypes")
+        assert "set trainer.precision explicitly" in error
+    assert not (tmp_path / "cache" / "generations").exists() or not any(
+        (tmp_path / "cache" / "generations").glob("*.jsonl")
+    )
