@@ -1,7 +1,7 @@
 """DDP on CPU (gloo, 2 processes) through the real `ssr-train` CLI equals a one-process run.
 
-Lightning starts rank 1 by re-running the command with `hydra.run.dir=<rank 0's dir>`; generation and
-judging run once, on rank 0, in `prepare_data`; every rank reads `selection.jsonl`; the drift
+Lightning starts rank 1 by re-running the command with `hydra.run.dir=<rank 0's dir>`; each rank
+generates and judges its half of the rows in `setup`; every rank reads `selection.jsonl`; the drift
 callback evaluates on rank 0 while the other rank waits.
 """
 
@@ -17,7 +17,8 @@ from cli_runs import adapter_shapes, jsonl_rows, run_train, summary
 
 @pytest.mark.slow
 def test_ddp_on_cpu_matches_one_process(tmp_path: Path) -> None:
-    common = ("method=ssr", "judge.threshold=0.0")  # threshold 0: own answers win where answerable
+    # threshold 0: own answers win where answerable; 2 generation batches of 8: one for each rank
+    common = ("method=ssr", "judge.threshold=0.0", "generator.batch_size=8")
     single, ddp = tmp_path / "single", tmp_path / "ddp"
     run_train(*common, f"hydra.run.dir={single}", f"paths.cache_dir={tmp_path / 'cache1'}", cwd=tmp_path)
     run_train(
@@ -41,9 +42,9 @@ def test_ddp_on_cpu_matches_one_process(tmp_path: Path) -> None:
     sources = summary(ddp)["selection"]["counts"]
     assert sources.get("self", 0) > 0 and sources.get("gold", 0) > 0, sources
     generations = list((tmp_path / "cache2" / "generations").glob("*.jsonl"))
-    assert len(generations) == 1 and len(jsonl_rows(generations[0])) == 16, "rank 1 generated nothing"
-    assert "generated" not in (ddp / "train_ddp_process_1.log").read_text()
-    assert summary(ddp)["selection"]["extra"]["stages"]["generate_self"]["computed"] == 16
+    assert len(generations) == 1 and len(jsonl_rows(generations[0])) == 16, "no row generated twice"
+    assert sorted(json.loads(row)["rank"] for row in jsonl_rows(generations[0])) == [0] * 8 + [1] * 8
+    assert summary(ddp)["selection"]["extra"]["stages"]["generate_self"]["computed_by_rank"] == [8, 8]
 
     # drift: measured once (rank 0) on the base model and after the epoch, while rank 1 waited
     drift = json.loads((ddp / "drift.json").read_text())

@@ -101,7 +101,7 @@ def _trainer_args(args: dict[str, Any], out: str, cls: Any, **extra: Any) -> Any
         learning_rate=LR,
         max_grad_norm=1.0,
         bf16=args.get("precision", "bf16-mixed").startswith("bf16"),
-        use_cpu=True,
+        use_cpu=args.get("device", "cpu") == "cpu",
         report_to="none",
         save_strategy="no",
         logging_steps=1,
@@ -137,27 +137,28 @@ def _trainer_timing(log: StepLog, base: type) -> type:
     return Timed
 
 
-def run_trl(args: dict[str, Any]) -> dict[str, Any]:
+def prompt_completions(rows: list[tuple[Any, str]], prompt_cfg: Any = None) -> Any:
+    """(record, target) pairs as TRL's prompt/completion rows (the chat messages ssr trains on)."""
     from datasets import Dataset
+
+    from ssr.data.prompts import PromptConfig, build_messages
+
+    cfg = prompt_cfg or PromptConfig()
+    return Dataset.from_list(
+        [
+            {"prompt": build_messages(r, cfg), "completion": [{"role": "assistant", "content": t}]}
+            for r, t in rows
+        ]
+    )
+
+
+def sft_trainer_run(
+    model: Any, tok: Any, data: Any, args: dict[str, Any], lora: dict[str, Any], max_length: int
+) -> dict[str, Any]:
+    """TRL's SFTTrainer (completion-only loss, no gradient checkpointing, no packing), timed per step."""
     from peft import LoraConfig
     from trl import SFTConfig, SFTTrainer
 
-    from ssr.data.prompts import PromptConfig, build_messages
-    from ssr.models.loading import ModelSpec, load_model
-
-    model, tok = load_model(ModelSpec(name_or_path=args["model"]))
-    n_rows = (args["warmup"] + args["steps"]) * args["batch_size"]
-    records = bench_records(n_rows, tok)
-    cfg = PromptConfig()
-    data = Dataset.from_list(
-        [
-            {
-                "prompt": build_messages(r, cfg),
-                "completion": [{"role": "assistant", "content": r.gold}],
-            }
-            for r in records
-        ]
-    )
     log = StepLog()
     Timed = _trainer_timing(log, SFTTrainer)
     with tempfile.TemporaryDirectory() as tmp:
@@ -165,7 +166,7 @@ def run_trl(args: dict[str, Any]) -> dict[str, Any]:
             args,
             tmp,
             SFTConfig,
-            max_length=MAX_LENGTH,
+            max_length=max_length,
             completion_only_loss=True,
             gradient_checkpointing=False,  # TRL defaults to True; ssr and hf do not checkpoint
             packing=False,
@@ -175,12 +176,22 @@ def run_trl(args: dict[str, Any]) -> dict[str, Any]:
             args=sft_args,
             train_dataset=data,
             processing_class=tok,
-            peft_config=LoraConfig(task_type="CAUSAL_LM", **LORA),
+            peft_config=LoraConfig(task_type="CAUSAL_LM", **lora),
             callbacks=[Timed.step_end_callback()],
         )
         trainer.train()
         flops = FlopModel.of(trainer.model)
     return {**log.summary(args["warmup"], flops), "flop_model": flops.__dict__}
+
+
+def run_trl(args: dict[str, Any]) -> dict[str, Any]:
+    from ssr.models.loading import ModelSpec, load_model
+
+    model, tok = load_model(ModelSpec(name_or_path=args["model"]))
+    n_rows = (args["warmup"] + args["steps"]) * args["batch_size"]
+    records = bench_records(n_rows, tok)
+    data = prompt_completions([(r, r.gold) for r in records])
+    return sft_trainer_run(model, tok, data, args, dict(LORA), MAX_LENGTH)
 
 
 def run_hf(args: dict[str, Any]) -> dict[str, Any]:

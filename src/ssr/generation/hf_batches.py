@@ -10,6 +10,12 @@ from tqdm.auto import tqdm
 from transformers import PreTrainedModel
 
 
+def length_sorted_batches(lengths: list[int], batch_size: int) -> list[list[int]]:
+    """The batches of engine ``hf``: indices sorted by length, longest first (ties in input order)."""
+    order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
+    return [order[start : start + batch_size] for start in range(0, len(order), batch_size)]
+
+
 @torch.inference_mode()
 def hf_batched_ids(
     model: PreTrainedModel,
@@ -32,12 +38,12 @@ def hf_batched_ids(
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
-    order = sorted(range(len(prompt_ids)), key=lambda i: -len(prompt_ids[i]))
+    batches = length_sorted_batches([len(p) for p in prompt_ids], batch_size)
     results: list[list[int]] = [[] for _ in prompt_ids]
     bar = tqdm(total=len(prompt_ids), desc="generate", unit="row", disable=not progress)
     try:
-        for start in range(0, len(order), batch_size):
-            idx = order[start : start + batch_size]
+        for number, idx in enumerate(batches):
+            start = number * batch_size
             width = max(len(prompt_ids[i]) for i in idx)
             pads = [width - len(prompt_ids[i]) for i in idx]
             input_ids = torch.tensor(

@@ -5,11 +5,13 @@ from __future__ import annotations
 import abc
 import logging
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from ssr.data.records import chunks
-from ssr.runtime.cache import JsonlCache
+from ssr.runtime.cache import JsonlCache, SharedJsonlCache
 from ssr.runtime.hashing import content_hash
+from ssr.runtime.shards import Shard
 
 log = logging.getLogger(__name__)
 
@@ -76,6 +78,9 @@ class Judge(abc.ABC):
 
     name: str = "judge"
     max_unparseable: float = 0.0
+    # judges in this process (rules, a local model): each rank of a multi-process run judges its
+    # share; a judge behind a server (openai) judges on rank 0 alone (its concurrency is its own)
+    shardable: bool = True
 
     def fingerprint(self) -> str:
         """Identity of everything that changes verdicts (model, prompt, thresholds), for cache keys."""
@@ -95,32 +100,41 @@ def judge_key(judge_fingerprint: str, item: JudgeItem) -> str:
     return content_hash(judge_fingerprint, item.question, item.document, item.gold, item.candidate)
 
 
-def run_judge(
-    judge: Judge,
-    items: list[JudgeItem],
-    cache: JsonlCache | None,
-    batch_size: int = 16,
-    progress: bool = True,
-) -> list[Verdict]:
-    """Judge ``items`` (in input order), skipping those already in ``cache``.
-
-    New verdicts are appended to the cache after every batch, so an interruption loses at most
-    one batch and re-running resumes. Identical items are judged once.
-    """
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    fingerprint = judge.fingerprint()
-    keys = [judge_key(fingerprint, item) for item in items]
+def cached_verdicts(keys: list[str], cache: JsonlCache | None) -> tuple[dict[str, Verdict], list[int]]:
+    """The cached verdicts of ``keys``, and the first item of each key still to judge."""
     verdicts: dict[str, Verdict] = {}
-    todo: dict[str, JudgeItem] = {}
-    for key, item in zip(keys, items):
+    todo: dict[str, int] = {}
+    for i, key in enumerate(keys):
         if key in verdicts or key in todo:
             continue
         row = cache.get(key) if cache is not None else None
         if row is not None and row.get("parsed", True):  # an unparseable row (older caches): ask again
             verdicts[key] = Verdict.from_row(row)
         else:
-            todo[key] = item
+            todo[key] = i
+    return verdicts, list(todo.values())
+
+
+def run_judge(
+    judge: Judge,
+    items: list[JudgeItem],
+    cache: JsonlCache | None,
+    batch_size: int = 16,
+    progress: bool = True,
+    provenance: dict[str, Any] | None = None,
+) -> list[Verdict]:
+    """Judge ``items`` (in input order), skipping those already in ``cache``.
+
+    New verdicts are appended to the cache after every batch, so an interruption loses at most
+    one batch and re-running resumes. Identical items are judged once. ``provenance``: more
+    fields for each new cache row (the rank that judged it).
+    """
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    fingerprint = judge.fingerprint()
+    keys = [judge_key(fingerprint, item) for item in items]
+    verdicts, first = cached_verdicts(keys, cache)
+    todo = {keys[i]: items[i] for i in first}
     n_cached = len(verdicts)
     where = f" (cache {cache.path})" if cache is not None else ""
     log.info(
@@ -160,7 +174,7 @@ def run_judge(
             raise
         if cache is not None:
             cache.put_many(
-                (key, {"id": item.id, "judge": judge.name, **verdict.to_row()})
+                (key, {"id": item.id, "judge": judge.name, **verdict.to_row(), **(provenance or {})})
                 for (key, item), verdict in zip(batch, new)
                 if verdict.parsed
             )
@@ -178,6 +192,44 @@ def run_judge(
         sum(not v.parsed for v in out),
     )
     return out
+
+
+def run_judge_sharded(
+    judge: Judge,
+    items: list[JudgeItem],
+    cache_path: Path,
+    shard: Shard,
+    batch_size: int = 16,
+) -> tuple[list[Verdict], list[int]]:
+    """:func:`run_judge` in a multi-process run: rank 0 lists the items to judge, each rank judges
+    whole batches of them (batch ``b`` to rank ``b % world``; a judge that is not
+    ``shardable``: rank 0 alone), appending to the cache under its lock; every rank gets every
+    verdict (unparseable ones too, which the cache does not keep). Returns the verdicts and the
+    items each rank judged."""
+    keys = [judge_key(judge.fingerprint(), item) for item in items]
+    lock = cache_path.with_suffix(".lock")
+    todo = shard.from_rank0(lambda: cached_verdicts(keys, SharedJsonlCache(cache_path, lock))[1])
+    batches = list(chunks(todo, batch_size))
+    if judge.shardable:
+        share = [i for batch in shard.take(batches) for i in batch]
+    else:
+        share = todo if shard.rank == 0 else []
+
+    def judge_share() -> dict[str, dict[str, Any]]:
+        if not share:
+            return {}
+        cache = SharedJsonlCache(cache_path, lock)
+        mine = run_judge(judge, [items[i] for i in share], cache, batch_size, provenance={"rank": shard.rank})
+        return {keys[i]: v.to_row() for i, v in zip(share, mine)}
+
+    judged = shard.all_do(judge_share)
+    verdicts, _ = cached_verdicts(keys, SharedJsonlCache(cache_path, lock))
+    verdicts.update((key, Verdict.from_row(row)) for rows in judged for key, row in rows.items())
+    out = [verdicts[key] for key in keys]
+    item_of = dict(zip(keys, items))
+    unparsed = [(item_of[key], v) for key, v in verdicts.items() if not v.parsed]
+    check_unparseable(judge, unparsed, len(verdicts), None)
+    return out, [len(rows) for rows in judged]
 
 
 def check_unparseable(

@@ -86,6 +86,7 @@ class OpenAIJudge(Judge):
     verdict: counted, never cached, and past ``max_unparseable`` of the items the run stops."""
 
     name = "openai"
+    shardable = False  # a server's queue: rank 0 sends every request
 
     def __init__(
         self,

@@ -148,3 +148,21 @@ def stage_lock(path: str | os.PathLike[str]) -> Iterator[None]:
             yield
         finally:
             fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
+
+
+class SharedJsonlCache(JsonlCache):
+    """A :class:`JsonlCache` that other processes append to at the same time (the ranks of a run).
+
+    It is read and every batch is appended under ``lock`` (the stage's :func:`stage_lock` file),
+    so no process reads a half-written line as a torn one, and no two appends interleave.
+    """
+
+    def __init__(self, path: str | os.PathLike[str], lock: str | os.PathLike[str]) -> None:
+        self.lock = Path(lock)
+        with stage_lock(self.lock):
+            super().__init__(path)
+
+    def put_many(self, items: Iterable[tuple[str, dict[str, Any]]]) -> None:
+        rows = list(items)
+        with stage_lock(self.lock):
+            super().put_many(rows)

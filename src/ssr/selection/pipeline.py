@@ -23,9 +23,10 @@ from ssr.data.prompts import (
 from ssr.data.records import Record
 from ssr.generation.config import GeneratorConfig
 from ssr.generation.generator import BaseModelGenerator
-from ssr.judges.base import JudgeItem, run_judge
+from ssr.judges.base import JudgeItem, run_judge, run_judge_sharded
 from ssr.runtime.cache import JsonlCache, stage_lock
 from ssr.runtime.files import atomic_write_text
+from ssr.runtime.shards import Shard
 from ssr.selection.methods import (
     Candidate,
     MethodConfig,
@@ -45,13 +46,23 @@ class StageCounters:
 
     stages: dict[str, dict[str, Any]] = field(default_factory=dict)
 
-    def add(self, stage: str, total: int, cached: int, computed: int, seconds: float) -> None:
+    def add(
+        self,
+        stage: str,
+        total: int,
+        cached: int,
+        computed: int,
+        seconds: float,
+        by_rank: list[int] | None = None,
+    ) -> None:
         self.stages[stage] = {
             "rows": total,
             "cached": cached,
             "computed": computed,
             "seconds": round(seconds, 2),
         }
+        if by_rank is not None:  # a multi-process run: rows each rank computed
+            self.stages[stage]["computed_by_rank"] = by_rank
 
     def summary(self) -> str:
         return "; ".join(
@@ -98,8 +109,10 @@ def judge_candidates(
     cache_dir: Path,
     counters: StageCounters,
     stage: str,
+    shard: Shard | None = None,
 ) -> list[Candidate]:
-    """Judge each candidate against its record's gold answer, through the verdict cache."""
+    """Judge each candidate against its record's gold answer, through the verdict cache (with a
+    ``shard``: each rank its share, :func:`ssr.judges.base.run_judge_sharded`)."""
     import time
 
     items = [
@@ -114,13 +127,19 @@ def judge_candidates(
         for r, c in zip(records, candidates, strict=True)
     ]
     path = Path(cache_dir) / "verdicts" / f"{judge.fingerprint()}.jsonl"
+    batch_size = getattr(judge, "batch_size", 16)
     t0 = time.perf_counter()
-    with stage_lock(path.with_suffix(".lock")):
-        cache = JsonlCache(path)
-        before = len(cache)
-        verdicts = run_judge(judge, items, cache, batch_size=getattr(judge, "batch_size", 16))
-        computed = len(cache) - before
-    counters.add(stage, len(items), len(items) - computed, computed, time.perf_counter() - t0)
+    by_rank = None
+    if shard is not None:
+        verdicts, by_rank = run_judge_sharded(judge, items, path, shard, batch_size)
+        computed = sum(by_rank)
+    else:
+        with stage_lock(path.with_suffix(".lock")):
+            cache = JsonlCache(path)
+            before = len(cache)
+            verdicts = run_judge(judge, items, cache, batch_size=batch_size)
+            computed = len(cache) - before
+    counters.add(stage, len(items), len(items) - computed, computed, time.perf_counter() - t0, by_rank)
     return [
         Candidate(text=c, accept=v.accept, score=v.score, rationale=v.rationale, parsed=v.parsed)
         for c, v in zip(candidates, verdicts)
@@ -133,8 +152,10 @@ def generate_candidates(
     prompt_cfg: PromptConfig,
     method: MethodConfig,
     counters: StageCounters,
+    shard: Shard | None = None,
 ) -> dict[str, list[str]]:
-    """The model-written texts the method needs: own answers and/or rewrites of gold."""
+    """The model-written texts the method needs: own answers and/or rewrites of gold (with a
+    ``shard``: each rank generates its share)."""
     out: dict[str, list[str]] = {}
     tok = generator.tokenizer
     jobs = []
@@ -144,8 +165,10 @@ def generate_candidates(
     if method.needs_rewrite:
         jobs.append(("rewrite", rewrite_prompts(tok, records, prompt_cfg, method, budget)))
     for name, prompts in jobs:
-        texts, stats = generator.generate(prompts)
-        counters.add(f"generate_{name}", stats.rows, stats.cached, stats.generated, stats.seconds)
+        texts, stats = generator.generate(prompts, shard)
+        counters.add(
+            f"generate_{name}", stats.rows, stats.cached, stats.generated, stats.seconds, stats.by_rank
+        )
         out[name] = texts
     return out
 
@@ -165,6 +188,7 @@ def fidelity_against_hf(
     judged: dict[str, list[Candidate] | None],
     cache_dir: Path,
     counters: StageCounters,
+    shard: Shard | None = None,
 ) -> dict[str, Any]:
     """What the server changes: on ``generator.fidelity_sample`` rows, the share of texts identical
     to generator=hf's (generated through the hf cache) and the judge's accept rate under each."""
@@ -175,14 +199,16 @@ def fidelity_against_hf(
     hf_cfg = replace(generator.cfg, backend="hf", fidelity_sample=0)
     hf_counters = StageCounters()
     with BaseModelGenerator(generator.spec, hf_cfg, generator.cache_dir) as hf:
-        hf_texts = generate_candidates(hf, sample, prompt_cfg, method, hf_counters)
+        hf_texts = generate_candidates(hf, sample, prompt_cfg, method, hf_counters, shard)
     out: dict[str, Any] = {"backend": generator.cfg.backend, "rows": len(idx)}
     for name, hf_rows in hf_texts.items():
         served = judged.get(name)
         if served is None:
             continue
         counters.stages[f"fidelity_hf_{name}"] = hf_counters.stages[f"generate_{name}"]
-        hf_judged = judge_candidates(judge, sample, hf_rows, cache_dir, counters, f"fidelity_judge_{name}")
+        hf_judged = judge_candidates(
+            judge, sample, hf_rows, cache_dir, counters, f"fidelity_judge_{name}", shard
+        )
         mine = [served[i] for i in idx]
         share = lambda xs: round(sum(xs) / len(xs), 4)  # noqa: E731
         out[name] = {
@@ -207,23 +233,26 @@ def run_selection(
     judge: Any,
     cache_dir: Path,
     out_dir: Path,
+    shard: Shard | None = None,
 ) -> tuple[list[Selection], SelectionStats, StageCounters]:
     """Generate (cached) -> judge (cached) -> select; writes selection.jsonl and selection_stats.json.
 
     ``judge`` and ``generator`` are required when ``method.needs_judge`` (``SSRDataModule`` and
-    ``ssr.cli.config_checks`` check it before anything runs)."""
+    ``ssr.cli.config_checks`` check it before anything runs). With a ``shard`` (a multi-process
+    run, every rank calls this) each rank generates and judges its share, every rank gets the
+    same selection, and rank 0 writes the files before any rank returns."""
     counters = StageCounters()
     own = rewrites = None
     if method.needs_judge:
         if generator is None:
             raise ValueError(f"method={method.name} needs a generator for the base model's own texts")
         with generator:
-            texts = generate_candidates(generator, records, prompt_cfg, method, counters)
+            texts = generate_candidates(generator, records, prompt_cfg, method, counters, shard)
         if "self" in texts:
-            own = judge_candidates(judge, records, texts["self"], cache_dir, counters, "judge_self")
+            own = judge_candidates(judge, records, texts["self"], cache_dir, counters, "judge_self", shard)
         if "rewrite" in texts:
             rewrites = judge_candidates(
-                judge, records, texts["rewrite"], cache_dir, counters, "judge_rewrite"
+                judge, records, texts["rewrite"], cache_dir, counters, "judge_rewrite", shard
             )
     selections = select_targets(method, records, own, rewrites)
     stats = selection_stats(method, selections, own, rewrites)
@@ -237,11 +266,15 @@ def run_selection(
             {"self": own, "rewrite": rewrites},
             cache_dir,
             counters,
+            shard,
         )
         if fidelity:
             stats.extra["fidelity"] = fidelity
     stats.extra["stages"] = counters.stages
-    write_selection(out_dir, selections, stats)
+    if shard is None:
+        write_selection(out_dir, selections, stats)
+    else:  # rank 0 writes; every rank waits for the files (and hears of a failure)
+        shard.from_rank0(lambda: write_selection(out_dir, selections, stats))
     log.info("selection (%s): %s", method.name, json.dumps(stats.by_source))
     if counters.stages:
         log.info("stage cache counters: %s", counters.summary())

@@ -163,7 +163,7 @@ def _wandb_loggers(trainer: L.Trainer) -> list[Any]:
 
 class TrackerLogging(L.Callback):
     """Logs the redacted run config at fit start and the selection statistics once training starts
-    (after ``prepare_data`` wrote them): a ``selection/by_source`` table and summary values."""
+    (after the selection wrote them): a ``selection/by_source`` table and summary values."""
 
     def __init__(self, config: dict[str, Any], stats_path: str | Path) -> None:
         self.config = redact(config)

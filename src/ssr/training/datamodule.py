@@ -1,8 +1,10 @@
 """LightningDataModule that performs the judge-driven target selection.
 
-``prepare_data`` (one process) runs generation + judging through the caches and writes
-``selection.jsonl``; ``setup`` (every rank) reads it, tokenizes with response-only labels and
-builds length-grouped batches sharded across data-parallel ranks.
+One process: ``prepare_data`` runs generation + judging through the caches and writes
+``selection.jsonl``. Several (DDP, DeepSpeed): ``setup`` runs them on every rank, each rank its
+share of the rows (:mod:`ssr.runtime.shards`), and rank 0 writes the file. ``setup`` (every rank)
+then reads it, tokenizes with response-only labels and builds length-grouped batches sharded
+across data-parallel ranks.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from ssr.generation.generator import BaseModelGenerator
 from ssr.judges.base import Judge
 from ssr.models.loading import ModelSpec, load_tokenizer
 from ssr.runtime.paths import cache_root
+from ssr.runtime.shards import Shard, rank_shard, world_size
 from ssr.selection.methods import MethodConfig, SelectionStats, trained
 from ssr.selection.pipeline import answer_prompts, read_selection, run_selection
 
@@ -258,15 +261,32 @@ class SSRDataModule(L.LightningDataModule):
         return [r.id for r in rows], [(r.input_ids, r.labels) for r in rows]
 
     def prepare_data(self) -> None:
+        """The selection in a one-process run (Lightning calls this on rank 0 alone, after the
+        process group of a multi-process run exists: that one selects in :meth:`setup`)."""
+        if world_size() == 1:
+            self.select()
+
+    def select(self, shard: Shard | None = None) -> None:
+        """Generation, judging and ``selection.jsonl`` (with a ``shard``: this rank's share)."""
         check_prompts_fit(self.tokenizer, self.train_records, self.prompt, self.max_length)
         generator = self.base_generator() if self.method.needs_judge else None
         _, self.stats, _ = run_selection(
-            self.train_records, self.method, self.prompt, generator, self.judge, self.cache_dir, self.run_dir
+            self.train_records,
+            self.method,
+            self.prompt,
+            generator,
+            self.judge,
+            self.cache_dir,
+            self.run_dir,
+            shard,
         )
 
     def setup(self, stage: str | None = None) -> None:
         if self.train_rows:
             return
+        if world_size() > 1:  # every rank takes part in the selection, then reads it
+            with rank_shard() as shard:
+                self.select(shard)
         by_id = {r.id: r for r in self.train_records}
         selections = read_selection(self.selection_path)
         missing = [s.id for s in selections if s.id not in by_id]
