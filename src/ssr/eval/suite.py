@@ -14,6 +14,7 @@ from typing import Any
 import torch
 
 from ssr.runtime.configs import checked_dataclass
+from ssr.runtime.distributed import Shard, active_shard
 from ssr.runtime.precision import autocast_dtype
 
 LOCAL_TASKS_DIR = Path(__file__).parent / "tasks"
@@ -229,7 +230,13 @@ def run_suite(
     ``torch.autocast(enabled=False)`` would override an outer autocast, so it must be set here.
     HFLM switches the model to eval mode; callers that train restore it themselves.
     ``on_samples(task, samples)`` gets lm-eval's logged per-document samples of every leaf task
-    (``log_samples``); they are dropped once it returns.
+    (``log_samples``), in document order; they are dropped once it returns.
+
+    In a sharded evaluation (:mod:`ssr.runtime.distributed`) lm-eval splits the documents itself:
+    the LM object gets the rank and world size (:func:`share_documents`), every task builds the
+    requests of its documents ``rank, rank + world_size, ...``, lm-eval pads the request lists to
+    equal length and gathers the per-document metrics and samples on rank 0, whose scores every
+    rank gets back; ``on_samples`` runs on rank 0.
     """
     if not tasks:
         return {}
@@ -250,19 +257,58 @@ def run_suite(
             mixed_precision_dtype=autocast_dtype(mixed_precision),
             max_length=max_length,
         )
+        shard = active_shard()
+        split = share_documents(lm, shard, samples)
         results = simple_evaluate(
             model=lm,
             tasks=built,
             num_fewshot=num_fewshot,
             samples=samples,
             bootstrap_iters=bootstrap_iters,
-            log_samples=on_samples is not None,
+            log_samples=shard.broadcast(on_samples is not None) if split else on_samples is not None,
             apply_chat_template=apply_chat_template,
             task_manager=manager,
         )
+    if split:
+        if results is not None and on_samples is not None:  # rank 0: every rank's documents
+            for task, logged in (results.pop("samples", None) or {}).items():
+                on_samples(task, sorted(logged, key=lambda sample: sample["doc_id"]))
+        return shard.broadcast(flatten_results(results) if results is not None else None)
     if results is None:  # not rank 0 of an lm-eval-managed distributed run
         return {}
     if on_samples is not None:
         for task, logged in (results.pop("samples", None) or {}).items():
             on_samples(task, logged)
     return flatten_results(results)
+
+
+class RankGroup:
+    """The two calls lm-eval's HFLM makes on its ``accelerator`` (``gather``, ``wait_for_everyone``),
+    over the ``torch.distributed`` group the run already has (gloo or nccl) instead of an
+    ``accelerate`` launch. Counts the requests each rank runs (lm-eval gathers them to pad)."""
+
+    def __init__(self, shard: Shard) -> None:
+        self.shard = shard
+
+    def gather(self, tensor: torch.Tensor) -> torch.Tensor:
+        part = tensor.reshape(1) if tensor.dim() == 0 else tensor
+        parts = [torch.empty_like(part) for _ in range(self.shard.world_size)]
+        torch.distributed.all_gather(parts, part.contiguous())
+        out = torch.cat(parts)
+        if tensor.dim() == 0:  # lm-eval gathers each task's request count on this rank
+            self.shard.add_counts("lm_eval", out.tolist())
+        return out
+
+    def wait_for_everyone(self) -> None:
+        torch.distributed.barrier()
+
+
+def share_documents(lm: Any, shard: Shard, samples: Mapping[str, list[int]]) -> bool:
+    """Give ``lm`` (HFLM) the shard's rank and world size, lm-eval's own data-parallel switch, when
+    the shard splits and every task has a document for each rank (lm-eval needs one per rank);
+    otherwise each rank runs every document (in lockstep; outside a shard, simply alone)."""
+    if shard.parts == 1 or any(len(indices) < shard.parts for indices in samples.values()):
+        return False
+    lm._rank, lm._world_size, lm.accelerator = shard.rank, shard.world_size, RankGroup(shard)
+    shard.counts.pop("lm_eval", None)
+    return True
