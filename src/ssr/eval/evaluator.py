@@ -245,7 +245,8 @@ class Evaluator:
         dtype = autocast_dtype(precision, next(model.parameters()).device.type)
         model.eval()
         shard = active_shard()
-        shard.counts.clear()
+        if stage != "base":  # the base's counts start with its references (evaluate_base)
+            shard.counts.clear()
         started = time.perf_counter()
         with torch.no_grad():
             record: EvalRecord = {"stage": stage, "epoch": epoch, "step": step}
@@ -278,6 +279,7 @@ class Evaluator:
         with its per-item results: every run of a sweep starts from the same base model, so it is
         computed once."""
         dtype = autocast_dtype(precision, next(model.parameters()).device.type)
+        active_shard().counts.clear()
         with torch.no_grad():  # built from the base weights (adapters disabled) by build_reference
             reference = self.ensure_reference(model, tokenizer, dtype) if self.self_drift.enabled else None
             started = time.perf_counter()

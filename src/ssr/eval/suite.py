@@ -283,9 +283,10 @@ def run_suite(
 
 
 class RankGroup:
-    """The two calls lm-eval's HFLM makes on its ``accelerator`` (``gather``, ``wait_for_everyone``),
-    over the ``torch.distributed`` group the run already has (gloo or nccl) instead of an
-    ``accelerate`` launch. Counts the requests each rank runs (lm-eval gathers them to pad)."""
+    """The calls lm-eval's HFLM makes on its ``accelerator`` (``gather``, ``wait_for_everyone``,
+    ``unwrap_model``) over the ``torch.distributed`` group the run already has (gloo or nccl)
+    instead of an ``accelerate`` launch. Counts the requests each rank runs (lm-eval gathers them
+    to pad)."""
 
     def __init__(self, shard: Shard) -> None:
         self.shard = shard
@@ -301,6 +302,9 @@ class RankGroup:
 
     def wait_for_everyone(self) -> None:
         torch.distributed.barrier()
+
+    def unwrap_model(self, model: Any) -> Any:
+        return model  # HFLM.model: the model as given
 
 
 def share_documents(lm: Any, shard: Shard, samples: Mapping[str, list[int]]) -> bool:

@@ -112,7 +112,9 @@ class Shard:
         Shares are whole batches: ``items`` ordered longest first by ``length`` (a stable sort, as
         the engines and :func:`ssr.eval.token_nll.row_scores` order them), cut into ``batch_size``
         rows, dealt round-robin; ``run`` gets its batches in that order, so its own length sort and
-        batching rebuild exactly those batches.
+        batching rebuild exactly those batches (one process's numbers). Where that would leave a rank
+        without a batch, the batches are cut smaller (``ceil(len(items) / world_size)`` rows), so
+        every rank has work; their numbers then equal one process's up to floating-point noise.
         """
         if self.parts == 1:
             out = run(list(items))
@@ -120,7 +122,8 @@ class Shard:
             return out
         order = sorted(range(len(items)), key=lambda i: -length(items[i])) if length else range(len(items))
         order = list(order)
-        batches = [order[k : k + batch_size] for k in range(0, len(order), batch_size)]
+        size = max(1, min(batch_size, -(-len(order) // self.parts)))
+        batches = [order[k : k + size] for k in range(0, len(order), size)]
         mine = [i for batch in self.take(batches) for i in batch]
         results = run([items[i] for i in mine])
         if len(results) != len(mine):
