@@ -50,7 +50,9 @@ def test_ddp_on_cpu_matches_one_process(tmp_path: Path) -> None:
     drift = json.loads((ddp / "drift.json").read_text())
     assert drift["base"]["stage"] == "base" and [r["epoch"] for r in drift["epochs"]] == [0]
     for record in (drift["base"], *drift["epochs"]):
-        assert record["ranks"] == {"world_size": 2, "mode": "split", "items": {"self_drift": [2, 2]}}
+        ranks = record["ranks"]
+        assert (ranks["world_size"], ranks["mode"], ranks["items"]["self_drift"]) == (2, "split", [2, 2])
+        assert all(min(counts) > 0 for counts in ranks["items"].values()), ranks  # kl_task, ifeval too
 
     # the same adapter; each rank took half of the 4 batches per step
     assert adapter_shapes(ddp) == adapter_shapes(single)
