@@ -42,7 +42,11 @@ def _evaluator(data_root: str) -> Any:
     from ssr.eval.task_sets import TaskMetricsConfig
 
     return Evaluator(
-        SuiteConfig(tasks=["ssr_arc_easy"], limits=5, batch_size=4),
+        SuiteConfig(
+            tasks=["ssr_arc_easy", "ssr_truthfulqa_mc1"],  # 1 document: run on rank 0 alone
+            limits={"ssr_arc_easy": 5, "ssr_truthfulqa_mc1": 1},
+            batch_size=4,
+        ),
         SelfDriftConfig(limit=6, max_new_tokens=6, batch_size=2, cache=False),
         TaskMetricsConfig(max_new_tokens=6),
         PromptConfig(),
