@@ -162,14 +162,16 @@ class Evaluator:
     def prepare_kl_task(self, datamodule: Any, tokenizer: Any) -> None:
         """The training prompts and the base model's own answers that ``kl_task`` scores (once),
         handed over by the DataModule (``own_answer_rows``: it owns the records, the prompt and the
-        generation cache)."""
+        generation cache). In a multi-process run rank 0 asks for them and hands them to the others
+        (which would otherwise each load the base model a second time)."""
         if not self.kl_task.enabled or self.kl_task.rows:
             return
         if not hasattr(datamodule, "own_answer_rows"):
             log.warning("drift: kl_task skipped (the datamodule hands over no own_answer_rows)")
             self.kl_task.cfg.enabled = False
             return
-        ids, rows = datamodule.own_answer_rows(self.kl_task.cfg.max_rows)
+        max_rows = self.kl_task.cfg.max_rows
+        ids, rows = active_shard().main_decides(lambda: datamodule.own_answer_rows(max_rows))
         self.kl_task.set_rows(ids, rows, pad_token_id(tokenizer))
 
     def drift_scores(
