@@ -292,7 +292,7 @@ def test_zero3_on_two_cpu_processes_evaluates_in_lockstep(tmp_path, tiny_model_d
         *cpu_deepspeed("deepspeed_zero3"), "trainer.devices=2",
         f"hydra.run.dir={run}", f"paths.cache_dir={tmp_path / 'cache'}",
     ]  # fmt: skip
-    proc = subprocess.run(cmd, cwd=tmp_path, env=cli_env(), capture_output=True, text=True, timeout=900)
+    proc = subprocess.run(cmd, cwd=tmp_path, env=cli_env(), capture_output=True, text=True, timeout=1800)
     assert proc.returncode == 0, f"{proc.stdout[-3000:]}\n{proc.stderr[-6000:]}"
     drift = _check_drift_record(run)
     for record in (drift["base"], *drift["epochs"]):

@@ -67,7 +67,7 @@ def _evaluate(rank: int, world_size: int, port: int, out: str, data_root: str) -
         torch.distributed.init_process_group(
             "gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world_size
         )
-    from ssr.eval.items import ItemSink
+    from ssr.eval.items import ITEMS_DIR, ItemSink
     from ssr.models.loading import ModelSpec, load_tokenizer, tiny_random_model
 
     tokenizer = load_tokenizer(ModelSpec(name_or_path="tiny-random"))
@@ -81,7 +81,7 @@ def _evaluate(rank: int, world_size: int, port: int, out: str, data_root: str) -
     ev.kl_task.set_rows([f"r{i}" for i in range(len(rows))], rows, 0)
 
     def sink(tag: str) -> ItemSink | None:
-        return ItemSink(Path(out) / "items", tag) if rank == 0 else None
+        return ItemSink(Path(out) / ITEMS_DIR, tag) if rank == 0 else None
 
     with sharding(Shard.of_process_group()):
         base = ev.evaluate_base(model, tokenizer, precision=None, items=sink("base"))
