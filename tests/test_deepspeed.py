@@ -21,6 +21,7 @@ from lightning.pytorch.plugins.precision import DeepSpeedPrecision
 from lightning.pytorch.strategies import DeepSpeedStrategy
 
 from conftest import compose
+from cpu_deepspeed import cpu_deepspeed
 
 needs_deepspeed = pytest.mark.skipif(
     importlib.util.find_spec("deepspeed") is None,
@@ -36,24 +37,6 @@ def _restore_environ():
     yield
     os.environ.clear()
     os.environ.update(saved)
-
-
-class CPUDeepSpeedStrategy(DeepSpeedStrategy):
-    """DeepSpeedStrategy without Lightning's CUDA-only checks (DeepSpeed itself runs on CPU + gloo)."""
-
-    @property
-    def root_device(self) -> torch.device:
-        return torch.device("cpu", 0)  # DeepSpeed wants a device index
-
-    def setup_environment(self) -> None:
-        super(DeepSpeedStrategy, self).setup_environment()
-
-    def setup_distributed(self) -> None:
-        from lightning.fabric.utilities.seed import reset_seed
-
-        reset_seed()
-        self.set_world_ranks()
-        self._init_deepspeed_distributed()
 
 
 def formatted_strategy(*overrides: str) -> tuple[DeepSpeedStrategy, object]:
@@ -158,22 +141,13 @@ def _adapter(run: Path) -> dict[str, torch.Tensor]:
     return load_file(run / "adapter" / "adapter_model.safetensors")
 
 
-def _cpu_deepspeed(option: str) -> tuple[str, ...]:
-    return (
-        f"trainer={option}",
-        "trainer.accelerator=cpu",
-        "+trainer.strategy.process_group_backend=gloo",
-        f"trainer.strategy._target_={__name__}.CPUDeepSpeedStrategy",
-    )
-
-
 @needs_deepspeed
 def test_zero2_on_cpu_trains_and_writes_adapter_only_checkpoints(tiny_cfg, monkeypatch):
     import ssr.cli.train as train_cli
     from ssr.runtime import hardware
 
     monkeypatch.setattr(hardware, "cuda_available", lambda: True)
-    cfg = tiny_cfg("method=sft", "trainer.accumulate_grad_batches=2", *_cpu_deepspeed("deepspeed_zero2"))
+    cfg = tiny_cfg("method=sft", "trainer.accumulate_grad_batches=2", *cpu_deepspeed("deepspeed_zero2"))
     summary = train_cli.train(cfg)
     run = Path(cfg.paths.output_dir)
     assert summary["global_step"] == 2, "4 batches, 2 per optimizer step"
@@ -209,7 +183,7 @@ def test_zero3_on_cpu_shards_trains_saves_the_gathered_adapter_and_resumes(
         "optim.warmup_ratio=0",
         "peft.lora_dropout=0",  # Lightning does not checkpoint RNG streams; keep resume exact
     )
-    zero3 = _cpu_deepspeed("deepspeed_zero3")
+    zero3 = cpu_deepspeed("deepspeed_zero3")
     plain = tiny_cfg(*common)
     plain.paths.output_dir = str(Path(plain.paths.output_dir).with_name("plain"))
     train_cli.train(plain)
@@ -241,6 +215,91 @@ def test_zero3_on_cpu_shards_trains_saves_the_gathered_adapter_and_resumes(
     final = _adapter(run.with_name("resumed"))
     assert max((final[k].float() - ours[k].float()).abs().max().item() for k in lora_b) < 1e-5
     assert json.loads((run.with_name("resumed") / "summary.json").read_text())["epochs"] == 2
+
+
+def _zero3_drift(model_dir: Path) -> tuple[str, ...]:
+    """The tiny checkpoint in float32 and a small drift evaluation with every measure on."""
+    return (
+        "method=sft",
+        "model=hub",
+        f"model.name_or_path={model_dir}",
+        "model.dtype=float32",
+        "eval.callback.enabled=true",
+        "eval.suite.tasks=[ssr_arc_easy]",
+        "eval.suite.limits=3",
+        "eval.suite.batch_size=4",
+        "eval.self_drift={enabled: true, limit: 3, max_new_tokens: 4, batch_size: 2, cache: false}",
+        "eval.kl_task.max_rows=3",
+        "eval.ifeval={enabled: true, limit: 2, max_gen_toks: 4, batch_size: 2, cache: false}",
+        "eval.tasks.max_rows=3",
+        "eval.tasks.max_new_tokens=4",
+        "eval.callback.cache_base=false",
+    )
+
+
+def _check_drift_record(run: Path) -> dict:
+    """drift.json with the base and epoch 0, every measure in each; self-drift and kl_task are 0 for
+    the base against its own answers and move with training."""
+    drift = json.loads((run / "drift.json").read_text())
+    base, epochs = drift["base"], drift["epochs"]
+    assert [e["epoch"] for e in epochs] == [0]
+    for record in (base, *epochs):
+        assert set(record["scores"]) == {"ssr_arc_easy", "self_drift", "kl_task", "ifeval"}
+    assert base["scores"]["self_drift"]["nll_increase"] == pytest.approx(0.0, abs=1e-6)
+    assert base["scores"]["kl_task"]["kl"] == pytest.approx(0.0, abs=1e-6)
+    assert base["scores"]["ifeval"]["n"] == 2 and set(base["tasks"]) == {"in_domain"}
+    assert epochs[0]["scores"]["kl_task"]["kl"] != 0.0, "the trained adapter moved the answers' NLL"
+    assert (run / "eval_items" / "epoch_0" / "ifeval.jsonl").is_file()
+    return drift
+
+
+@needs_deepspeed
+@pytest.mark.slow
+def test_zero3_on_cpu_writes_a_drift_record(tiny_cfg, tiny_model_dir, monkeypatch):
+    """ZeRO-3 runs the drift evaluation (it used to be skipped): every forward gathers the
+    partitioned weights, generation goes through hf's generate (the continuous engine reads weights
+    directly), and the record holds every measure: the suite, self-drift and kl_task (0 for the
+    base against its own answers), IFEval and the task metrics."""
+    import ssr.cli.train as train_cli
+    from ssr.runtime import hardware
+
+    monkeypatch.setattr(hardware, "cuda_available", lambda: True)
+    cfg = tiny_cfg(*_zero3_drift(tiny_model_dir), *cpu_deepspeed("deepspeed_zero3"))
+    summary = train_cli.train(cfg)
+    run = Path(cfg.paths.output_dir)
+    drift = _check_drift_record(run)
+    assert "ranks" not in drift["base"]  # one process
+    engines = summary["generation_engine"]
+    assert engines and all(e["engine"] == "hf" and "ZeRO-3" in e["reason"] for e in engines), engines
+
+
+@needs_deepspeed
+@pytest.mark.slow
+def test_zero3_on_two_cpu_processes_evaluates_in_lockstep(tmp_path, tiny_model_dir):
+    """Two ZeRO-3 ranks (the CLI, Lightning starting rank 1): both run every forward of the
+    evaluation in the same order, each gathering the other's weight shards (hf generate with
+    synced_gpus), and rank 0 writes the record."""
+    import subprocess
+    import sys
+
+    from cli_runs import cli_env
+    from conftest import TINY_OVERRIDES
+
+    run = tmp_path / "run"
+    app = Path(__file__).parent / "apps" / "cpu_deepspeed_train.py"
+    cmd = [
+        sys.executable, str(app), *TINY_OVERRIDES, *_zero3_drift(tiny_model_dir),
+        *cpu_deepspeed("deepspeed_zero3"), "trainer.devices=2",
+        f"hydra.run.dir={run}", f"paths.cache_dir={tmp_path / 'cache'}",
+    ]  # fmt: skip
+    proc = subprocess.run(cmd, cwd=tmp_path, env=cli_env(), capture_output=True, text=True, timeout=1800)
+    assert proc.returncode == 0, f"{proc.stdout[-3000:]}\n{proc.stderr[-6000:]}"
+    drift = _check_drift_record(run)
+    for record in (drift["base"], *drift["epochs"]):
+        ranks = record["ranks"]
+        assert (ranks["world_size"], ranks["mode"]) == (2, "lockstep")
+        assert ranks["items"]["self_drift"] == [3] and ranks["items"]["ifeval"] == [2]  # all, on each
+    assert (run / "train_ddp_process_1.log").is_file()
 
 
 @needs_deepspeed

@@ -13,6 +13,12 @@ a W&B table for W&B loggers, and written to ``drift.json`` (and the task metrics
      "steps": [{"stage": "step", "epoch": 0, "step": 10, "scores": {...}, "tasks": {...}, "delta": ...}, ...],
      "final": {"settings": {"suite", "self_drift", "kl_task", "ifeval"}, "base": {...}, "model": {..., "delta"}}}
 
+In a multi-process run every rank evaluates (:mod:`ssr.runtime.distributed`): its share of the
+requests (DDP, ZeRO-1/2), or all of them in step with the others under ZeRO-3 (each forward gathers
+the partitioned weights from every rank); the results are gathered on every rank, and rank 0
+alone writes the files and logs. Such a record has ``ranks``: the mode, the world size and the
+items each rank computed per source.
+
 ``final`` is there when ``eval.final`` is enabled: the base and the trained model evaluated once
 more at the end of training at its larger settings (logged as ``final/...``, ``final_delta/...``;
 items under ``eval_items/final_base`` and ``eval_items/final``).
@@ -39,6 +45,7 @@ from ssr.eval.ifeval import Replies
 from ssr.eval.items import FINAL_BASE_TAG, FINAL_TAG, ITEMS_DIR, ItemSink, epoch_tag, step_tag
 from ssr.eval.self_drift import SelfDriftReference, is_peft
 from ssr.eval.suite import Scores
+from ssr.runtime.distributed import Shard, sharding
 from ssr.runtime.precision import trainer_autocast
 from ssr.runtime.rng import rng_states, set_rng_states
 
@@ -207,26 +214,28 @@ class GeneralizationDriftCallback(pl.Callback):
     def _evaluate(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         if not self.enabled or trainer.sanity_checking:
             return
-        if getattr(trainer.strategy, "zero_stage_3", False):
-            log.warning("drift: skipped under DeepSpeed ZeRO-3 (parameters are sharded across ranks)")
-            return
+        # every rank evaluates: its share of the work, gathered on every rank; under ZeRO-3 all of
+        # it in step with the others (each forward gathers the partitioned weights from all ranks)
+        shard = Shard.of_process_group(split=not getattr(trainer.strategy, "zero_stage_3", False))
         trainer.strategy.barrier("ssr_drift_start")
-        if trainer.is_global_zero:
-            epoch_s = (
-                time.perf_counter() - self._epoch_started if stage != "base" and self._epoch_started else None
-            )
-            started = time.perf_counter()
-            with preserved_state(pl_module):
-                if stage == "final":
-                    self.final_records = self._measure_final(trainer, pl_module)
-                    self._log_final(trainer)
-                else:
-                    record = self._measure(trainer, pl_module, stage)
-                    record["seconds"]["eval"] = round(time.perf_counter() - started, 2)  # all of it
-                    if epoch_s is not None:
-                        record["seconds"]["epoch"] = round(epoch_s, 2)  # training + validation, before it
-                    self.records.append(record)
-                    self._log(trainer, record)
+        epoch_s = (
+            time.perf_counter() - self._epoch_started if stage != "base" and self._epoch_started else None
+        )
+        started = time.perf_counter()
+        with preserved_state(pl_module), sharding(shard):
+            if stage == "final":
+                self.final_records = self._measure_final(trainer, pl_module)
+            else:
+                record = self._measure(trainer, pl_module, stage)
+                record["seconds"]["eval"] = round(time.perf_counter() - started, 2)  # all of it
+                if epoch_s is not None:
+                    record["seconds"]["epoch"] = round(epoch_s, 2)  # training + validation, before it
+                self.records.append(record)
+        if trainer.is_global_zero:  # records and logs: rank 0 alone
+            if stage == "final":
+                self._log_final(trainer)
+            else:
+                self._log(trainer, record)
             self._write(trainer)
         trainer.strategy.barrier("ssr_drift_end")
 
@@ -241,7 +250,9 @@ class GeneralizationDriftCallback(pl.Callback):
         precision = self._precision(trainer)
         if ev.self_drift.enabled and ev.reference is None:
             with torch.no_grad():
-                ev.ensure_reference(model, tokenizer, precision).save(self._run_dir(trainer) / REFERENCE_FILE)
+                reference = ev.ensure_reference(model, tokenizer, precision)
+            if trainer.is_global_zero:
+                reference.save(self._run_dir(trainer) / REFERENCE_FILE)
         ev.prepare_kl_task(getattr(trainer, "datamodule", None), tokenizer)
         items = self._items(trainer, stage)
         if stage == "base":
@@ -268,7 +279,7 @@ class GeneralizationDriftCallback(pl.Callback):
         model, tokenizer, final = pl_module.model, self._tokenizer(trainer), self.evaluator.final
         precision = self._precision(trainer)
         final.prepare_kl_task(getattr(trainer, "datamodule", None), tokenizer)
-        items = ItemSink(self._run_dir(trainer) / ITEMS_DIR, FINAL_BASE_TAG)
+        items = self._sink(trainer, FINAL_BASE_TAG)
         started = time.perf_counter()
         record = final.evaluate_base(
             model, tokenizer, precision=precision, step=trainer.global_step, items=items
@@ -283,7 +294,7 @@ class GeneralizationDriftCallback(pl.Callback):
         base = self._early_final_base or self._final_base(trainer, pl_module)
         started = time.perf_counter()
         epoch = max(trainer.current_epoch - 1, 0)  # on_fit_end: the loop has counted past it
-        items = ItemSink(self._run_dir(trainer) / ITEMS_DIR, FINAL_TAG)
+        items = self._sink(trainer, FINAL_TAG)
         record = final.evaluate(
             model, tokenizer, "final", precision=precision, epoch=epoch, step=trainer.global_step,
             with_tasks=False, items=items,
@@ -301,12 +312,16 @@ class GeneralizationDriftCallback(pl.Callback):
             logger.log_metrics(metrics, step=trainer.global_step)
         log.info("drift final: %s", json.dumps(score_deltas(model["scores"], base["scores"])))
 
-    def _items(self, trainer: pl.Trainer, stage: str) -> ItemSink:
+    def _items(self, trainer: pl.Trainer, stage: str) -> ItemSink | None:
         """Where this evaluation's per-item results go (``<run>/eval_items/<base|epoch_n>/``)."""
         tag = {"base": "base", "step": step_tag(trainer.global_step)}.get(stage) or epoch_tag(
             trainer.current_epoch
         )
-        return ItemSink(self._run_dir(trainer) / ITEMS_DIR, tag)
+        return self._sink(trainer, tag)
+
+    def _sink(self, trainer: pl.Trainer, tag: str) -> ItemSink | None:
+        """The item files of one evaluation, written by rank 0 alone (``None`` on the others)."""
+        return ItemSink(self._run_dir(trainer) / ITEMS_DIR, tag) if trainer.is_global_zero else None
 
     def _log(self, trainer: pl.Trainer, record: EvalRecord) -> None:
         metrics = flat_metrics(record["scores"], "drift")

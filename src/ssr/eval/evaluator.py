@@ -43,6 +43,7 @@ from ssr.eval.task_sets import TaskMetricsConfig, task_sets
 from ssr.generation.config import DecodingConfig
 from ssr.models.logits import pad_token_id
 from ssr.runtime.configs import checked_dataclass, plain_config
+from ssr.runtime.distributed import active_shard
 from ssr.runtime.files import atomic_write_text
 from ssr.runtime.hashing import content_hash
 from ssr.runtime.paths import cache_root
@@ -161,14 +162,16 @@ class Evaluator:
     def prepare_kl_task(self, datamodule: Any, tokenizer: Any) -> None:
         """The training prompts and the base model's own answers that ``kl_task`` scores (once),
         handed over by the DataModule (``own_answer_rows``: it owns the records, the prompt and the
-        generation cache)."""
+        generation cache). In a multi-process run rank 0 asks for them and hands them to the others
+        (which would otherwise each load the base model a second time)."""
         if not self.kl_task.enabled or self.kl_task.rows:
             return
         if not hasattr(datamodule, "own_answer_rows"):
             log.warning("drift: kl_task skipped (the datamodule hands over no own_answer_rows)")
             self.kl_task.cfg.enabled = False
             return
-        ids, rows = datamodule.own_answer_rows(self.kl_task.cfg.max_rows)
+        max_rows = self.kl_task.cfg.max_rows
+        ids, rows = active_shard().main_decides(lambda: datamodule.own_answer_rows(max_rows))
         self.kl_task.set_rows(ids, rows, pad_token_id(tokenizer))
 
     def drift_scores(
@@ -238,9 +241,14 @@ class Evaluator:
         with_tasks: bool = True,
         items: ItemSink | None = None,
     ) -> EvalRecord:
-        """One record: suite + self-drift scores, and task metrics when ``with_tasks``."""
+        """One record: suite + self-drift scores, and task metrics when ``with_tasks``; in a
+        multi-process evaluation also ``ranks``, the items each rank computed
+        (:meth:`ssr.runtime.distributed.Shard.record`)."""
         dtype = autocast_dtype(precision, next(model.parameters()).device.type)
         model.eval()
+        shard = active_shard()
+        if stage != "base":  # the base's counts start with its references (evaluate_base)
+            shard.counts.clear()
         started = time.perf_counter()
         with torch.no_grad():
             record: EvalRecord = {"stage": stage, "epoch": epoch, "step": step}
@@ -256,6 +264,8 @@ class Evaluator:
                 started = time.perf_counter()
                 record["tasks"] = self.task_scores(model, tokenizer, dtype, items)
                 record["seconds"]["tasks"] = round(time.perf_counter() - started, 2)
+        if shard.distributed:
+            record["ranks"] = shard.record()
         return record
 
     def evaluate_base(
@@ -271,6 +281,7 @@ class Evaluator:
         with its per-item results: every run of a sweep starts from the same base model, so it is
         computed once."""
         dtype = autocast_dtype(precision, next(model.parameters()).device.type)
+        active_shard().counts.clear()
         with torch.no_grad():  # built from the base weights (adapters disabled) by build_reference
             reference = self.ensure_reference(model, tokenizer, dtype) if self.self_drift.enabled else None
             started = time.perf_counter()
@@ -279,25 +290,34 @@ class Evaluator:
             replies_s = time.perf_counter() - started  # generated here (or read from SSR_CACHE)
         cache_file = cache_root() / "drift_base" / f"{self.base_key(model, tokenizer, reference, dtype)}.json"
         cached_items = cache_file.with_suffix(".items")
-        if self.cache_base and cache_file.is_file() and (items is None or cached_items.is_dir()):
-            with contextlib.suppress(ValueError, KeyError):
-                cached = json.loads(cache_file.read_text(encoding="utf-8"))
-                if items is not None:
-                    items.copy_from(cached_items)
-                log.info("drift: base evaluation reused from %s", cache_file)
-                return {**cached, "step": step, "cached": True}
+        shard = active_shard()  # rank 0 decides (and writes): every rank evaluates, or none
+        cached = shard.main_decides(lambda: self._cached_base(cache_file, cached_items, items))
+        if cached is not None:
+            log.info("drift: base evaluation reused from %s", cache_file)
+            return {**cached, "step": step, "cached": True}
         with base_weights(model):
             record = self.evaluate(
                 model, tokenizer, "base", precision=precision, epoch=-1, step=step, items=items
             )
         if "ifeval" in record["seconds"]:  # the base's IFEval cost includes generating its replies
             record["seconds"]["ifeval"] = round(record["seconds"]["ifeval"] + replies_s, 2)
-        if self.cache_base:
+        if self.cache_base and shard.is_main:
             cache_file.parent.mkdir(parents=True, exist_ok=True)
             if items is not None:
                 items.copy_to(cached_items)
             write_json(cache_file, record)
         return record
+
+    def _cached_base(self, cache_file: Path, cached_items: Path, items: ItemSink | None) -> EvalRecord | None:
+        """The cached base record (its items copied into ``items``), or ``None``."""
+        if not (self.cache_base and cache_file.is_file() and (items is None or cached_items.is_dir())):
+            return None
+        with contextlib.suppress(ValueError, KeyError):
+            cached = json.loads(cache_file.read_text(encoding="utf-8"))
+            if items is not None:
+                items.copy_from(cached_items)
+            return cached
+        return None
 
     def base_key(
         self, model: Any, tokenizer: Any, reference: SelfDriftReference | None, dtype: torch.dtype | None

@@ -11,7 +11,8 @@ from ssr.data.records import Record
 from ssr.eval.items import TASKS_PREFIX, ItemSink
 from ssr.eval.task_metrics import aggregate_row_scores, row_scores
 from ssr.generation.config import DecodingConfig
-from ssr.generation.hf import hf_generate
+from ssr.generation.hf import hf_generate, prompt_token_ids
+from ssr.runtime.distributed import active_shard
 
 
 def evaluate_grounded(
@@ -31,16 +32,24 @@ def evaluate_grounded(
 
     ``max_prompt_tokens`` cuts long documents as training does (one 20k-token document would
     otherwise set the width of its whole generation batch). ``precision``: see :mod:`ssr.runtime.precision`.
-    ``items`` gets each row's prediction and scores as source ``tasks.<items_source>``."""
+    ``items`` gets each row's prediction and scores as source ``tasks.<items_source>``. In a
+    sharded evaluation each rank generates its share of the batches."""
     prompts = [generation_prompt(tokenizer, r, prompt_cfg, max_prompt_tokens) for r in records]
-    predictions = hf_generate(
-        model,
-        tokenizer,
+    lengths = dict(zip(prompts, map(len, prompt_token_ids(tokenizer, prompts)), strict=True))
+    predictions = active_shard().map(
         prompts,
-        decoding or DecodingConfig(max_new_tokens=64),
+        lambda part: hf_generate(
+            model,
+            tokenizer,
+            part,
+            decoding or DecodingConfig(max_new_tokens=64),
+            batch_size=batch_size,
+            precision=precision,
+            progress=progress,
+        ),
+        source=f"{TASKS_PREFIX}{items_source}",
         batch_size=batch_size,
-        precision=precision,
-        progress=progress,
+        length=lengths.__getitem__,
     )
     scored = grounded_row_items(records, predictions, prompt_cfg.unanswerable_sentence)
     if items is not None:

@@ -28,6 +28,7 @@ from ssr.eval.refusal import leaked, refusal_flags, share
 from ssr.eval.self_drift import base_weights, generate_answers, weights_fingerprint
 from ssr.eval.suite import loaded_tasks, quiet_lm_eval, task_manager
 from ssr.runtime.configs import checked_dataclass
+from ssr.runtime.distributed import active_shard
 from ssr.runtime.files import atomic_write_text
 from ssr.runtime.hashing import content_hash
 from ssr.runtime.paths import cache_root
@@ -95,7 +96,9 @@ def generate_replies(
 ) -> Replies:
     """Greedy replies to the task's prompts (its ``doc_to_text`` as the user turn)."""
     prompts = [task.doc_to_text(doc) for doc in docs]
-    texts, stops = generate_answers(model, tokenizer, prompts, cfg.max_gen_toks, cfg.batch_size, dtype)
+    texts, stops = generate_answers(
+        model, tokenizer, prompts, cfg.max_gen_toks, cfg.batch_size, dtype, source=IFEVAL_KEY
+    )
     ids = [doc_id(d) for d in docs]
     return Replies(
         texts=dict(zip(ids, texts, strict=True)),
@@ -158,14 +161,15 @@ class IFEval:
             "chat_template": content_hash(getattr(tokenizer, "chat_template", None)),
         }
         path = cache_root() / "ifeval" / f"{content_hash(weights_fingerprint(model), settings)}.json"
-        if self.cfg.cache and path.is_file():
-            with contextlib.suppress(ValueError, TypeError, KeyError):
-                self.reference = Replies(**json.loads(path.read_text(encoding="utf-8")))
-                return self.reference
+        shard = active_shard()
+        cached = shard.main_decides(lambda: _cached_replies(path) if self.cfg.cache else None)
+        if cached is not None:
+            self.reference = cached
+            return cached
         with base_weights(model):
             replies = generate_replies(model, tokenizer, self.task, self.docs, self.cfg, dtype)
         replies.settings = settings
-        if self.cfg.cache:
+        if self.cfg.cache and shard.is_main:
             atomic_write_text(path, json.dumps(asdict(replies), ensure_ascii=False))
         self.reference = replies
         return replies
@@ -189,6 +193,12 @@ class IFEval:
         if items is not None:
             items.write(IFEVAL_KEY, rows)
         return summary(self.task, rows, reference)
+
+
+def _cached_replies(path: Path) -> Replies | None:
+    with contextlib.suppress(OSError, ValueError, TypeError, KeyError):
+        return Replies(**json.loads(path.read_text(encoding="utf-8")))
+    return None
 
 
 def reply_rows(

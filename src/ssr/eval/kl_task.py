@@ -17,12 +17,14 @@ import contextlib
 import json
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
 
 from ssr.eval.self_drift import base_weights, weights_fingerprint
 from ssr.eval.token_nll import Row, row_nll
+from ssr.runtime.distributed import active_shard
 from ssr.runtime.files import atomic_write_text
 from ssr.runtime.hashing import content_hash
 from ssr.runtime.paths import cache_root
@@ -62,23 +64,32 @@ def base_reference(
     rows = [(list(a), list(b)) for a, b in rows]
     key = content_hash(weights_fingerprint(model), rows, str(dtype))
     path = cache_root() / "kl_task" / f"{key}.json"
-    if path.is_file():
-        with contextlib.suppress(ValueError, KeyError, TypeError):
-            cached = json.loads(path.read_text(encoding="utf-8"))
-            if cached["ids"] == list(ids):
-                return KLTaskReference(list(ids), rows, cached["base_nll"], cached["n_tokens"])
+    shard = active_shard()
+    cached = shard.main_decides(lambda: _cached_base(path, ids))
+    if cached is not None:
+        return KLTaskReference(list(ids), rows, cached["base_nll"], cached["n_tokens"])
     with base_weights(model):
-        per_row = row_nll(model, rows, pad_id, batch_size, dtype)
+        per_row = row_nll(model, rows, pad_id, batch_size, dtype, source=KL_TASK_KEY)
     ref = KLTaskReference(list(ids), rows, [t for t, _ in per_row], [c for _, c in per_row])
-    atomic_write_text(path, json.dumps({k: v for k, v in asdict(ref).items() if k != "rows"}))
+    if shard.is_main:
+        atomic_write_text(path, json.dumps({k: v for k, v in asdict(ref).items() if k != "rows"}))
     return ref
+
+
+def _cached_base(path: Path, ids: Sequence[str]) -> dict[str, Any] | None:
+    """The cached base NLLs of these rows (``None``: absent, unreadable or other rows)."""
+    with contextlib.suppress(OSError, ValueError, KeyError, TypeError):
+        cached = json.loads(path.read_text(encoding="utf-8"))
+        if cached["ids"] == list(ids):
+            return cached
+    return None
 
 
 def kl_task_items(
     model: Any, reference: KLTaskReference, pad_id: int, batch_size: int, dtype: torch.dtype | None
 ) -> list[dict[str, Any]]:
     """Per row: ``kl`` = per-token mean of log pi0(y|x) - log pi(y|x), with the token count."""
-    per_row = row_nll(model, reference.rows, pad_id, batch_size, dtype)
+    per_row = row_nll(model, reference.rows, pad_id, batch_size, dtype, source=KL_TASK_KEY)
     return [
         {"id": i, "kl": (nll - base) / max(n, 1), "n_tokens": n}
         for i, (nll, _), base, n in zip(

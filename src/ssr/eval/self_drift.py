@@ -24,6 +24,7 @@ from ssr.generation.config import DecodingConfig
 from ssr.generation.hf import generate_ids
 from ssr.models.logits import pad_token_id
 from ssr.runtime.configs import checked_dataclass
+from ssr.runtime.distributed import active_shard, gathered
 from ssr.runtime.files import atomic_write_text
 from ssr.runtime.hashing import content_hash
 from ssr.runtime.paths import cache_root
@@ -136,21 +137,30 @@ def generate_answers(
     batch_size: int = 16,
     mixed_precision: str | torch.dtype | None = None,
     engine: str = "auto",
+    source: str = SELF_DRIFT_SOURCE,
 ) -> tuple[list[str], list[int | None]]:
     """Greedy answers (``ssr.generation.hf.generate_ids``, ``engine``: see
-    :mod:`ssr.generation.engine`) and the token that ended each."""
+    :mod:`ssr.generation.engine`) and the token that ended each; in a sharded evaluation each rank
+    generates its share of the batches (counted as ``source``)."""
     stops = _stop_token_ids(model, tokenizer)
-    new_ids = generate_ids(
-        model,
+    kwargs = {
+        **DecodingConfig(max_new_tokens=max_new_tokens).hf_kwargs(),
+        "eos_token_id": sorted(stops) or None,
+    }
+    new_ids = active_shard().map(
         [prompt_ids(tokenizer, p) for p in prompts],
-        pad_token_id(tokenizer),
-        {
-            **DecodingConfig(max_new_tokens=max_new_tokens).hf_kwargs(),
-            "eos_token_id": sorted(stops) or None,
-        },
-        batch_size,
-        autocast_dtype=autocast_dtype(mixed_precision),
-        engine=engine,
+        lambda part: generate_ids(
+            model,
+            part,
+            pad_token_id(tokenizer),
+            kwargs,
+            batch_size,
+            autocast_dtype=autocast_dtype(mixed_precision),
+            engine=engine,
+        ),
+        source=source,
+        batch_size=batch_size,
+        length=len,
     )
     answers: list[str] = []
     stop_ids: list[int | None] = []
@@ -200,7 +210,9 @@ def response_row_scores(
     measures with ``end_of_turn``, the stop token ids)."""
     rows = response_rows(tokenizer, prompts, answers, stop_ids)
     dtype = autocast_dtype(mixed_precision)
-    return row_scores(model, rows, pad_token_id(tokenizer), batch_size, dtype, end_of_turn)
+    return row_scores(
+        model, rows, pad_token_id(tokenizer), batch_size, dtype, end_of_turn, source=SELF_DRIFT_SOURCE
+    )
 
 
 # --- reference (base answers) ---------------------------------------------------------------------
@@ -211,23 +223,25 @@ def is_peft(model: Any) -> bool:
 
 
 def weights_fingerprint(model: Any) -> str:
-    """Identity of the base weights (PEFT adapter weights excluded, ``base_layer`` names unwrapped)."""
+    """Identity of the base weights (PEFT adapter weights excluded, ``base_layer`` names unwrapped;
+    ZeRO-3 partitioned weights gathered one at a time, on every rank)."""
     base = model.get_base_model() if is_peft(model) else model
     parts = []
     with torch.no_grad():
         for name, param in base.named_parameters():
             if "lora_" in name:
                 continue
-            t = param.detach().double()
-            parts.append(
-                (
-                    name.replace(".base_layer", ""),
-                    list(param.shape),
-                    str(param.dtype),
-                    f"{t.sum().item():.10e}",
-                    f"{t.square().sum().item():.10e}",
+            with gathered([param]):
+                t = param.detach().double()
+                parts.append(
+                    (
+                        name.replace(".base_layer", ""),
+                        list(param.shape),
+                        str(param.dtype),
+                        f"{t.sum().item():.10e}",
+                        f"{t.square().sum().item():.10e}",
+                    )
                 )
-            )
     return content_hash(type(base).__name__, parts)
 
 
@@ -259,9 +273,10 @@ def build_reference(
     }
     fingerprint = weights_fingerprint(model)
     cache_file = cache_root() / "self_drift" / f"{content_hash(fingerprint, settings)}.json"
-    if cfg.cache and cache_file.is_file():
-        with contextlib.suppress(ValueError):
-            return SelfDriftReference.load(cache_file)
+    shard = active_shard()
+    cached = shard.main_decides(lambda: _cached_reference(cache_file) if cfg.cache else None)
+    if cached is not None:
+        return cached
     with base_weights(model):
         answers, stop_ids = generate_answers(
             model, tokenizer, prompts, cfg.max_new_tokens, cfg.batch_size, mixed_precision
@@ -278,9 +293,15 @@ def build_reference(
         fingerprint=fingerprint,
         settings={k: v for k, v in settings.items() if k != "chat_template"},
     )
-    if cfg.cache:
+    if cfg.cache and shard.is_main:
         ref.save(cache_file)
     return ref
+
+
+def _cached_reference(path: Path) -> SelfDriftReference | None:
+    with contextlib.suppress(ValueError):
+        return SelfDriftReference.load(path) if path.is_file() else None
+    return None
 
 
 def self_drift_scores(

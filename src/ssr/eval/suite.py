@@ -14,6 +14,7 @@ from typing import Any
 import torch
 
 from ssr.runtime.configs import checked_dataclass
+from ssr.runtime.distributed import Shard, active_shard
 from ssr.runtime.precision import autocast_dtype
 
 LOCAL_TASKS_DIR = Path(__file__).parent / "tasks"
@@ -229,7 +230,14 @@ def run_suite(
     ``torch.autocast(enabled=False)`` would override an outer autocast, so it must be set here.
     HFLM switches the model to eval mode; callers that train restore it themselves.
     ``on_samples(task, samples)`` gets lm-eval's logged per-document samples of every leaf task
-    (``log_samples``); they are dropped once it returns.
+    (``log_samples``), in document order; they are dropped once it returns.
+
+    In a sharded evaluation (:mod:`ssr.runtime.distributed`) lm-eval splits the documents itself:
+    the LM object gets the rank and world size (:func:`share_documents`), every task builds the
+    requests of its documents ``rank, rank + world_size, ...``, lm-eval pads the request lists to
+    equal length and gathers the per-document metrics and samples on rank 0, whose scores every
+    rank gets back; ``on_samples`` runs on rank 0. Tasks with fewer documents than ranks run on
+    rank 0 alone (:func:`shared_runs`); in lockstep (ZeRO-3) every rank runs every document.
     """
     if not tasks:
         return {}
@@ -239,9 +247,12 @@ def run_suite(
     from ssr.eval.shared_context import SharedContextHFLM, supports_shared_context
 
     manager = task_manager(needs_hub_tasks(tasks), str(data_root) if data_root else None)
+    shard = active_shard()
+    scores: Scores = {}
     with quiet_lm_eval() if quiet else contextlib.nullcontext(), without_env_info():
         built = loaded_tasks(manager, tasks)
-        samples = sample_indices(manager.load(built), limits)
+        loaded = manager.load(built)
+        samples = sample_indices(loaded, limits)
         lm_class = SharedContextHFLM if supports_shared_context(model) else HFLM
         lm = lm_class(
             pretrained=model,
@@ -250,19 +261,91 @@ def run_suite(
             mixed_precision_dtype=autocast_dtype(mixed_precision),
             max_length=max_length,
         )
-        results = simple_evaluate(
-            model=lm,
-            tasks=built,
-            num_fewshot=num_fewshot,
-            samples=samples,
-            bootstrap_iters=bootstrap_iters,
-            log_samples=on_samples is not None,
-            apply_chat_template=apply_chat_template,
-            task_manager=manager,
-        )
-    if results is None:  # not rank 0 of an lm-eval-managed distributed run
-        return {}
-    if on_samples is not None:
-        for task, logged in (results.pop("samples", None) or {}).items():
-            on_samples(task, logged)
-    return flatten_results(results)
+        log_samples = shard.broadcast(on_samples is not None)
+        for picked, split in shared_runs(tasks, loaded.get("group_map", {}), samples, shard):
+            if not split and shard.split and not shard.is_main:
+                continue  # rank 0 runs the tasks too small to split; the others have their scores
+            share_documents(lm, shard if split else None)
+            results = simple_evaluate(
+                model=lm,
+                tasks=[built[i] for i in picked],
+                num_fewshot=num_fewshot,
+                samples=samples,
+                bootstrap_iters=bootstrap_iters,
+                log_samples=log_samples,
+                apply_chat_template=apply_chat_template,
+                task_manager=manager,
+            )
+            if results is None:  # a rank other than 0 of a split run: rank 0 has the results
+                continue
+            if on_samples is not None:  # in document order (a split run gathers them rank by rank)
+                for task, logged in (results.pop("samples", None) or {}).items():
+                    on_samples(task, sorted(logged, key=lambda sample: sample["doc_id"]))
+            scores.update(flatten_results(results))
+    return shard.broadcast(scores)
+
+
+def leaf_tasks(name: str, group_map: Mapping[str, list[str]]) -> list[str]:
+    """The leaf tasks under a task or group name."""
+    children = group_map.get(name)
+    return (
+        [name] if children is None else [leaf for child in children for leaf in leaf_tasks(child, group_map)]
+    )
+
+
+def shared_runs(
+    tasks: list[str | dict[str, Any]],
+    group_map: Mapping[str, list[str]],
+    samples: Mapping[str, list[int]],
+    shard: Shard,
+) -> list[tuple[list[int], bool]]:
+    """The suite as lm-eval runs (indices into ``tasks``, whether its documents are split across the
+    ranks): one split run of the tasks and groups whose every leaf has a document for each rank
+    (lm-eval needs one per rank), one run of the rest. A single run, unsplit, outside a shard and
+    in lockstep."""
+    if shard.parts == 1:
+        return [(list(range(len(tasks))), False)]
+    splits = [
+        isinstance(task, str)
+        and all(len(samples.get(leaf, [])) >= shard.parts for leaf in leaf_tasks(task, group_map))
+        for task in tasks
+    ]
+    runs = [
+        ([i for i, s in enumerate(splits) if s], True),
+        ([i for i, s in enumerate(splits) if not s], False),
+    ]
+    return [(picked, split) for picked, split in runs if picked]
+
+
+class RankGroup:
+    """The calls lm-eval's HFLM makes on its ``accelerator`` (``gather``, ``wait_for_everyone``,
+    ``unwrap_model``) over the ``torch.distributed`` group the run already has (gloo or nccl)
+    instead of an ``accelerate`` launch. Counts the requests each rank runs (lm-eval gathers them
+    to pad)."""
+
+    def __init__(self, shard: Shard) -> None:
+        self.shard = shard
+
+    def gather(self, tensor: torch.Tensor) -> torch.Tensor:
+        part = tensor.reshape(1) if tensor.dim() == 0 else tensor
+        parts = [torch.empty_like(part) for _ in range(self.shard.world_size)]
+        torch.distributed.all_gather(parts, part.contiguous())
+        out = torch.cat(parts)
+        if tensor.dim() == 0:  # lm-eval gathers each task's request count on this rank
+            self.shard.add_counts("lm_eval", out.tolist())
+        return out
+
+    def wait_for_everyone(self) -> None:
+        torch.distributed.barrier()
+
+    def unwrap_model(self, model: Any) -> Any:
+        return model  # HFLM.model: the model as given
+
+
+def share_documents(lm: Any, shard: Shard | None) -> None:
+    """Give ``lm`` (HFLM) the shard's rank and world size, lm-eval's own data-parallel switch
+    (``None``: a run of one process)."""
+    if shard is None:
+        lm._rank, lm._world_size = 0, 1
+        return
+    lm._rank, lm._world_size, lm.accelerator = shard.rank, shard.world_size, RankGroup(shard)

@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from ssr.data.records import chunks
 from ssr.data.tokenize import IGNORE_INDEX
 from ssr.models.logits import response_logits
+from ssr.runtime.distributed import active_shard
 from ssr.runtime.precision import autocast_to
 
 Row = tuple[list[int], list[int]]
@@ -42,10 +43,15 @@ class RowScore:
 
 @torch.no_grad()
 def row_nll(
-    model: Any, rows: Sequence[Row], pad_id: int, batch_size: int = 16, dtype: torch.dtype | None = None
+    model: Any,
+    rows: Sequence[Row],
+    pad_id: int,
+    batch_size: int = 16,
+    dtype: torch.dtype | None = None,
+    source: str = "rows",
 ) -> list[tuple[float, int]]:
     """``(summed NLL, scored tokens)`` of every row, in input order (longest rows batched first)."""
-    return [(r.nll, r.n_tokens) for r in row_scores(model, rows, pad_id, batch_size, dtype)]
+    return [(r.nll, r.n_tokens) for r in row_scores(model, rows, pad_id, batch_size, dtype, source=source)]
 
 
 @torch.no_grad()
@@ -56,9 +62,29 @@ def row_scores(
     batch_size: int = 16,
     dtype: torch.dtype | None = None,
     stop_ids: Collection[int] = (),
+    source: str = "rows",
 ) -> list[RowScore]:
     """:class:`RowScore` of every row, in input order (longest rows batched first); the stop
-    measures need ``stop_ids`` and come from the same forward pass."""
+    measures need ``stop_ids`` and come from the same forward pass. In a sharded evaluation each
+    rank scores its share of the batches (:meth:`ssr.runtime.distributed.Shard.map`, counted as
+    ``source``)."""
+    return active_shard().map(
+        rows,
+        lambda part: _row_scores(model, part, pad_id, batch_size, dtype, stop_ids),
+        source=source,
+        batch_size=batch_size,
+        length=lambda row: len(row[0]),
+    )
+
+
+def _row_scores(
+    model: Any,
+    rows: Sequence[Row],
+    pad_id: int,
+    batch_size: int,
+    dtype: torch.dtype | None,
+    stop_ids: Collection[int],
+) -> list[RowScore]:
     device = next(model.parameters()).device
     out: list[RowScore] = [RowScore(0.0, 0)] * len(rows)
     stops = torch.tensor(sorted(stop_ids), dtype=torch.long, device=device)

@@ -26,6 +26,8 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from ssr.runtime.distributed import zero3_partitioned
+
 log = logging.getLogger(__name__)
 
 SUPPORTED_TYPES = ("llama", "mistral", "qwen2")
@@ -75,6 +77,10 @@ def _lora_free(module: torch.nn.Module) -> bool:
 def unsupported_reason(model: torch.nn.Module) -> str | None:
     """Why this engine cannot run ``model`` (``None``: it can)."""
     lm = causal_lm(model)
+    if zero3_partitioned(lm):  # gathering the whole model on every rank would undo ZeRO-3
+        return (
+            "DeepSpeed ZeRO-3 partitioned weights (read directly here; hf's generate gathers them per layer)"
+        )
     cfg = getattr(lm, "config", None)
     kind = getattr(cfg, "model_type", None)
     if kind not in SUPPORTED_TYPES:

@@ -35,6 +35,7 @@ from ssr.generation.continuous import (
     unsupported_reason,
 )
 from ssr.generation.hf_batches import hf_batched_ids
+from ssr.runtime.distributed import synced_generation
 from ssr.runtime.files import atomic_write_text
 from ssr.runtime.hardware import cpu_isa, device_name, isa_env
 from ssr.runtime.hashing import content_hash
@@ -261,6 +262,8 @@ def generate_ids(
     continuous ends each row at its stop token).
     """
     choice = resolve_engine(engine, model, autocast_dtype, pad_token_id)
+    if synced_generation(model):  # ZeRO-3 across processes (engine hf): step until all ranks end
+        gen_kwargs = {**gen_kwargs, "synced_gpus": True}
     extra = sorted(set(gen_kwargs) - CONTINUOUS_KWARGS)
     if choice.engine == "continuous" and extra:
         if choice.setting != AUTO:

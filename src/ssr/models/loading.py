@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import json
 import logging
@@ -15,6 +16,7 @@ from typing import Any
 
 import torch
 from transformers import (
+    AutoConfig,
     AutoModelForCausalLM,
     AutoTokenizer,
     LlamaConfig,
@@ -242,6 +244,26 @@ def tiny_random_model(
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         return AutoModelForCausalLM.from_config(config)
+
+
+def import_model_classes(spec: ModelSpec) -> None:
+    """Import the model's transformers module (define its layer classes), building nothing.
+
+    DeepSpeed ZeRO-3 builds the model inside ``zero.Init``, which wraps every module class's
+    ``__init__`` while it is open. A class first defined in there keeps, once it closes, the
+    ``__init__`` from before transformers' hub-kernel decorator wrapped it: a model of that class
+    built afterwards (a base model loaded for generation) then fails in its first forward
+    (``'LlamaAttention' object has no attribute '_kernel_funcs'``). Importing it first avoids that.
+    """
+    if spec.name_or_path == TINY_RANDOM:
+        config: Any = LlamaConfig()
+    else:
+        path = resolve_path(spec.name_or_path)
+        config = AutoConfig.from_pretrained(
+            path, revision=spec.revision, trust_remote_code=spec.trust_remote_code
+        )
+    with contextlib.suppress(KeyError):  # remote code: imported by from_pretrained itself
+        AutoModelForCausalLM._model_mapping[type(config)]  # the lazy mapping imports the module
 
 
 def load_model(spec: ModelSpec) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:

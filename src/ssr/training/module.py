@@ -19,7 +19,14 @@ import lightning as L
 import torch
 from transformers import PreTrainedModel
 
-from ssr.models.loading import SPEC_FILE, ModelSpec, apply_peft, cast_frozen_linear_weights, load_model
+from ssr.models.loading import (
+    SPEC_FILE,
+    ModelSpec,
+    apply_peft,
+    cast_frozen_linear_weights,
+    import_model_classes,
+    load_model,
+)
 from ssr.models.logits import response_logits
 from ssr.models.losses import LOSSES, summed_token_loss
 from ssr.runtime.precision import autocast_dtype, trainer_autocast
@@ -89,6 +96,16 @@ class SSRModule(L.LightningModule):
         if self.model is not None:
             return
         if self._zero3:
+            from deepspeed.runtime.zero.partition_parameters import (
+                restore_init_context,
+                shutdown_init_context,
+            )
+
+            shutdown_init_context()  # the model's classes defined outside zero.Init (see there)
+            try:
+                import_model_classes(self.spec)
+            finally:
+                restore_init_context()
             # from_pretrained must see the ZeRO-3 config to load real weights into sharded params;
             # the config is global (weakref), so it is set for this load only.
             from transformers.integrations.deepspeed import HfDeepSpeedConfig, unset_hf_deepspeed_config
