@@ -28,6 +28,7 @@ def test_ddp_on_cpu_matches_one_process(tmp_path: Path) -> None:
         "eval/suite=none",
         "eval.tasks.in_domain=false",
         "eval.self_drift={enabled: true, limit: 4, max_new_tokens: 8, batch_size: 4, cache: false}",
+        "eval.callback.cache_base=false",  # the base computed here by both ranks, never read from SSR_CACHE
         f"hydra.run.dir={ddp}",
         f"paths.cache_dir={tmp_path / 'cache2'}",
         cwd=tmp_path,

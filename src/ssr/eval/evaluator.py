@@ -294,7 +294,10 @@ class Evaluator:
         cached = shard.main_decides(lambda: self._cached_base(cache_file, cached_items, items))
         if cached is not None:
             log.info("drift: base evaluation reused from %s", cache_file)
-            return {**cached, "step": step, "cached": True}
+            record = {**cached, "step": step, "cached": True}
+            if shard.distributed:  # no rank computed anything: say so, not the caching run's split
+                record["ranks"] = {**shard.record(), "cached": True}
+            return record
         with base_weights(model):
             record = self.evaluate(
                 model, tokenizer, "base", precision=precision, epoch=-1, step=step, items=items
@@ -305,7 +308,8 @@ class Evaluator:
             cache_file.parent.mkdir(parents=True, exist_ok=True)
             if items is not None:
                 items.copy_to(cached_items)
-            write_json(cache_file, record)
+            # the scores of the base model, not how this run's ranks shared the work
+            write_json(cache_file, {k: v for k, v in record.items() if k != "ranks"})
         return record
 
     def _cached_base(self, cache_file: Path, cached_items: Path, items: ItemSink | None) -> EvalRecord | None:
