@@ -29,10 +29,10 @@ from ssr.models.loading import (
     resolve_path,
 )
 from ssr.runtime.cache import JsonlCache, SharedJsonlCache, stage_lock
+from ssr.runtime.distributed import Shard
 from ssr.runtime.hardware import cuda_available
 from ssr.runtime.hashing import content_hash
 from ssr.runtime.precision import autocast_dtype as precision_dtype
-from ssr.runtime.shards import Shard
 
 log = logging.getLogger(__name__)
 
@@ -208,9 +208,9 @@ class BaseModelGenerator:
             missing, unique = missing_rows(SharedJsonlCache(self.cache_path, lock), keys)
             return len(missing), unique
 
-        n_missing, todo = shard.from_rank0(plan)
+        n_missing, todo = shard.main_decides(plan)
         if todo and self.cfg.backend == "hf" and self._engine is None:  # `auto` measured once, not per rank
-            self._engine = shard.from_rank0(self._engine_choice)
+            self._engine = shard.main_decides(self._engine_choice)
         share = self._share(prompts, todo, shard)
 
         def generate_share() -> int:
@@ -231,7 +231,7 @@ class BaseModelGenerator:
         log.info(
             "rank %d of %d generated %d of the %d missing rows",
             shard.rank,
-            shard.world,
+            shard.world_size,
             by_rank[shard.rank],
             len(todo),
         )

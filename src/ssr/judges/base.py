@@ -10,8 +10,8 @@ from typing import Any
 
 from ssr.data.records import chunks
 from ssr.runtime.cache import JsonlCache, SharedJsonlCache
+from ssr.runtime.distributed import Shard
 from ssr.runtime.hashing import content_hash
-from ssr.runtime.shards import Shard
 
 log = logging.getLogger(__name__)
 
@@ -208,7 +208,7 @@ def run_judge_sharded(
     items each rank judged."""
     keys = [judge_key(judge.fingerprint(), item) for item in items]
     lock = cache_path.with_suffix(".lock")
-    todo = shard.from_rank0(lambda: cached_verdicts(keys, SharedJsonlCache(cache_path, lock))[1])
+    todo = shard.main_decides(lambda: cached_verdicts(keys, SharedJsonlCache(cache_path, lock))[1])
     batches = list(chunks(todo, batch_size))
     if judge.shardable:
         share = [i for batch in shard.take(batches) for i in batch]

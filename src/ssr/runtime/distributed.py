@@ -1,4 +1,6 @@
-"""An evaluation shared by the processes of a run: a deterministic split, gathers, one decision for all.
+"""Work shared by the processes of a run (the selection's generation and judging, the drift
+evaluation): a deterministic split, gathers, one decision for all, and a failing rank's error
+handed to every rank so that none waits forever.
 
 The drift evaluation runs on every rank of a multi-process run inside :func:`sharding`; its work
 (row batches, generation batches, lm-eval documents) goes through :meth:`Shard.map`, which hands
@@ -25,12 +27,26 @@ import contextlib
 from collections.abc import Callable, Iterator, Sequence
 from contextvars import ContextVar
 from dataclasses import dataclass, field
+from datetime import timedelta
 from typing import Any, TypeVar
 
 import torch
 
 T = TypeVar("T")
 R = TypeVar("R")
+# a share of generation may take hours, longer than the training group's timeout (as Lightning's
+# _InfiniteBarrier): the selection's collectives go over a private gloo group with this timeout
+WAIT_FOREVER = timedelta(days=10000)
+
+
+class ShardError(RuntimeError):
+    """Another rank failed in a step this rank took part in."""
+
+
+def world_size() -> int:
+    """Processes of the running ``torch.distributed`` job (1 when none is initialised)."""
+    dist = torch.distributed
+    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
 
 
 @dataclass
@@ -45,6 +61,7 @@ class Shard:
     world_size: int = 1
     split: bool = True
     counts: dict[str, list[int]] = field(default_factory=dict)
+    group: Any = None  # the process group of the collectives (None: the default group)
 
     @classmethod
     def of_process_group(cls, split: bool = True) -> Shard:
@@ -79,7 +96,7 @@ class Shard:
         if not self.distributed:
             return [obj]
         out: list[Any] = [None] * self.world_size
-        torch.distributed.all_gather_object(out, obj)
+        torch.distributed.all_gather_object(out, obj, group=self.group)
         return out
 
     def broadcast(self, obj: T) -> T:
@@ -87,12 +104,30 @@ class Shard:
         if not self.distributed:
             return obj
         box = [obj if self.is_main else None]
-        torch.distributed.broadcast_object_list(box, src=0)
+        torch.distributed.broadcast_object_list(box, src=0, group=self.group)
         return box[0]
 
     def main_decides(self, decide: Callable[[], T]) -> T:
-        """``decide()`` run on rank 0 only (a cache read), its answer on every rank."""
-        return self.broadcast(decide() if self.is_main else None)
+        """``decide()`` run on rank 0 only (a cache read, a plan, a file write), its answer on
+        every rank; rank 0's failure is raised on every rank (:class:`ShardError` on the others)."""
+        if not self.distributed:
+            return decide()
+        sent, err = _outcome(decide) if self.is_main else (None, None)
+        return self._results([self.broadcast(sent)], err)[0]
+
+    def all_do(self, step: Callable[[], T]) -> list[T]:
+        """``step()`` on every rank; every rank gets the results in rank order, or the first
+        failure (a rank's own error as raised, :class:`ShardError` for another rank's)."""
+        sent, err = _outcome(step)
+        return self._results(self.all_gather(sent), err)
+
+    def _results(self, outcomes: list[tuple[bool, Any]], own_error: Exception | None) -> list[Any]:
+        if own_error is not None:
+            raise own_error
+        for rank, (ok, value) in enumerate(outcomes):
+            if not ok:
+                raise ShardError(f"rank {rank} of {self.world_size} failed: {value}")
+        return [value for _, value in outcomes]
 
     def add_counts(self, source: str, per_rank: Sequence[int]) -> None:
         previous = self.counts.get(source, [0] * len(per_rank))
@@ -139,6 +174,29 @@ class Shard:
     def record(self) -> dict[str, Any]:
         """What a record keeps of the split: mode, world size and the per-rank item counts."""
         return {"world_size": self.world_size, "mode": self.mode, "items": dict(self.counts)}
+
+
+def _outcome(step: Callable[[], T]) -> tuple[tuple[bool, Any], Exception | None]:
+    """What a rank sends, ``(True, result)`` or ``(False, the error's text)``, and its own error."""
+    try:
+        return (True, step()), None
+    except Exception as err:  # every rank must hear of it; it is raised again
+        return (False, f"{type(err).__name__}: {err}"), err
+
+
+@contextlib.contextmanager
+def rank_shard() -> Iterator[Shard | None]:
+    """This process's :class:`Shard` over a private long-timeout gloo group (``None`` in a
+    one-process run). Every rank must enter it at the same point (creating a group is collective)."""
+    if world_size() == 1:
+        yield None
+        return
+    dist = torch.distributed
+    group = dist.new_group(backend="gloo", timeout=WAIT_FOREVER)
+    try:
+        yield Shard(rank=dist.get_rank(), world_size=dist.get_world_size(), group=group)
+    finally:
+        dist.destroy_process_group(group)
 
 
 _ACTIVE: ContextVar[Shard | None] = ContextVar("ssr_eval_shard", default=None)

@@ -25,8 +25,8 @@ from ssr.generation.config import GeneratorConfig
 from ssr.generation.generator import BaseModelGenerator
 from ssr.judges.base import JudgeItem, run_judge, run_judge_sharded
 from ssr.runtime.cache import JsonlCache, stage_lock
+from ssr.runtime.distributed import Shard
 from ssr.runtime.files import atomic_write_text
-from ssr.runtime.shards import Shard
 from ssr.selection.methods import (
     Candidate,
     MethodConfig,
@@ -274,7 +274,7 @@ def run_selection(
     if shard is None:
         write_selection(out_dir, selections, stats)
     else:  # rank 0 writes; every rank waits for the files (and hears of a failure)
-        shard.from_rank0(lambda: write_selection(out_dir, selections, stats))
+        shard.main_decides(lambda: write_selection(out_dir, selections, stats))
     log.info("selection (%s): %s", method.name, json.dumps(stats.by_source))
     if counters.stages:
         log.info("stage cache counters: %s", counters.summary())

@@ -2,7 +2,7 @@
 
 One process: ``prepare_data`` runs generation + judging through the caches and writes
 ``selection.jsonl``. Several (DDP, DeepSpeed): ``setup`` runs them on every rank, each rank its
-share of the rows (:mod:`ssr.runtime.shards`), and rank 0 writes the file. ``setup`` (every rank)
+share of the rows (:mod:`ssr.runtime.distributed`), and rank 0 writes the file. ``setup`` (every rank)
 then reads it, tokenizes with response-only labels and builds length-grouped batches sharded
 across data-parallel ranks.
 """
@@ -29,8 +29,8 @@ from ssr.generation.config import GeneratorConfig
 from ssr.generation.generator import BaseModelGenerator
 from ssr.judges.base import Judge
 from ssr.models.loading import ModelSpec, load_tokenizer
+from ssr.runtime.distributed import Shard, rank_shard, world_size
 from ssr.runtime.paths import cache_root
-from ssr.runtime.shards import Shard, rank_shard, world_size
 from ssr.selection.methods import MethodConfig, SelectionStats, trained
 from ssr.selection.pipeline import answer_prompts, read_selection, run_selection
 
