@@ -242,6 +242,4 @@ def gathered(params: Sequence[torch.nn.Parameter]) -> Iterator[None]:
 def synced_generation(module: torch.nn.Module) -> bool:
     """``generate(synced_gpus=True)`` is needed: ZeRO-3 across processes, where a rank that has
     finished must keep stepping (and joining the gathers) until every rank has."""
-    dist = torch.distributed
-    multi = dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
-    return multi and zero3_partitioned(module)
+    return world_size() > 1 and zero3_partitioned(module)
