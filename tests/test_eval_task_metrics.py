@@ -22,6 +22,9 @@ def test_hand_case_counts_and_scores():
     assert s.unanswerable_recall == pytest.approx(1 / 2)
     assert s.unanswerable_f1 == pytest.approx(1 / 2)
     assert s.answer_recall == pytest.approx((1 + 0 + 2 / 3) / 3)
+    # the answers' quality where it answers: the declined row 4 is left out, not counted as 0
+    assert s.over_refusal == pytest.approx(1 / 3)
+    assert s.answered_recall == pytest.approx((1 + 2 / 3) / 2)
     # F1: row1 "paris is capital" vs "paris": p=1/3 r=1 -> 0.5; row4 0; row5 p=2/3 r=2/3 -> 2/3
     assert s.answer_f1 == pytest.approx((0.5 + 0 + 2 / 3) / 3)
 

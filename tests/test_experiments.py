@@ -136,6 +136,9 @@ def test_replication_v3_learns_a_learnable_task_and_follows_forgetting_along_tra
     assert cfg.data.train.unanswerables == "swapped" and cfg.data.val.unanswerables == "swapped"
     assert cfg.eval.callback.every_n_steps > 0  # an evaluation interval inside the epochs
     assert cfg.eval.ifeval.limit >= 32 and cfg.eval.ifeval.max_gen_toks >= 256  # the curves' subset
+    main_job = compose([]).eval.suite.limits  # the curves' MC points: more items than the smoke check
+    assert all(cfg.eval.suite.limits[k] >= v for k, v in main_job.items()), cfg.eval.suite.limits
+    assert cfg.eval.suite.limits.ssr_arc_easy >= 3 * main_job.ssr_arc_easy
     # the lr-selection rows and the reported test rows are disjoint in-domain validation rows
     val = load_records(cfg.data, "val", cfg.seed)
     sets = build(cfg.eval)(val_records=val, ood={}).task_sets

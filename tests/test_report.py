@@ -119,3 +119,32 @@ def test_groups_stand_for_their_subtasks_and_answerable_only_sets_show_answered_
     assert "ssr_mmlu/acc" in header and "ssr_mmlu_nutrition" not in header
     assert "ood_nq/unanswerable_accuracy" in header and "ood_nq/unanswerable_f1" not in header
     assert "in_domain/unanswerable_f1" in header
+
+
+def test_task_breakdown_shows_three_numbers_that_cannot_hide_each_other(tmp_path):
+    from ssr.report.tables import task_breakdown_table
+
+    _run(tmp_path, "sft", 1, [0.58, 0.54], 0.7, 0.05)
+    payload = json.loads((tmp_path / "sft-1" / "eval.json").read_text())
+    payload["base"]["tasks"]["in_domain"].update(over_refusal=0.1, answered_recall=0.33)
+    # refusing most answerable rows: a high F1 and a high recall where it still answers
+    payload["final"]["tasks"]["in_domain"].update(over_refusal=0.75, answered_recall=0.9)
+    payload["final"]["tasks"]["ood_nq"] = {
+        "n_unanswerable": 0,
+        "unanswerable_accuracy": 0.2,
+        "answer_recall": 0.1,
+    }
+    payload["base"]["tasks"]["ood_nq"] = {
+        "n_unanswerable": 0,
+        "unanswerable_accuracy": 0.8,
+        "answer_recall": 0.5,
+    }
+    for part in ("base", "final"):
+        payload[part]["tasks"]["ood_nq"]["over_refusal"] = (
+            1 - payload[part]["tasks"]["ood_nq"]["unanswerable_accuracy"]
+        )
+    (tmp_path / "sft-1" / "eval.json").write_text(json.dumps(payload))
+    lines = task_breakdown_table(find_runs([tmp_path])).splitlines()
+    assert "| in_domain | base | 1 | 50.0 | 90.0 | 33.0 | 40.0 |" in lines
+    assert "| in_domain | sft | 1 | 70.0 | 25.0 | 90.0 | 55.0 |" in lines  # combined: (0.7 + 0.4) / 2
+    assert "| ood_nq | sft | 1 | – | 20.0 | – | 15.0 |" in lines  # answerable only: no F1

@@ -17,8 +17,19 @@ def _record(stage: str, step: int, recall: float, drift: float) -> dict:
         "stage": stage,
         "epoch": 0,
         "step": step,
-        "scores": {"self_drift": {"nll_increase_rel": drift}},
-        "tasks": {"in_domain": {"unanswerable_f1": recall, "answer_recall": recall}},
+        "scores": {"self_drift": {"nll_increase_rel": drift}, "ssr_arc_easy": {"acc": 0.5 - drift / 10}},
+        "tasks": {
+            # every task-metric key: only unanswerable F1 and answer recall make the task score
+            "in_domain": {
+                "n": 32,
+                "n_unanswerable": 16,
+                "unanswerable_f1": recall,
+                "answer_recall": recall,
+                "over_refusal": drift,
+                "unanswerable_recall": 1.0,
+            },
+            "ood_nq": {"n_unanswerable": 0, "over_refusal": drift, "unanswerable_accuracy": 1 - drift},
+        },
     }
 
 
@@ -44,6 +55,9 @@ def test_curves_and_drift_at_matched_task_gain(tmp_path):
     points = curve(sft)
     assert [p["step"] for p in points] == [0, 10, 20]
     assert [round(p["task_gain"], 6) for p in points] == [0.0, 10.0, 20.0]
+    # along the curve too: out-of-domain over-refusal and the multiple-choice mean
+    assert [p["tasks/ood/over_refusal"] for p in points] == pytest.approx([0.0, 0.2, 0.4])
+    assert [p["suite/mc/mean"] for p in points] == pytest.approx([0.5, 0.48, 0.46])
     # 5 points of gain: halfway from the base to step 10 for sft (drift 0.1), step 10 for ssr
     assert drift_at_gain(points, 5.0, "suite/self_drift/nll_increase_rel") == pytest.approx(0.1)
     assert drift_at_gain(points, 25.0, "suite/self_drift/nll_increase_rel") is None  # never reached
@@ -52,6 +66,9 @@ def test_curves_and_drift_at_matched_task_gain(tmp_path):
     assert target == pytest.approx(10.0)  # the smallest peak: ssr's
     by = {(r["method"], r["measure"]): r["value"] for r in rows}
     assert by["sft", "self_drift"] == pytest.approx(0.2) and by["ssr", "self_drift"] == pytest.approx(0.05)
+    assert by["sft", "ood_over_refusal"] == pytest.approx(0.2) and by["ssr", "mc_mean"] == pytest.approx(
+        0.495
+    )
     report = write_report([tmp_path], tmp_path / "report").read_text()
     assert "## Forgetting along training" in report and "+10.0 points" in report
     assert (tmp_path / "report" / "curves.png").is_file()

@@ -32,6 +32,7 @@ class GroundedQAScores:
     answer_recall: float  # mean token recall on answerable rows
     answer_f1: float  # mean token F1 on answerable rows
     over_refusal: float  # share of answerable rows declined
+    answered_recall: float  # mean token recall on the answerable rows answered (not declined)
 
     def to_dict(self) -> dict[str, float | int]:
         return asdict(self)
@@ -96,6 +97,7 @@ def aggregate_row_scores(scored: Sequence[dict[str, Any]]) -> GroundedQAScores:
     n = len(scored)
     recalls = [r["answer_recall"] for r in scored if r["answerable"]]
     f1s = [r["answer_f1"] for r in scored if r["answerable"]]
+    answered = [r["answer_recall"] for r in scored if r["answerable"] and not r["predicted_unanswerable"]]
     precision, recall, f1 = precision_recall_f1(tp, fp, fn)
     n_answerable = len(recalls)
     return GroundedQAScores(
@@ -109,4 +111,5 @@ def aggregate_row_scores(scored: Sequence[dict[str, Any]]) -> GroundedQAScores:
         answer_recall=_ratio(sum(recalls), n_answerable),
         answer_f1=_ratio(sum(f1s), n_answerable),
         over_refusal=_ratio(fp, n_answerable),
+        answered_recall=_ratio(sum(answered), len(answered)),
     )

@@ -22,7 +22,7 @@ from typing import Any
 
 from ssr.report.grid import report_keys, task_score
 from ssr.report.plots import save_figure
-from ssr.report.runs import _flatten
+from ssr.report.runs import DRIFT_MEASURES, _flatten, primary_keys, task_columns
 from ssr.report.stats import bootstrap_ci
 
 # drift measures along training (drift.json score keys, flattened); lower is less drift unless
@@ -33,8 +33,10 @@ CURVE_MEASURES = {
     "ifeval": "suite/ifeval/prompt_level_loose_acc",
     "refusal_leak": "suite/ifeval/refusal_leak",
     "reply_length": "suite/ifeval/length_ratio",
+    "ood_over_refusal": "tasks/ood/over_refusal",  # mean over the out-of-domain sets
+    "mc_mean": "suite/mc/mean",  # mean of the multiple-choice benchmarks' primary metrics
 }
-HIGHER_IS_BETTER = {"ifeval"}
+HIGHER_IS_BETTER = {"ifeval", "mc_mean"}
 # "step", "inside_epoch" (1.0: an every_n_steps evaluation), "task_gain" and the flat scores
 Point = dict[str, float]
 
@@ -54,13 +56,31 @@ def curve(run_dir: Path) -> list[Point]:
         point["step"] = float(rec.get("step") or 0)
         point["inside_epoch"] = float(rec.get("stage") == "step")
         points.append(point)
-    keys = report_keys(sorted({k for p in points for k in p if k.startswith("tasks/")}))
-    base = task_score(None, points[0], keys) if points else None
+    sets = sorted({k.split("/")[1] for p in points for k in p if k.startswith("tasks/")})
+    base_point = points[0] if points else {}
+    keys = report_keys(
+        task_columns(sets, lambda name: base_point.get(f"tasks/{name}/n_unanswerable", 1) == 0)
+    )
+    base = task_score(None, base_point, keys) if points else None
     for point in points:
         score = task_score(None, point, keys)
         if score is not None and base is not None:
             point["task_gain"] = 100 * (score - base)
+        _add_means(point, sets)
     return points
+
+
+def _add_means(point: Point, sets: Sequence[str]) -> None:
+    """The point's out-of-domain over-refusal and multiple-choice means (where it has them)."""
+    refusals = [
+        point[k] for name in sets if name.startswith("ood") and (k := f"tasks/{name}/over_refusal") in point
+    ]
+    refusals = [v for v in refusals if not math.isnan(v)]
+    if refusals:
+        point[CURVE_MEASURES["ood_over_refusal"]] = sum(refusals) / len(refusals)
+    mc = [point[k] for k in primary_keys(point) if not any(d in k for d in DRIFT_MEASURES)]
+    if mc:
+        point[CURVE_MEASURES["mc_mean"]] = sum(mc) / len(mc)
 
 
 def drift_at_gain(points: Sequence[Point], gain: float, key: str) -> float | None:

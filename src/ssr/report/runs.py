@@ -6,6 +6,7 @@ import json
 import math
 import statistics
 from collections import defaultdict
+from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -23,7 +24,10 @@ PRIMARY_METRIC = {
 DRIFT_MEASURES = ("self_drift", "kl_task")
 
 
-TASK_COLUMNS = ("unanswerable_f1", "answer_recall")
+TASK_COLUMNS = ("unanswerable_f1", "answer_recall")  # the combined task score: their mean
+# the task as three numbers that cannot hide each other: refusing the unanswerable rows, answering
+# the answerable ones (1 - over_refusal) and the answers' quality where it answers
+TASK_BREAKDOWN = ("unanswerable_f1", "over_refusal", "answered_recall")
 # generated replies (IFEval: official prompt-level scores, refusals leaking vs the base's replies),
 # columns of their own, kept out of the benchmark averages
 GENERATIVE_COLUMNS = (
@@ -146,15 +150,20 @@ def export_runs(runs: list[Run], path: Path) -> Path:
 
 def benchmark_keys(runs: list[Run]) -> list[str]:
     """One key per benchmark: ``suite/<task>/<primary metric>`` present in the base scores."""
+    return primary_keys(key for run in runs for key in run.base)
+
+
+def primary_keys(keys: Iterable[str]) -> list[str]:
+    """Of flat ``suite/<task>/<metric>`` keys, the one per benchmark that stands for it (its
+    primary metric; a group's score stands for its subtasks)."""
     tasks: dict[str, str] = {}
-    for run in runs:
-        for key in run.base:
-            if not key.startswith("suite/"):
-                continue
-            _, task, metric = key.split("/", 2)
-            want = next((m for t, m in PRIMARY_METRIC.items() if t in task), "acc")
-            if metric.split(",")[0] == want:
-                tasks.setdefault(task, key)
+    for key in keys:
+        if not key.startswith("suite/"):
+            continue
+        _, task, metric = key.split("/", 2)
+        want = next((m for t, m in PRIMARY_METRIC.items() if t in task), "acc")
+        if metric.split(",")[0] == want:
+            tasks.setdefault(task, key)
     # a group's score stands for its subtasks (ssr_mmlu, not each ssr_mmlu_<subject>)
     subtasks = {t for t in tasks for g in tasks if t != g and t.startswith(g + "_")}
     return [tasks[t] for t in sorted(tasks) if t not in subtasks]
@@ -164,10 +173,16 @@ def task_keys(runs: list[Run]) -> list[str]:
     """Task-metric columns: unanswerable F1 and answer recall per set; for answerable-only sets
     (e.g. NQ open-book) the share answered (``unanswerable_accuracy``: not refused) instead of F1."""
     sets = sorted({k.split("/")[1] for r in runs for k in r.final if k.startswith("tasks/")})
+    return task_columns(
+        sets, lambda name: all(r.base.get(f"tasks/{name}/n_unanswerable", 1) == 0 for r in runs)
+    )
+
+
+def task_columns(sets: Iterable[str], answerable_only: Callable[[str], bool]) -> list[str]:
+    """The combined task score's columns of each named set (see :func:`task_keys`)."""
     keys = []
     for name in sets:
-        answerable_only = all(r.base.get(f"tasks/{name}/n_unanswerable", 1) == 0 for r in runs)
-        first = "unanswerable_accuracy" if answerable_only else TASK_COLUMNS[0]
+        first = "unanswerable_accuracy" if answerable_only(name) else TASK_COLUMNS[0]
         keys += [f"tasks/{name}/{first}", *(f"tasks/{name}/{m}" for m in TASK_COLUMNS[1:])]
     return keys
 

@@ -7,6 +7,7 @@ from typing import Any
 
 from ssr.report.paired import ALPHA, Row
 from ssr.report.runs import (
+    TASK_BREAKDOWN,
     Run,
     _by_method,
     _fmt,
@@ -50,6 +51,40 @@ def delta_table(runs: list[Run]) -> str:
     for method, group in _by_method(runs).items():
         cells = [_fmt([r.final[k] - r.base[k] for r in group if k in r.final and k in r.base]) for k in cols]
         lines.append("| " + " | ".join([method, str(len(group)), *cells]) + " |")
+    return "\n".join(lines)
+
+
+def task_breakdown_table(runs: list[Run]) -> str:
+    """Markdown: per task set, the task as three numbers that cannot hide each other (unanswerable
+    F1, share of the answerable rows answered, token recall on the rows answered) and the combined
+    score (mean of unanswerable F1 / answered share and answer recall), mean ± std over seeds."""
+    sets = sorted({k.split("/")[1] for r in runs for k in r.final if k.startswith("tasks/")})
+    header = "| set | row | seeds | unanswerable F1 | answered | recall on answered | combined score |"
+    lines = [header, "|---|---|---|---|---|---|---|"]
+    keys = task_keys(runs)
+    combined = {name: [k for k in keys if k.split("/")[1] == name] for name in sets}
+    f1, refused, answered_recall = (f"/{m}" for m in TASK_BREAKDOWN)
+
+    def cells(scores: list[dict[str, float]], name: str) -> list[str]:
+        get = lambda m: [s.get(f"tasks/{name}{m}") for s in scores]  # noqa: E731
+        score = [
+            statistics.fmean(v)
+            if len(v := [s[k] for k in combined[name] if k in s]) == len(combined[name])
+            else None
+            for s in scores
+        ]
+        answered = [None if v is None else 1 - v for v in get(refused)]
+        f1_cell = "–" if combined[name][0].endswith("unanswerable_accuracy") else _fmt(get(f1))
+        return [f1_cell, _fmt(answered), _fmt(get(answered_recall)), _fmt(score)]
+
+    for name in sets:
+        base = [r.base for r in runs]
+        lines.append(
+            f"| {name} | base | {len({r.seed for r in runs})} | " + " | ".join(cells(base, name)) + " |"
+        )
+        for method, group in _by_method(runs).items():
+            row = cells([r.final for r in group], name)
+            lines.append(f"| {name} | {method} | {len(group)} | " + " | ".join(row) + " |")
     return "\n".join(lines)
 
 

@@ -22,7 +22,15 @@ from ssr.report.paired import change_rows, difference_rows, has_items
 from ssr.report.pareto import pareto_points
 from ssr.report.plots import plot_drift, plot_pareto, plot_summary
 from ssr.report.runs import Run, _by_method, benchmark_keys, export_runs, find_runs, task_keys
-from ssr.report.tables import cost_table, delta_table, pareto_table, rows_table, selection_table, table
+from ssr.report.tables import (
+    cost_table,
+    delta_table,
+    pareto_table,
+    rows_table,
+    selection_table,
+    table,
+    task_breakdown_table,
+)
 
 log = logging.getLogger(__name__)
 
@@ -109,6 +117,15 @@ def write_report(paths: list[Path], out_dir: Path, grid: list[Path] | None = Non
         "base scores make the relative one jumpy).",
         "",
         table(runs),
+        "",
+        "## The task, three numbers",
+        "",
+        "Per task set (after the last epoch): unanswerable F1, the share of the answerable questions "
+        "answered (not declined), the answers' token recall on those answered, and the combined score "
+        "the learning rate is chosen on and the task gain measures (the mean of unanswerable F1 — the "
+        "answered share on answerable-only sets — and the answer recall over all answerable rows).",
+        "",
+        task_breakdown_table(runs),
         "",
         "## Change vs base",
         "",
