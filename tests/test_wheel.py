@@ -40,6 +40,7 @@ def wheel_site(tmp_path_factory) -> Path:
         "ssr/conf/hydra/launcher/slurm.yaml",
         "ssr/eval/tasks/ssr_boolq.yaml",
         "ssr/eval/tasks/mmlu/_ssr_mmlu_template.yaml",
+        "ssr/generation/decode_attention.cpp",  # the decode-attention kernel, built on first use
         "ssr/eval/data/self_drift_prompts.jsonl",
     ):
         assert needed in names, f"{needed} missing from {wheel.name}"

@@ -15,13 +15,37 @@ and (on ``fidelity_prompts`` prompts) those of transformers' fp32 greedy ``gener
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import random
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 IFEVAL_SEED = 0
+# the continuous engine with torch's SDPA for its decode attention (not the kernel ``auto`` may pick)
+SDPA_VARIANT = "continuous_sdpa"
+
+
+@contextlib.contextmanager
+def _decode_attention(choice: str | None) -> Iterator[None]:
+    """``SSR_DECODE_ATTENTION`` set to ``choice`` for the block (``None``: as it is)."""
+    from ssr.generation import decode_attention as att
+
+    before = os.environ.get(att.ENV)
+    if choice is not None:
+        os.environ[att.ENV] = choice
+    att._resolve.cache_clear()
+    try:
+        yield
+    finally:
+        if before is None:
+            os.environ.pop(att.ENV, None)
+        else:
+            os.environ[att.ENV] = before
+        att._resolve.cache_clear()
 
 
 def _useful(ids: list[int], stops: set[int]) -> list[int]:
@@ -63,6 +87,20 @@ def _prompts(workload: dict[str, Any], tok: Any) -> list[str]:
     return answer_prompts(tok, records, PromptConfig())
 
 
+def _attention_used(model: Any, dtype: Any) -> str:
+    """What the continuous engine's decode steps use here for this model: ``kernel`` or ``sdpa``."""
+    import torch
+
+    from ssr.generation.continuous import causal_lm
+    from ssr.generation.decode_attention import decode_attention, sdpa
+
+    cfg = causal_lm(model).config
+    dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
+    group = cfg.num_attention_heads // cfg.num_key_value_heads
+    fn = decode_attention("cpu", cfg.num_key_value_heads, group, dim, dtype or torch.float32)
+    return "sdpa" if fn is sdpa else "kernel"
+
+
 def run_generation_engines(args: dict[str, Any]) -> dict[str, Any]:
     import torch
 
@@ -89,6 +127,7 @@ def run_generation_engines(args: dict[str, Any]) -> dict[str, Any]:
         "dtype": str(dtype or torch.float32),
         "auto": {**auto.to_dict(), "probe_s": time.perf_counter() - t0},
         "batch_size": shipped.batch_size,
+        "decode_attention": _attention_used(model, dtype),
         "workloads": {},
     }
 
@@ -99,8 +138,18 @@ def run_generation_engines(args: dict[str, Any]) -> dict[str, Any]:
         kwargs.update(temperature=None, top_p=None, top_k=None)
         if engine == "hf":
             kwargs["cache_implementation"] = shipped.cache_implementation
+        variant = engine == SDPA_VARIANT
         t = time.perf_counter()
-        new = generate_ids(m, ids, tok.pad_token_id, kwargs, shipped.batch_size, dt, engine=engine)
+        with _decode_attention("sdpa" if variant else None):
+            new = generate_ids(
+                m,
+                ids,
+                tok.pad_token_id,
+                kwargs,
+                shipped.batch_size,
+                dt,
+                engine="continuous" if variant else engine,
+            )
         return [_useful(r, stops) for r in new], time.perf_counter() - t
 
     for wl in args["workloads"]:

@@ -28,7 +28,9 @@ from common import OFFLINE_ENV, loadavg
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parents[1]
 EMBEDDED = "embedded:smollm2-135m-instruct"
-AVX2_ENV = {"ONEDNN_MAX_CPU_ISA": "AVX2", "MKL_ENABLE_INSTRUCTIONS": "AVX2"}
+# an AVX2-only CPU: oneDNN, MKL and ATen's own vectorised kernels (and so the decode-attention
+# kernel's build flags) capped at AVX2
+AVX2_ENV = {"ONEDNN_MAX_CPU_ISA": "AVX2", "MKL_ENABLE_INSTRUCTIONS": "AVX2", "ATEN_CPU_CAPABILITY": "avx2"}
 Target = tuple[str, str, str]
 
 

@@ -15,7 +15,7 @@ NAME = "generation"
 SPEEDUP = 5.0  # target: the chosen engine >= 5x today's hf path (IFEval, 256 new tokens), both CPUs
 FULL_IFEVAL_S = 8 * 60  # target: all 541 IFEval prompts at 1280 new tokens within 8 minutes
 IFEVAL_ROWS = 541
-ENGINES = ["hf", "continuous"]
+ENGINES = ["hf", "continuous", "continuous_sdpa"]  # the last: decode attention by torch's SDPA
 
 
 def run(ctx: Context, res: dict[str, Any]) -> None:
@@ -94,7 +94,10 @@ def render_generation(gen: dict[str, Any], where: str) -> list[str]:
         f"Precision {gen.get('precision')} ({gen.get('dtype')}); greedy, stopped at the end of turn; "
         f"`hf` = today's path (`generate` in length-sorted left-padded batches of {gen.get('batch_size')}, "
         "static KV cache, weights stored in the compute dtype); `continuous` = continuous batching over a "
-        "slotted KV cache (`ssr.generation.continuous`). Useful new tokens: up to and including the "
+        "slotted KV cache (`ssr.generation.continuous`), its decode attention "
+        f"**{gen.get('decode_attention', 'sdpa')}** (`ssr.generation.decode_attention`: the kernel built "
+        "for this CPU where its probe is faster, else torch's SDPA); `continuous_sdpa` = the same with "
+        "SDPA forced. Useful new tokens: up to and including the "
         "end of turn, never padding. `engine: auto` chose **"
         f"{auto.get('engine')}** ({auto.get('reason')}; probe {fmt(auto.get('probe_s'))} s).",
         "",

@@ -26,6 +26,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from ssr.generation.decode_attention import decode_attention
 from ssr.runtime.distributed import zero3_partitioned
 
 log = logging.getLogger(__name__)
@@ -251,25 +252,16 @@ class LlamaRunner:
     ) -> torch.Tensor:
         """One step for slots ``0..n-1`` (``tokens``/``pos``: ``[n]``); next-token logits ``[n, vocab]``."""
         n = tokens.shape[0]
-        span = int(pos.max()) + 1
         rows = torch.arange(n, device=self.device)
-        past = torch.arange(span, device=self.device)[None] <= pos[:, None]
-        # an additive mask in the compute dtype (a boolean one costs the CPU kernel a conversion)
-        mask = torch.zeros(past.shape, dtype=self.dtype, device=self.device).masked_fill(~past, float("-inf"))
-        mask = mask[:, None, None]
         group = self.n_heads // self.n_kv
+        attend = decode_attention(self.device, self.n_kv, group, self.head_dim, self.dtype)
         x = self.embed[tokens].float()
         for i, layer in enumerate(self.layers):
             q, k, v = self._qkv(x, layer, pos)  # q [n, heads, d], k/v [n, kv, d]
             keys[i, rows, :, pos] = k
             values[i, rows, :, pos] = v
             # the query heads sharing a kv head attend as one group: no repeated keys
-            out = F.scaled_dot_product_attention(
-                q.view(n, self.n_kv, group, self.head_dim),
-                keys[i, :n, :, :span],
-                values[i, :n, :, :span],
-                attn_mask=mask,
-            )
+            out = attend(q.view(n, self.n_kv, group, self.head_dim), keys[i], values[i], pos)
             x = x + F.linear(out.reshape(n, self.q_size), layer.o, layer.o_bias).float()
             x = self._mlp(x, layer)
         return self._logits(x)

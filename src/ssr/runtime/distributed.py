@@ -43,10 +43,18 @@ class ShardError(RuntimeError):
     """Another rank failed in a step this rank took part in."""
 
 
+def _initialized() -> bool:
+    return torch.distributed.is_available() and torch.distributed.is_initialized()
+
+
 def world_size() -> int:
     """Processes of the running ``torch.distributed`` job (1 when none is initialised)."""
-    dist = torch.distributed
-    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+    return torch.distributed.get_world_size() if _initialized() else 1
+
+
+def rank() -> int:
+    """This process's rank in the running ``torch.distributed`` job (0 when none is initialised)."""
+    return torch.distributed.get_rank() if _initialized() else 0
 
 
 @dataclass
@@ -66,9 +74,7 @@ class Shard:
     @classmethod
     def of_process_group(cls, split: bool = True) -> Shard:
         """The default ``torch.distributed`` group's rank and size (one process when none is set up)."""
-        if torch.distributed.is_available() and torch.distributed.is_initialized():
-            return cls(torch.distributed.get_rank(), torch.distributed.get_world_size(), split)
-        return cls(split=split)
+        return cls(rank(), world_size(), split)
 
     @property
     def distributed(self) -> bool:
@@ -194,7 +200,7 @@ def rank_shard() -> Iterator[Shard | None]:
     dist = torch.distributed
     group = dist.new_group(backend="gloo", timeout=WAIT_FOREVER)
     try:
-        yield Shard(rank=dist.get_rank(), world_size=dist.get_world_size(), group=group)
+        yield Shard(rank=rank(), world_size=world_size(), group=group)
     finally:
         dist.destroy_process_group(group)
 
