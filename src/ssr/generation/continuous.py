@@ -17,6 +17,7 @@ or adapters it does not cover are reported by :func:`unsupported_reason`.
 
 from __future__ import annotations
 
+import functools
 import logging
 import time
 from collections.abc import Callable, Sequence
@@ -26,7 +27,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from ssr.generation.decode_attention import decode_attention
+from ssr.generation.decode_attention import decode_attention, sdpa, sdpa_mask
 from ssr.runtime.distributed import zero3_partitioned
 
 log = logging.getLogger(__name__)
@@ -255,6 +256,8 @@ class LlamaRunner:
         rows = torch.arange(n, device=self.device)
         group = self.n_heads // self.n_kv
         attend = decode_attention(self.device, self.n_kv, group, self.head_dim, self.dtype)
+        if attend is sdpa:  # its mask built once per step, not per layer
+            attend = functools.partial(sdpa, mask=sdpa_mask(pos, self.dtype))
         x = self.embed[tokens].float()
         for i, layer in enumerate(self.layers):
             q, k, v = self._qkv(x, layer, pos)  # q [n, heads, d], k/v [n, kv, d]

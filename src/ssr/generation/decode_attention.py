@@ -84,15 +84,28 @@ def build() -> Callable[..., torch.Tensor] | None:
     return module.decode_attention
 
 
-def sdpa(q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
-    """The reference: torch's SDPA over the longest span with an additive mask per slot."""
-    n, span = q.shape[0], int(pos.max()) + 1
-    past = torch.arange(span, device=q.device)[None] <= pos[:, None]
-    # an additive mask in the compute dtype (a boolean one costs the CPU kernel a conversion)
-    mask = torch.zeros(past.shape, dtype=q.dtype, device=q.device).masked_fill(~past, float("-inf"))
-    return F.scaled_dot_product_attention(
-        q, keys[:n, :, :span], values[:n, :, :span], attn_mask=mask[:, None, None]
-    )
+def sdpa_mask(pos: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """The additive mask ``[n, 1, 1, span]`` of a decode step: slot i sees positions 0..pos[i] (in
+    the compute dtype: a boolean one costs the CPU kernel a conversion). Built once per step."""
+    span = int(pos.max()) + 1
+    past = torch.arange(span, device=pos.device)[None] <= pos[:, None]
+    return torch.zeros(past.shape, dtype=dtype, device=pos.device).masked_fill(~past, float("-inf"))[
+        :, None, None
+    ]
+
+
+def sdpa(
+    q: torch.Tensor,
+    keys: torch.Tensor,
+    values: torch.Tensor,
+    pos: torch.Tensor,
+    mask: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """The reference: torch's SDPA over the longest span, masked per slot (``mask``: the step's
+    :func:`sdpa_mask`, built here when not given)."""
+    mask = sdpa_mask(pos, q.dtype) if mask is None else mask
+    n, span = q.shape[0], mask.shape[-1]
+    return F.scaled_dot_product_attention(q, keys[:n, :, :span], values[:n, :, :span], attn_mask=mask)
 
 
 def _probe(kernel: Callable[..., torch.Tensor], kv: int, group: int, dim: int, dtype: torch.dtype) -> str:
