@@ -18,5 +18,8 @@ conf_packages = ["ssr.conf"] + [
 setup(
     packages=find_namespace_packages("src") + conf_packages,
     package_dir={"": "src", "ssr.conf": "conf"},
-    package_data={"ssr": ["**/*.yaml", "**/*.json", "**/*.jsonl", "**/*.txt", "**/*.cpp"], "ssr.conf": ["**/*.yaml"]},
+    package_data={
+        "ssr": ["**/*.yaml", "**/*.json", "**/*.jsonl", "**/*.txt", "**/*.cpp"],
+        "ssr.conf": ["**/*.yaml"],
+    },
 )
