@@ -31,21 +31,20 @@ SDPA_VARIANT = "continuous_sdpa"
 
 @contextlib.contextmanager
 def _decode_attention(choice: str | None) -> Iterator[None]:
-    """``SSR_DECODE_ATTENTION`` set to ``choice`` for the block (``None``: as it is)."""
-    from ssr.generation import decode_attention as att
+    """``SSR_DECODE_ATTENTION`` set to ``choice`` for the block (``None``: as it is; the setting is
+    part of the resolution's cache key, so nothing cached needs clearing)."""
+    from ssr.generation.decode_attention import ENV
 
-    before = os.environ.get(att.ENV)
+    before = os.environ.get(ENV)
     if choice is not None:
-        os.environ[att.ENV] = choice
-    att._resolve.cache_clear()
+        os.environ[ENV] = choice
     try:
         yield
     finally:
         if before is None:
-            os.environ.pop(att.ENV, None)
+            os.environ.pop(ENV, None)
         else:
-            os.environ[att.ENV] = before
-        att._resolve.cache_clear()
+            os.environ[ENV] = before
 
 
 def _useful(ids: list[int], stops: set[int]) -> list[int]:
@@ -91,13 +90,10 @@ def _attention_used(model: Any, dtype: Any) -> str:
     """What the continuous engine's decode steps use here for this model: ``kernel`` or ``sdpa``."""
     import torch
 
-    from ssr.generation.continuous import causal_lm
+    from ssr.generation.continuous import attention_shape, causal_lm
     from ssr.generation.decode_attention import decode_attention, sdpa
 
-    cfg = causal_lm(model).config
-    dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
-    group = cfg.num_attention_heads // cfg.num_key_value_heads
-    fn = decode_attention("cpu", cfg.num_key_value_heads, group, dim, dtype or torch.float32)
+    fn = decode_attention("cpu", *attention_shape(causal_lm(model).config), dtype or torch.float32)
     return "sdpa" if fn is sdpa else "kernel"
 
 

@@ -22,6 +22,7 @@ import logging
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -135,6 +136,12 @@ def _fused(
     return weight, torch.cat(biases)
 
 
+def attention_shape(config: Any) -> tuple[int, int, int]:
+    """``(kv heads, query heads per kv head, head dim)`` of a Llama-family config."""
+    head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+    return config.num_key_value_heads, config.num_attention_heads // config.num_key_value_heads, head_dim
+
+
 class LlamaRunner:
     """The model's weights laid out for decoding, and its forward over a slotted KV cache."""
 
@@ -147,8 +154,9 @@ class LlamaRunner:
         self.dtype = dtype
         self.device = next(lm.parameters()).device
         self.n_heads = cfg.num_attention_heads
-        self.n_kv = cfg.num_key_value_heads
-        self.head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
+        self.n_kv, self.group, self.head_dim = attention_shape(cfg)
+        # the decode steps' attention, resolved once per call (see ssr.generation.decode_attention)
+        self.attend = decode_attention(self.device, self.n_kv, self.group, self.head_dim, dtype)
         self.eps = cfg.rms_norm_eps
         self.max_positions = cfg.max_position_embeddings
         inner = lm.model
@@ -254,8 +262,7 @@ class LlamaRunner:
         """One step for slots ``0..n-1`` (``tokens``/``pos``: ``[n]``); next-token logits ``[n, vocab]``."""
         n = tokens.shape[0]
         rows = torch.arange(n, device=self.device)
-        group = self.n_heads // self.n_kv
-        attend = decode_attention(self.device, self.n_kv, group, self.head_dim, self.dtype)
+        attend = self.attend
         if attend is sdpa:  # its mask built once per step, not per layer
             attend = functools.partial(sdpa, mask=sdpa_mask(pos, self.dtype))
         x = self.embed[tokens].float()
@@ -264,7 +271,7 @@ class LlamaRunner:
             keys[i, rows, :, pos] = k
             values[i, rows, :, pos] = v
             # the query heads sharing a kv head attend as one group: no repeated keys
-            out = attend(q.view(n, self.n_kv, group, self.head_dim), keys[i], values[i], pos)
+            out = attend(q.view(n, self.n_kv, self.group, self.head_dim), keys[i], values[i], pos)
             x = x + F.linear(out.reshape(n, self.q_size), layer.o, layer.o_bias).float()
             x = self._mlp(x, layer)
         return self._logits(x)

@@ -17,6 +17,13 @@ namespace {
 
 constexpr int64_t kMaxGroup = 16;
 
+// A cached row of D elements as fp32 (vectorised conversion from bf16/fp16).
+template <typename T, int D>
+inline void load_row(const T* row, float* out) {
+#pragma omp simd
+  for (int j = 0; j < D; ++j) out[j] = static_cast<float>(row[j]);
+}
+
 // One (slot, kv head): q [G, D], keys/values rows 0..span-1 (row stride `stride`), out [G, D].
 template <typename T, int D>
 void attend(const T* q, const T* k, const T* v, int64_t G, int64_t span, int64_t stride, float scale, T* out,
@@ -25,10 +32,8 @@ void attend(const T* q, const T* k, const T* v, int64_t G, int64_t span, int64_t
   for (int64_t g = 0; g < G; ++g)
     for (int j = 0; j < D; ++j) qf[g][j] = static_cast<float>(q[g * D + j]) * scale;
   for (int64_t t = 0; t < span; ++t) {
-    const T* row = k + t * stride;
     float kf[D];
-#pragma omp simd
-    for (int j = 0; j < D; ++j) kf[j] = static_cast<float>(row[j]);
+    load_row<T, D>(k + t * stride, kf);
     for (int64_t g = 0; g < G; ++g) {
       float s = 0.f;
 #pragma omp simd reduction(+ : s)
@@ -51,10 +56,8 @@ void attend(const T* q, const T* k, const T* v, int64_t G, int64_t span, int64_t
     for (int j = 0; j < D; ++j) acc[g][j] = 0.f;
   }
   for (int64_t t = 0; t < span; ++t) {
-    const T* row = v + t * stride;
     float vf[D];
-#pragma omp simd
-    for (int j = 0; j < D; ++j) vf[j] = static_cast<float>(row[j]);
+    load_row<T, D>(v + t * stride, vf);
     for (int64_t g = 0; g < G; ++g) {
       const float p = scores[g * span + t];
 #pragma omp simd

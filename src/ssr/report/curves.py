@@ -22,7 +22,7 @@ from typing import Any
 
 from ssr.report.grid import report_keys, task_score
 from ssr.report.plots import save_figure
-from ssr.report.runs import DRIFT_MEASURES, _flatten, primary_keys, task_columns
+from ssr.report.runs import DRIFT_MEASURES, _flatten, answerable_only, primary_keys, task_columns, task_sets
 from ssr.report.stats import bootstrap_ci
 
 # drift measures along training (drift.json score keys, flattened); lower is less drift unless
@@ -56,11 +56,9 @@ def curve(run_dir: Path) -> list[Point]:
         point["step"] = float(rec.get("step") or 0)
         point["inside_epoch"] = float(rec.get("stage") == "step")
         points.append(point)
-    sets = sorted({k.split("/")[1] for p in points for k in p if k.startswith("tasks/")})
+    sets = task_sets(k for p in points for k in p)
     base_point = points[0] if points else {}
-    keys = report_keys(
-        task_columns(sets, lambda name: base_point.get(f"tasks/{name}/n_unanswerable", 1) == 0)
-    )
+    keys = report_keys(task_columns(sets, answerable_only([base_point])))
     base = task_score(None, base_point, keys) if points else None
     for point in points:
         score = task_score(None, point, keys)

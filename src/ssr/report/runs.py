@@ -6,7 +6,7 @@ import json
 import math
 import statistics
 from collections import defaultdict
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -172,10 +172,18 @@ def primary_keys(keys: Iterable[str]) -> list[str]:
 def task_keys(runs: list[Run]) -> list[str]:
     """Task-metric columns: unanswerable F1 and answer recall per set; for answerable-only sets
     (e.g. NQ open-book) the share answered (``unanswerable_accuracy``: not refused) instead of F1."""
-    sets = sorted({k.split("/")[1] for r in runs for k in r.final if k.startswith("tasks/")})
-    return task_columns(
-        sets, lambda name: all(r.base.get(f"tasks/{name}/n_unanswerable", 1) == 0 for r in runs)
-    )
+    sets = task_sets(k for r in runs for k in r.final)
+    return task_columns(sets, answerable_only([r.base for r in runs]))
+
+
+def task_sets(keys: Iterable[str]) -> list[str]:
+    """The task sets named by flat ``tasks/<set>/<metric>`` keys, sorted."""
+    return sorted({k.split("/")[1] for k in keys if k.startswith("tasks/")})
+
+
+def answerable_only(bases: Sequence[dict[str, float]]) -> Callable[[str], bool]:
+    """Whether a task set has no unanswerable rows in any of these base scores."""
+    return lambda name: all(b.get(f"tasks/{name}/n_unanswerable", 1) == 0 for b in bases)
 
 
 def task_columns(sets: Iterable[str], answerable_only: Callable[[str], bool]) -> list[str]:

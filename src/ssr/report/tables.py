@@ -11,10 +11,13 @@ from ssr.report.runs import (
     Run,
     _by_method,
     _fmt,
+    answerable_only,
     benchmark_keys,
     generative_keys,
     relative_change,
+    task_columns,
     task_keys,
+    task_sets,
 )
 
 
@@ -58,23 +61,21 @@ def task_breakdown_table(runs: list[Run]) -> str:
     """Markdown: per task set, the task as three numbers that cannot hide each other (unanswerable
     F1, share of the answerable rows answered, token recall on the rows answered) and the combined
     score (mean of unanswerable F1 / answered share and answer recall), mean ± std over seeds."""
-    sets = sorted({k.split("/")[1] for r in runs for k in r.final if k.startswith("tasks/")})
+    sets = task_sets(k for r in runs for k in r.final)
     header = "| set | row | seeds | unanswerable F1 | answered | recall on answered | combined score |"
     lines = [header, "|---|---|---|---|---|---|---|"]
-    keys = task_keys(runs)
-    combined = {name: [k for k in keys if k.split("/")[1] == name] for name in sets}
+    only = answerable_only([r.base for r in runs])
     f1, refused, answered_recall = (f"/{m}" for m in TASK_BREAKDOWN)
 
     def cells(scores: list[dict[str, float]], name: str) -> list[str]:
         get = lambda m: [s.get(f"tasks/{name}{m}") for s in scores]  # noqa: E731
+        combined = task_columns([name], only)
         score = [
-            statistics.fmean(v)
-            if len(v := [s[k] for k in combined[name] if k in s]) == len(combined[name])
-            else None
+            statistics.fmean(v) if len(v := [s[k] for k in combined if k in s]) == len(combined) else None
             for s in scores
         ]
         answered = [None if v is None else 1 - v for v in get(refused)]
-        f1_cell = "–" if combined[name][0].endswith("unanswerable_accuracy") else _fmt(get(f1))
+        f1_cell = "–" if only(name) else _fmt(get(f1))
         return [f1_cell, _fmt(answered), _fmt(get(answered_recall)), _fmt(score)]
 
     for name in sets:
