@@ -199,7 +199,7 @@ def generative_keys(runs: list[Run]) -> list[str]:
     """IFEval columns (where the runs have IFEval) and the over-refusal of each out-of-domain set
     (the share of its answerable questions declined)."""
     keys = [k for k in GENERATIVE_COLUMNS if any(k in r.final for r in runs)]
-    ood = sorted({k.split("/")[1] for r in runs for k in r.final if k.startswith("tasks/ood_")})
+    ood = [name for name in task_sets(k for r in runs for k in r.final) if name.startswith("ood_")]
     return keys + [k for name in ood if any((k := f"tasks/{name}/over_refusal") in r.final for r in runs)]
 
 
