@@ -156,6 +156,12 @@ def test_auto_follows_injected_probe_timings(tokenizer, tmp_path, monkeypatch):
     assert (choice.engine, choice.tokens_per_s) == ("continuous", fast)
     slow = {"hf": 90.0, "continuous": 50.0}
     assert resolve_engine("auto", model, None, probe=slow.__getitem__).engine == "hf"
+    # a near tie goes to continuous (the probe cannot show its scheduling gains); hf needs > HF_MARGIN
+    tie = {"hf": 50.0 * engines.HF_MARGIN * 0.99, "continuous": 50.0}
+    near = resolve_engine("auto", model, None, probe=tie.__getitem__)
+    assert near.engine == "continuous" and "hf wins only beyond" in near.reason
+    beyond = {"hf": 50.0 * engines.HF_MARGIN * 1.01, "continuous": 50.0}
+    assert resolve_engine("auto", model, None, probe=beyond.__getitem__).engine == "hf"
     assert resolve_engine("hf", model, None, probe=fast.__getitem__).engine == "hf"
     assert any(c["engine"] == "hf" for c in engines.resolved_choices())
     with pytest.raises(ValueError, match="generation engine must be one of"):

@@ -10,7 +10,8 @@ the precision ``auto`` chose (``args["precision"]``). Greedy, stopped at the end
 
 Per engine: useful new tokens (up to and including the stop token; never padding), wall seconds,
 tokens/s, and fidelity: the share of prompts whose ids equal those of ``hf`` at the same precision,
-and (on ``fidelity_prompts`` prompts) those of transformers' fp32 greedy ``generate``.
+and (on ``fidelity_prompts`` prompts) those of transformers' fp32 greedy ``generate``. Per workload
+timed with ``hf``: the ceiling its matmuls alone set (:func:`matmul_bound`).
 """
 
 from __future__ import annotations
@@ -27,6 +28,8 @@ from typing import Any
 IFEVAL_SEED = 0
 # the continuous engine with torch's SDPA for its decode attention (not the kernel ``auto`` may pick)
 SDPA_VARIANT = "continuous_sdpa"
+# the matmul-only ceiling is also measured at this many rows (a wide batch of a long workload)
+BOUND_ROWS = 128
 
 
 @contextlib.contextmanager
@@ -97,11 +100,46 @@ def _attention_used(model: Any, dtype: Any) -> str:
     return "sdpa" if fn is sdpa else "kernel"
 
 
+def matmul_bound(model: Any, dtype: Any, rows: int, reps: int = 20) -> dict[str, float]:
+    """The decode step's matmuls alone at ``rows`` rows: q/k/v, o, gate/up and down of every layer
+    and the LM head, in the compute dtype, as the continuous engine lays its weights out. No exact
+    engine built on torch's matmuls decodes faster at that batch: attention, norms, sampling and
+    Python are left out."""
+    import torch
+    import torch.nn.functional as F
+
+    from ssr.generation.continuous import LlamaRunner
+
+    runner = LlamaRunner(model, dtype or torch.float32)
+    weights = [w for layer in runner.layers for w in (layer.qkv, layer.o, layer.gate_up, layer.down)]
+    weights.append(runner.lm_head)
+    inputs = {w.shape[1]: torch.randn(rows, w.shape[1]).to(w.dtype) for w in weights}
+
+    def step() -> None:
+        for w in weights:
+            F.linear(inputs[w.shape[1]], w)
+
+    with torch.inference_mode():
+        step()  # oneDNN's kernels for these shapes are built on first use
+        step()
+        t0 = time.perf_counter()
+        for _ in range(reps):
+            step()
+        seconds = (time.perf_counter() - t0) / reps
+    flops = 2 * rows * sum(w.numel() for w in weights)
+    return {
+        "rows": rows,
+        "step_ms": 1000 * seconds,
+        "tokens_per_s": rows / seconds,
+        "gflop_per_s": flops / seconds / 1e9,
+    }
+
+
 def run_generation_engines(args: dict[str, Any]) -> dict[str, Any]:
     import torch
 
     from ssr.generation.config import GeneratorConfig
-    from ssr.generation.engine import generate_ids, resolve_engine
+    from ssr.generation.engine import MIN_SLOTS, generate_ids, resolve_engine
     from ssr.generation.hf import prompt_token_ids
     from ssr.models.loading import ModelSpec, cast_for_autocast_inference, load_model
     from ssr.runtime.precision import autocast_dtype
@@ -180,5 +218,8 @@ def run_generation_engines(args: dict[str, Any]) -> dict[str, Any]:
             rec["fidelity_vs_hf_fp32"]["continuous_fp32"] = (
                 sum(a == b for a, b in zip(got, ref, strict=True)) / k
             )
+        if "hf" in rec["engines"]:  # the ceiling at this workload's widest batch, and at BOUND_ROWS
+            widest = min(len(ids), max(shipped.batch_size, MIN_SLOTS))
+            rec["matmul_bound"] = [matmul_bound(model, dtype, r) for r in sorted({widest, BOUND_ROWS})]
         out["workloads"][wl["name"]] = rec
     return out

@@ -153,8 +153,8 @@ def main() -> None:
     p.add_argument(
         "--gen-avx2-prompts",
         type=int,
-        default=16,
-        help="IFEval prompts of the emulated-AVX2 generation section",
+        default=None,
+        help="IFEval prompts of the emulated-AVX2 generation section (default: --gen-ifeval-prompts)",
     )
     p.add_argument("--gen-ifeval-prompts", type=int, default=64, help="IFEval prompts at 256 new tokens")
     p.add_argument(

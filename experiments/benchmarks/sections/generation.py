@@ -3,7 +3,9 @@
 where precision auto picks fp32). Records ``generation.speedup_vs_hf`` (the chosen engine's useful
 new tokens/s over today's ``hf`` path, IFEval at 256 new tokens, same run), ``speedup_vs_hf_avx2``
 and ``ifeval_full_s`` (all 541 IFEval prompts at 1280 new tokens with the chosen engine;
-extrapolated from a fixed random sample when ``--gen-full-prompts`` is smaller, and then marked so)."""
+extrapolated from a fixed random sample when ``--gen-full-prompts`` is smaller, and then marked so),
+and ``matmul_bound_vs_hf`` (``_avx2``): the decode step's matmuls alone at the IFEval workload's
+widest batch over ``hf``'s tokens/s, the most any exact engine on torch's matmuls could reach."""
 
 from __future__ import annotations
 
@@ -37,7 +39,7 @@ def run(ctx: Context, res: dict[str, Any]) -> None:
         ]
         res["generation"] = ctx.runner.task("generation_engines", {**ctx.base, "workloads": workloads})
     if "generation_avx2" not in skip and not o.quick:
-        avx2_ifeval = {**ifeval, "prompts": o.gen_avx2_prompts, "engines": ENGINES}
+        avx2_ifeval = {**ifeval, "prompts": o.gen_avx2_prompts or o.gen_ifeval_prompts, "engines": ENGINES}
         args = {**ctx.base, "precision": "32-true", "workloads": [avx2_ifeval]}
         res["generation_avx2"] = {
             **ctx.runner.task("generation_engines", args, env=AVX2_ENV),
@@ -53,6 +55,15 @@ def _speedup(gen: dict[str, Any], workload: str = "ifeval_256") -> float | None:
     return engines[chosen]["tokens_per_s"] / engines["hf"]["tokens_per_s"]
 
 
+def _bound(gen: dict[str, Any], workload: str = "ifeval_256") -> float | None:
+    """The matmul-only ceiling at the workload's widest batch over hf's measured tokens/s."""
+    wl = ((gen or {}).get("workloads") or {}).get(workload) or {}
+    hf = (wl.get("engines") or {}).get("hf")
+    if not hf or not wl.get("matmul_bound"):
+        return None
+    return wl["matmul_bound"][0]["tokens_per_s"] / hf["tokens_per_s"]
+
+
 def finish(res: dict[str, Any]) -> None:
     """The headline figures, under ``res["generation"]``."""
     gen = res.get("generation")
@@ -60,6 +71,8 @@ def finish(res: dict[str, Any]) -> None:
         return
     gen["speedup_vs_hf"] = _speedup(gen)
     gen["speedup_vs_hf_avx2"] = _speedup(res.get("generation_avx2") or {})
+    gen["matmul_bound_vs_hf"] = _bound(gen)
+    gen["matmul_bound_vs_hf_avx2"] = _bound(res.get("generation_avx2") or {})
     full = (gen.get("workloads") or {}).get("ifeval_1280") or {}
     timed = next(iter((full.get("engines") or {}).values()), None)
     if timed:
@@ -118,6 +131,18 @@ def render_generation(gen: dict[str, Any], where: str) -> list[str]:
             )
     lines.append("")
     for name, wl in (gen.get("workloads") or {}).items():
+        hf = (wl["engines"].get("hf") or {}).get("tokens_per_s")
+        if wl.get("matmul_bound") and hf:
+            at = "; ".join(
+                f"{b['rows']} rows {fmt(b['tokens_per_s'], 0)} tokens/s ({fmt(b['gflop_per_s'], 0)} GFLOP/s, "
+                f"{fmt(b['tokens_per_s'] / hf, 2)}x hf)"
+                for b in wl["matmul_bound"]
+            )
+            lines += [
+                f"Ceiling ({name}): the decode step's matmuls alone (every layer's q/k/v, o, gate/up, down "
+                f"and the LM head; torch's `F.linear` in the compute dtype), no attention, norms or Python: {at}.",
+                "",
+            ]
         fid = wl.get("fidelity_vs_hf_fp32")
         if fid:
             shares = ", ".join(

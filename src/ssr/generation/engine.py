@@ -10,7 +10,8 @@ quantizes):
 
 ``auto`` times both on a short synthetic workload with the model at hand (a few seconds, once per
 machine: cached under ``$SSR_CACHE/generation_engine``, keyed by the CPU/GPU, its ISA and ISA caps,
-torch, threads, the compute dtype and the architecture's shape) and picks the faster; a model the
+torch, threads, the compute dtype and the architecture's shape) and picks the faster (a near tie
+goes to continuous, whose scheduling gains the probe cannot show: :func:`choose`); a model the
 continuous engine cannot run gets ``hf`` without a probe. Every resolved choice is logged and kept
 for the run's ``summary.json`` (:func:`resolved_choices`).
 """
@@ -44,10 +45,12 @@ from ssr.runtime.paths import cache_root
 log = logging.getLogger(__name__)
 
 AUTO = ENGINE_CHOICES[0]
-CACHE_VERSION = 1
+CACHE_VERSION = 2  # 2: the choice rule gained HF_MARGIN
 # the probe: prompts of these lengths (token ids drawn from a fixed generator), this many new tokens
 PROBE_PROMPT_LENGTHS = (32, 28, 24, 20, 16, 12, 8, 4)
 PROBE_NEW_TOKENS = 12
+# hf is chosen over continuous only when the probe measures it this much faster (see choose())
+HF_MARGIN = 1.1
 
 # engine name -> tokens/s of that engine on the probe (injectable for tests)
 Probe = Callable[[str], float]
@@ -133,10 +136,21 @@ def measure(model: torch.nn.Module, dtype: torch.dtype | None, pad_token_id: int
 
 
 def choose(tokens_per_s: dict[str, float]) -> tuple[str, str]:
-    """The fastest engine, with the reason."""
-    best = max(tokens_per_s, key=tokens_per_s.__getitem__)
-    ratios = [f"{tokens_per_s[best] / max(v, 1e-9):.1f}x {k}" for k, v in tokens_per_s.items() if k != best]
-    return best, f"{best} measured {', '.join(ratios) or 'alone'} on the probe"
+    """The fastest engine on the probe, with the reason; ``hf`` only where it is faster than
+    ``continuous`` by more than :data:`HF_MARGIN`. The probe (equal batches, every row to its end)
+    measures the cost of a step; it cannot show what continuous batching saves on real work (no
+    padded steps after a row ends, its slot refilled at once), so a tie goes to ``continuous``."""
+    speeds = dict(tokens_per_s)
+    if "hf" in speeds and "continuous" in speeds:
+        speeds["hf"] /= HF_MARGIN
+    best = max(speeds, key=speeds.__getitem__)
+    ratios = [f"{tokens_per_s[best] / max(v, 1e-9):.2f}x {k}" for k, v in tokens_per_s.items() if k != best]
+    reason = f"{best} measured {', '.join(ratios) or 'alone'} on the probe"
+    if best == "continuous" and tokens_per_s["continuous"] < tokens_per_s.get("hf", 0):
+        reason += (
+            f" (hf wins only beyond {HF_MARGIN:.2f}x: the probe cannot show continuous batching's gains)"
+        )
+    return best, reason
 
 
 def resolve_engine(
