@@ -185,7 +185,6 @@ class LlamaRunner:
                 )
             )
         self.q_size = self.n_heads * self.head_dim
-        self.kv_size = self.n_kv * self.head_dim
         self.cos = self.sin = torch.empty(0)
 
     def rope_table(self, length: int) -> None:
@@ -217,15 +216,18 @@ class LlamaRunner:
         gate, up = F.linear(h, layer.gate_up).chunk(2, dim=-1)
         return x + F.linear(F.silu(gate) * up, layer.down).float()
 
-    def _qkv(self, x: torch.Tensor, layer: _Layer, pos: torch.Tensor):
+    def _rotary(self, pos: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """cos/sin at ``pos``, broadcast over heads (gathered once per forward, not per layer)."""
+        return self.cos[pos].unsqueeze(-2), self.sin[pos].unsqueeze(-2)
+
+    def _qkv(self, x: torch.Tensor, layer: _Layer, rotary: tuple[torch.Tensor, torch.Tensor]):
         h = self._norm(x, layer.ln_attn)
         qkv = F.linear(h, layer.qkv, layer.qkv_bias).float()
-        q, k, v = qkv.split((self.q_size, self.kv_size, self.kv_size), dim=-1)
-        lead = q.shape[:-1]
-        cos, sin = self.cos[pos].unsqueeze(-2), self.sin[pos].unsqueeze(-2)
-        q = self._rope(q.view(*lead, self.n_heads, self.head_dim), cos, sin).to(self.dtype)
-        k = self._rope(k.view(*lead, self.n_kv, self.head_dim), cos, sin).to(self.dtype)
-        return q, k, v.view(*lead, self.n_kv, self.head_dim).to(self.dtype)
+        heads = qkv.view(*qkv.shape[:-1], self.n_heads + 2 * self.n_kv, self.head_dim)
+        # the query and key heads rotated in one pass (they are adjacent in the fused projection)
+        qk = self._rope(heads[..., : self.n_heads + self.n_kv, :], *rotary).to(self.dtype)
+        q, k = qk.split((self.n_heads, self.n_kv), dim=-2)
+        return q, k, heads[..., self.n_heads + self.n_kv :, :].to(self.dtype)
 
     def _logits(self, x: torch.Tensor) -> torch.Tensor:
         return F.linear(self._norm(x, self.norm), self.lm_head).float()
@@ -240,11 +242,11 @@ class LlamaRunner:
         ids = torch.zeros(b, n, dtype=torch.long, device=self.device)
         for row, prompt in enumerate(prompts):
             ids[row, : len(prompt)] = torch.tensor(prompt, device=self.device)
-        pos = torch.arange(n, device=self.device)
+        rotary = self._rotary(torch.arange(n, device=self.device))
         slots = slice(first_slot, first_slot + b)
         x = self.embed[ids].float()
         for i, layer in enumerate(self.layers):
-            q, k, v = self._qkv(x, layer, pos)  # [b, n, heads, d]
+            q, k, v = self._qkv(x, layer, rotary)  # [b, n, heads, d]
             k, v = k.transpose(1, 2), v.transpose(1, 2)
             keys[i, slots, :, :n] = k
             values[i, slots, :, :n] = v
@@ -265,9 +267,10 @@ class LlamaRunner:
         attend = self.attend
         if attend is sdpa:  # its mask built once per step, not per layer
             attend = functools.partial(sdpa, mask=sdpa_mask(pos, self.dtype))
+        rotary = self._rotary(pos)
         x = self.embed[tokens].float()
         for i, layer in enumerate(self.layers):
-            q, k, v = self._qkv(x, layer, pos)  # q [n, heads, d], k/v [n, kv, d]
+            q, k, v = self._qkv(x, layer, rotary)  # q [n, heads, d], k/v [n, kv, d]
             keys[i, rows, :, pos] = k
             values[i, rows, :, pos] = v
             # the query heads sharing a kv head attend as one group: no repeated keys
