@@ -148,3 +148,92 @@ def test_replication_v3_learns_a_learnable_task_and_follows_forgetting_along_tra
     final = cfg.eval.final
     assert final.enabled and final.self_drift.limit is None and final.kl_task.max_rows is None
     assert final.suite.limits.default >= 300 and final.suite.limits.ssr_mmlu >= 20
+
+
+_TRAIN_STUB = """#!/usr/bin/env bash
+# ssr-train stand-in: records its call, writes the records run.sh keeps
+for a in "$@"; do case $a in hydra.run.dir=*) dir=${a#hydra.run.dir=};; esac; done
+echo "$*" >> "$CALLS"
+mkdir -p "$dir/.hydra" && echo '{}' > "$dir/summary.json" && echo '{}' > "$dir/.hydra/config.yaml"
+case " $* " in *" eval.final.enabled=true "*) mkdir -p "$dir/eval_items/final";; esac
+"""
+_REPORT_STUB = """#!/usr/bin/env bash
+# ssr-report stand-in: every method with a kept grid run gets lr 1e-3
+runs=$1 out=${@: -1}
+mkdir -p "$out"
+python -c "import json, os, sys; json.dump({'chosen_lr': {d.split('_lr')[0]: 1e-3 for d in os.listdir(sys.argv[1])}}, open(sys.argv[2], 'w'))" "$runs" "$out/item_stats.json"
+"""
+
+
+def test_replication_v3_script_resumes_and_answers_sft_vs_ssr_before_the_other_methods(tmp_path):
+    """run.sh (stand-ins for ssr-train and ssr-report): kept runs are skipped; sft and ssr get their
+    grid and three seeds with eval.final (seed 1: the grid run resumed) before any other method runs."""
+    import os
+    import shutil
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[1] / "experiments/results/cpu_replication_v3/run.sh"
+    here = tmp_path / "experiments/results/cpu_replication_v3"
+    here.mkdir(parents=True)
+    shutil.copy(script, here / "run.sh")
+    kept = here / "runs/grid/sft_lr3.0e-4_s1"  # a run finished in an earlier session
+    kept.mkdir(parents=True)
+    (kept / "summary.json").write_text("{}")
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    for name, text in (("ssr-train", _TRAIN_STUB), ("ssr-report", _REPORT_STUB)):
+        (bin_dir / name).write_text(text)
+        (bin_dir / name).chmod(0o755)
+    calls = tmp_path / "calls.txt"
+    env = {
+        **os.environ,
+        "PATH": f"{bin_dir}:{Path(sys.executable).parent}:{os.environ['PATH']}",
+        "OUT": str(tmp_path / "out"),
+        "CALLS": str(calls),
+        "METHODS": "sft ssr dft",
+        "LRS": "3.0e-4 1.0e-3",
+        "OTHER_SEEDS": "2",
+    }
+    env.pop("COMMIT", None)
+    subprocess.run(
+        ["bash", "experiments/results/cpu_replication_v3/run.sh"], cwd=tmp_path, env=env, check=True
+    )
+
+    def runs() -> list[str]:
+        lines = calls.read_text().splitlines() if calls.exists() else []
+        return [
+            next(a.split("=", 1)[1] for a in line.split() if a.startswith("hydra.run.dir=")) for line in lines
+        ]
+
+    out = tmp_path / "out"
+    order = [str(Path(r).relative_to(out)) for r in runs()]
+    assert order == [
+        "grid/sft_lr1.0e-3_s1",  # sft 3e-4 was kept: skipped
+        "grid/ssr_lr3.0e-4_s1",
+        "grid/ssr_lr1.0e-3_s1",
+        "grid/sft_lr1.0e-3_s1",  # seed 1 at the chosen lr: the grid run resumed for eval.final
+        "seeds/sft_lr1.0e-3_s2",
+        "seeds/sft_lr1.0e-3_s3",
+        "grid/ssr_lr1.0e-3_s1",
+        "seeds/ssr_lr1.0e-3_s2",
+        "seeds/ssr_lr1.0e-3_s3",
+        "grid/dft_lr3.0e-4_s1",  # only now the other methods
+        "grid/dft_lr1.0e-3_s1",
+        "grid/dft_lr1.0e-3_s1",
+        "seeds/dft_lr1.0e-3_s2",
+    ]
+    lines = calls.read_text().splitlines()
+    assert "ckpt_path=last" in lines[3] and "eval.final.enabled=true" in lines[3] and "seed=1" in lines[3]
+    assert all("eval.final.enabled=true" not in line for line in lines[:3])
+    kept_seeds = sorted(p.name for p in (here / "runs/seeds").iterdir())
+    assert len(kept_seeds) == 8 and all(
+        (here / "runs/seeds" / n / "eval_items/final").is_dir() for n in kept_seeds
+    )
+    # everything kept: a second call runs nothing
+    calls.unlink()
+    subprocess.run(
+        ["bash", "experiments/results/cpu_replication_v3/run.sh"], cwd=tmp_path, env=env, check=True
+    )
+    assert runs() == []
