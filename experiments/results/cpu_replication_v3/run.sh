@@ -5,9 +5,10 @@
 # is skipped, so the script continues after any interruption, in any later session.
 #   OUT=/work/runs/v3 COMMIT=1 bash experiments/results/cpu_replication_v3/run.sh
 # Phase 1: every method x lr at seed 1 (runs/grid/). The lr is chosen per method on the in-domain
-# validation rows (eval.tasks.selection_rows, disjoint from the reported test rows). Phase 2: seeds
-# 2 and 3 at the chosen lr with eval.final (runs/seeds/), and the seed-1 run at that lr resumed for
-# its eval.final. Then ssr-report rebuilds everything here from the committed records alone.
+# validation rows (eval.tasks.selection_rows, disjoint from the reported test rows). Phase 2, at the
+# chosen lr with eval.final (runs/seeds/): the seed-1 run resumed for its eval.final, and seeds 2
+# and 3. sft and ssr go through both phases before the other methods start. Then ssr-report
+# rebuilds everything here from the committed records alone.
 set -euo pipefail
 OUT=${OUT:?set OUT to a scratch folder (checkpoints, caches)}
 HERE=experiments/results/cpu_replication_v3
@@ -44,28 +45,50 @@ train() {  # train <phase> <name> <run dir> <overrides...>: one run, skipped whe
   stamp "done $phase/$name"
 }
 
-stamp "machine: $(grep -o 'avx512_bf16\|amx_bf16\|avx2' /proc/cpuinfo | sort -u | tr '\n' ' ')"
-for method in $METHODS; do
-  for lr in $LRS; do
-    train grid "${method}_lr${lr}_s1" "$OUT/grid/${method}_lr${lr}_s1" method="$method" optim.lr="$lr" seed=1
+grid() {  # grid <methods...>: every lr at seed 1
+  local method lr
+  for method in "$@"; do
+    for lr in $LRS; do
+      train grid "${method}_lr${lr}_s1" "$OUT/grid/${method}_lr${lr}_s1" method="$method" optim.lr="$lr" seed=1
+    done
   done
-done
-ssr-report "$HERE/runs/grid" --out "$OUT/grid_report" > /dev/null
-python - "$OUT/grid_report/item_stats.json" "$LRS" > "$OUT/chosen.txt" <<'PY'
+}
+
+choose() {  # the lr per method from the grid so far, on the validation rows -> $OUT/chosen.txt
+  ssr-report "$HERE/runs/grid" --out "$OUT/grid_report" > /dev/null
+  python - "$OUT/grid_report/item_stats.json" "$LRS" > "$OUT/chosen.txt" <<'PY'
 import json, sys
 grid = sys.argv[2].split()  # the chosen lr spelled as in LRS (it names the grid run)
 for method, lr in json.loads(open(sys.argv[1]).read())["chosen_lr"].items():
     print(method, next(g for g in grid if float(g) == lr))
 PY
-stamp "chosen lr: $(tr '\n' ';' < "$OUT/chosen.txt")"
-while read -r method lr; do
-  for seed in 2 3; do
+  stamp "chosen lr: $(tr '\n' ';' < "$OUT/chosen.txt")"
+}
+
+final() {  # final <method> <seed>: a run at the method's chosen lr with eval.final
+  local method=$1 seed=$2 lr
+  lr=$(awk -v m="$method" '$1 == m {print $2}' "$OUT/chosen.txt")
+  [ -n "$lr" ] || return 0
+  if [ "$seed" = 1 ]; then  # the seed-1 grid run, resumed from its last checkpoint for eval.final only
+    train seeds "${method}_lr${lr}_s1" "$OUT/grid/${method}_lr${lr}_s1" \
+      method="$method" optim.lr="$lr" seed=1 eval.final.enabled=true ckpt_path=last
+  else
     train seeds "${method}_lr${lr}_s${seed}" "$OUT/seeds/${method}_lr${lr}_s${seed}" \
       method="$method" optim.lr="$lr" seed="$seed" eval.final.enabled=true
-  done
-  # the seed-1 grid run at the chosen lr: resumed from its last checkpoint for eval.final only
-  train seeds "${method}_lr${lr}_s1" "$OUT/grid/${method}_lr${lr}_s1" \
-    method="$method" optim.lr="$lr" seed=1 eval.final.enabled=true ckpt_path=last
-done < "$OUT/chosen.txt"
+  fi
+}
+
+stamp "machine: $(grep -o 'avx512_bf16\|amx_bf16\|avx2' /proc/cpuinfo | sort -u | tr '\n' ' ')"
+# the paper's comparison first (sft and ssr: grid, then three seeds with eval.final), so that an
+# interrupted budget still answers it; then the other methods (OTHER_SEEDS: as many as it allows)
+PRIMARY=${PRIMARY:-"sft ssr"}
+OTHERS=$(for m in $METHODS; do case " $PRIMARY " in *" $m "*) ;; *) echo "$m" ;; esac; done)
+grid $PRIMARY
+choose
+for method in $PRIMARY; do for seed in 1 2 3; do final "$method" "$seed"; done; done
+grid $OTHERS
+choose
+for method in $OTHERS; do final "$method" 1; done
+for seed in ${OTHER_SEEDS:-2 3}; do for method in $OTHERS; do final "$method" "$seed"; done; done
 ssr-report "$HERE/runs/seeds" --grid "$HERE/runs/grid" --out "$HERE"
 stamp "report written"
