@@ -16,38 +16,19 @@ timed with ``hf``: the ceiling its matmuls alone set (:func:`matmul_bound`).
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import random
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+from unittest import mock
 
 IFEVAL_SEED = 0
 # the continuous engine with torch's SDPA for its decode attention (not the kernel ``auto`` may pick)
 SDPA_VARIANT = "continuous_sdpa"
 # the matmul-only ceiling is also measured at this many rows (a wide batch of a long workload)
 BOUND_ROWS = 128
-
-
-@contextlib.contextmanager
-def _decode_attention(choice: str | None) -> Iterator[None]:
-    """``SSR_DECODE_ATTENTION`` set to ``choice`` for the block (``None``: as it is; the setting is
-    part of the resolution's cache key, so nothing cached needs clearing)."""
-    from ssr.generation.decode_attention import ENV
-
-    before = os.environ.get(ENV)
-    if choice is not None:
-        os.environ[ENV] = choice
-    try:
-        yield
-    finally:
-        if before is None:
-            os.environ.pop(ENV, None)
-        else:
-            os.environ[ENV] = before
 
 
 def _useful(ids: list[int], stops: set[int]) -> list[int]:
@@ -139,6 +120,7 @@ def run_generation_engines(args: dict[str, Any]) -> dict[str, Any]:
     import torch
 
     from ssr.generation.config import GeneratorConfig
+    from ssr.generation.decode_attention import ENV
     from ssr.generation.engine import MIN_SLOTS, generate_ids, resolve_engine
     from ssr.generation.hf import prompt_token_ids
     from ssr.models.loading import ModelSpec, cast_for_autocast_inference, load_model
@@ -174,7 +156,8 @@ def run_generation_engines(args: dict[str, Any]) -> dict[str, Any]:
             kwargs["cache_implementation"] = shipped.cache_implementation
         variant = engine == SDPA_VARIANT
         t = time.perf_counter()
-        with _decode_attention("sdpa" if variant else None):
+        # the setting is part of the attention resolution's cache key: nothing cached needs clearing
+        with mock.patch.dict(os.environ, {ENV: "sdpa"} if variant else {}):
             new = generate_ids(
                 m,
                 ids,

@@ -65,8 +65,8 @@ NOTES = [
     "tokens, continuous engine with the kernel): prompt-lookup drafting (the tokens that followed the "
     "latest earlier occurrence of a request's last 3, else 2 tokens, prompt included; up to k drafted "
     "tokens per slot verified in the step's forward with a multi-row attention kernel; greedy output "
-    "the same up to rounding: 46 of 48 prompts identical in fp32, 43 in bf16). 72% of drafted tokens were kept and decode steps fell 255 -> 194, but each "
-    "step got costlier (76 -> 132 ms): bf16 339 -> 272 tokens/s (k=8) and 305 (k=4); AVX2-only "
+    "the same up to rounding: 46 of 48 prompts identical in fp32, 43 in bf16). 72% of drafted "
+    "tokens were kept and decode steps fell 255 -> 194, but each step got costlier (76 -> 132 ms): bf16 339 -> 272 tokens/s (k=8) and 305 (k=4); AVX2-only "
     "emulation (fp32) 170 -> 152 (k=8). A CPU decode step at ~48 rows is compute-bound (see the "
     "ceiling line), so a verified row costs nearly a decoded one; drafting pays where decoding is "
     "memory-bound (a GPU at small batch), which is not measured here.",

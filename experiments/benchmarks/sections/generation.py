@@ -47,17 +47,21 @@ def run(ctx: Context, res: dict[str, Any]) -> None:
         }
 
 
-def _speedup(gen: dict[str, Any], workload: str = "ifeval_256") -> float | None:
-    wl = ((gen or {}).get("workloads") or {}).get(workload) or {}
-    engines, chosen = wl.get("engines") or {}, ((gen or {}).get("auto") or {}).get("engine")
+def _workload(gen: dict[str, Any], name: str = "ifeval_256") -> dict[str, Any]:
+    """One workload's record of a generation run (empty where it is missing)."""
+    return ((gen or {}).get("workloads") or {}).get(name) or {}
+
+
+def _speedup(gen: dict[str, Any]) -> float | None:
+    engines, chosen = _workload(gen).get("engines") or {}, ((gen or {}).get("auto") or {}).get("engine")
     if "hf" not in engines or chosen not in engines:
         return None
     return engines[chosen]["tokens_per_s"] / engines["hf"]["tokens_per_s"]
 
 
-def _bound(gen: dict[str, Any], workload: str = "ifeval_256") -> float | None:
-    """The matmul-only ceiling at the workload's widest batch over hf's measured tokens/s."""
-    wl = ((gen or {}).get("workloads") or {}).get(workload) or {}
+def _bound(gen: dict[str, Any]) -> float | None:
+    """The matmul-only ceiling at the IFEval workload's widest batch over hf's measured tokens/s."""
+    wl = _workload(gen)
     hf = (wl.get("engines") or {}).get("hf")
     if not hf or not wl.get("matmul_bound"):
         return None
@@ -73,7 +77,7 @@ def finish(res: dict[str, Any]) -> None:
     gen["speedup_vs_hf_avx2"] = _speedup(res.get("generation_avx2") or {})
     gen["matmul_bound_vs_hf"] = _bound(gen)
     gen["matmul_bound_vs_hf_avx2"] = _bound(res.get("generation_avx2") or {})
-    full = (gen.get("workloads") or {}).get("ifeval_1280") or {}
+    full = _workload(gen, "ifeval_1280")
     timed = next(iter((full.get("engines") or {}).values()), None)
     if timed:
         share = IFEVAL_ROWS / full["prompts"]
