@@ -66,16 +66,15 @@ PY
 }
 
 final() {  # final <method> <seed>: a run at the method's chosen lr with eval.final
-  local method=$1 seed=$2 lr
+  local method=$1 seed=$2 lr name dir resume=()
   lr=$(awk -v m="$method" '$1 == m {print $2}' "$OUT/chosen.txt")
   [ -n "$lr" ] || return 0
+  name="${method}_lr${lr}_s${seed}"
+  dir="$OUT/seeds/$name"
   if [ "$seed" = 1 ]; then  # the seed-1 grid run, resumed from its last checkpoint for eval.final only
-    train seeds "${method}_lr${lr}_s1" "$OUT/grid/${method}_lr${lr}_s1" \
-      method="$method" optim.lr="$lr" seed=1 eval.final.enabled=true ckpt_path=last
-  else
-    train seeds "${method}_lr${lr}_s${seed}" "$OUT/seeds/${method}_lr${lr}_s${seed}" \
-      method="$method" optim.lr="$lr" seed="$seed" eval.final.enabled=true
+    dir="$OUT/grid/$name" resume=(ckpt_path=last)
   fi
+  train seeds "$name" "$dir" method="$method" optim.lr="$lr" seed="$seed" eval.final.enabled=true "${resume[@]}"
 }
 
 stamp "machine: $(grep -o 'avx512_bf16\|amx_bf16\|avx2' /proc/cpuinfo | sort -u | tr '\n' ' ')"
