@@ -362,5 +362,21 @@ def test_final_settings_replace_the_per_epoch_limits_whole(tokenizer):
     evaluator = build(cfg.eval)(val_records=[], ood={})
     assert evaluator.final.suite.limits == {"default": 50} and evaluator.final.task_sets == {}
     assert evaluator.suite.limits["ssr_arc_easy"] == 8
-    with pytest.raises(KeyError, match=r"eval\.final keys.*tasks"):
-        final_settings(compose(["eval.final.enabled=true", "+eval.final.tasks={max_rows: 3}"]).eval)
+    assert final["tasks"] is None  # no final task metrics unless eval.final.tasks is given
+    with pytest.raises(KeyError, match=r"unknown eval\.final keys \['task'\]"):
+        final_settings(compose(["eval.final.enabled=true", "+eval.final.task={max_rows: 3}"]).eval)
+    # eval.final.tasks: laid over eval.tasks (max_new_tokens kept), its own sets and prompt budget
+    from ssr.data.records import Record
+
+    ood = {"nq": [Record(id=f"n{i}", question="?", gold="g") for i in range(30)]}
+    cfg = compose(
+        [
+            "eval.final.enabled=true",
+            "eval.final.tasks={in_domain: false, max_rows: null, ood_answerable_only: true}",
+        ]
+    )
+    evaluator = build(cfg.eval)(val_records=[Record(id="v", question="?", gold="g")], ood=ood)
+    assert set(evaluator.task_sets) == {"in_domain", "ood_nq"} and len(evaluator.task_sets["ood_nq"]) == 16
+    assert set(evaluator.final.task_sets) == {"ood_nq_answerable"}
+    assert len(evaluator.final.task_sets["ood_nq_answerable"]) == 30
+    assert evaluator.final.tasks.max_new_tokens == cfg.eval.tasks.max_new_tokens

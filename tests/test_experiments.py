@@ -148,6 +148,12 @@ def test_replication_v3_learns_a_learnable_task_and_follows_forgetting_along_tra
     final = cfg.eval.final
     assert final.enabled and final.self_drift.limit is None and final.kl_task.max_rows is None
     assert final.suite.limits.default >= 300 and final.suite.limits.ssr_mmlu >= 20
+    # over-refusal on every answerable out-of-domain row
+    ood = {str(name): build(node) for name, node in cfg.data.ood.items()}
+    final_sets = build(cfg.eval)(val_records=val, ood=ood).final.task_sets
+    assert set(final_sets) == {"ood_quac_answerable", "ood_nq_answerable"}
+    for name, records in ood.items():
+        assert len(final_sets[f"ood_{name}_answerable"]) == sum(r.answerable for r in records) > 300
 
 
 _TRAIN_STUB = """#!/usr/bin/env bash
@@ -156,6 +162,12 @@ for a in "$@"; do case $a in hydra.run.dir=*) dir=${a#hydra.run.dir=};; esac; do
 echo "$*" >> "$CALLS"
 mkdir -p "$dir/.hydra" && echo '{}' > "$dir/summary.json" && echo '{}' > "$dir/.hydra/config.yaml"
 case " $* " in *" eval.final.enabled=true "*) mkdir -p "$dir/eval_items/final";; esac
+"""
+_EVAL_STUB = """#!/usr/bin/env bash
+# ssr-eval +run= stand-in: records its call, adds an over-refusal set's items to the run
+for a in "$@"; do case $a in +run=*) run=${a#+run=};; esac; done
+echo "$*" >> "$CALLS"
+mkdir -p "$run/eval_items/final" && echo '{"id": "1"}' > "$run/eval_items/final/tasks.ood_nq_answerable.jsonl"
 """
 _REPORT_STUB = """#!/usr/bin/env bash
 # ssr-report stand-in: every method with a kept grid run gets lr 1e-3
@@ -166,8 +178,9 @@ python -c "import json, os, sys; json.dump({'chosen_lr': {d.split('_lr')[0]: 1e-
 
 
 def test_replication_v3_script_resumes_and_answers_sft_vs_ssr_before_the_other_methods(tmp_path):
-    """run.sh (stand-ins for ssr-train and ssr-report): kept runs are skipped; sft and ssr get their
-    grid and three seeds with eval.final (seed 1: the grid run resumed) before any other method runs."""
+    """run.sh (stand-ins for ssr-train, ssr-eval and ssr-report): kept runs are skipped; sft and ssr
+    get their grid and three seeds with eval.final (seed 1: the grid run resumed) before any other
+    method runs; each final run lacking the over-refusal sets gets them from ``ssr-eval +run=``."""
     import os
     import shutil
     import subprocess
@@ -183,7 +196,7 @@ def test_replication_v3_script_resumes_and_answers_sft_vs_ssr_before_the_other_m
     (kept / "summary.json").write_text("{}")
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
-    for name, text in (("ssr-train", _TRAIN_STUB), ("ssr-report", _REPORT_STUB)):
+    for name, text in (("ssr-train", _TRAIN_STUB), ("ssr-eval", _EVAL_STUB), ("ssr-report", _REPORT_STUB)):
         (bin_dir / name).write_text(text)
         (bin_dir / name).chmod(0o755)
     calls = tmp_path / "calls.txt"
@@ -214,22 +227,32 @@ def test_replication_v3_script_resumes_and_answers_sft_vs_ssr_before_the_other_m
         "grid/ssr_lr3.0e-4_s1",
         "grid/ssr_lr1.0e-3_s1",
         "grid/sft_lr1.0e-3_s1",  # seed 1 at the chosen lr: the grid run resumed for eval.final
+        "over_refusal/sft_lr1.0e-3_s1",  # its final records lack the over-refusal sets: added
         "seeds/sft_lr1.0e-3_s2",
+        "over_refusal/sft_lr1.0e-3_s2",
         "seeds/sft_lr1.0e-3_s3",
+        "over_refusal/sft_lr1.0e-3_s3",
         "grid/ssr_lr1.0e-3_s1",
+        "over_refusal/ssr_lr1.0e-3_s1",
         "seeds/ssr_lr1.0e-3_s2",
+        "over_refusal/ssr_lr1.0e-3_s2",
         "seeds/ssr_lr1.0e-3_s3",
+        "over_refusal/ssr_lr1.0e-3_s3",
         "grid/dft_lr3.0e-4_s1",  # only now the other methods
         "grid/dft_lr1.0e-3_s1",
         "grid/dft_lr1.0e-3_s1",
+        "over_refusal/dft_lr1.0e-3_s1",
         "seeds/dft_lr1.0e-3_s2",
+        "over_refusal/dft_lr1.0e-3_s2",
     ]
     lines = calls.read_text().splitlines()
     assert "ckpt_path=last" in lines[3] and "eval.final.enabled=true" in lines[3] and "seed=1" in lines[3]
     assert all("eval.final.enabled=true" not in line for line in lines[:3])
+    assert f"+run={out}/grid/sft_lr1.0e-3_s1" in lines[4] and "+eval.final.ifeval.enabled=false" in lines[4]
     kept_seeds = sorted(p.name for p in (here / "runs/seeds").iterdir())
     assert len(kept_seeds) == 8 and all(
-        (here / "runs/seeds" / n / "eval_items/final").is_dir() for n in kept_seeds
+        (here / "runs/seeds" / n / "eval_items/final/tasks.ood_nq_answerable.jsonl").is_file()
+        for n in kept_seeds
     )
     # everything kept: a second call runs nothing
     calls.unlink()

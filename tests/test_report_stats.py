@@ -196,6 +196,27 @@ def test_pareto_front_per_drift_measure():
     assert front == {"benchmark_change": [0, 1], "self_drift": [0, 1], "kl_task": [0, 1, 2]}
 
 
+def test_ood_answerable_only_scores_every_answerable_out_of_domain_row():
+    """eval.final.tasks' over-refusal sets: each data.ood set's answerable rows alone, all of them
+    with no cap, under a name of their own (not the per-epoch balanced ood_<name>)."""
+    from ssr.data.records import Record
+    from ssr.eval.task_sets import TaskMetricsConfig, task_sets
+
+    quac = [Record(id=f"q{i}", question="?", gold="g", answerable=i % 4 != 0) for i in range(40)]
+    nq = [Record(id=f"n{i}", question="?", gold="g") for i in range(25)]
+    ood = {"quac": quac, "nq": nq}
+    per_epoch = task_sets(TaskMetricsConfig(max_rows=8), [], ood)
+    assert set(per_epoch) == {"ood_quac", "ood_nq"} and len(per_epoch["ood_quac"]) == 8
+    every = task_sets(TaskMetricsConfig(in_domain=False, max_rows=None, ood_answerable_only=True), [], ood)
+    assert set(every) == {"ood_quac_answerable", "ood_nq_answerable"}
+    assert sorted(r.id for r in every["ood_quac_answerable"]) == sorted(r.id for r in quac if r.answerable)
+    assert len(every["ood_nq_answerable"]) == 25
+    capped = task_sets(TaskMetricsConfig(max_rows=None, ood_max_rows=6, ood_answerable_only=True), [], ood)
+    assert len(capped["ood_quac_answerable"]) == 6 and all(
+        r.answerable for r in capped["ood_quac_answerable"]
+    )
+
+
 def test_the_lr_is_chosen_on_validation_rows_disjoint_from_the_reported_test_rows():
     from ssr.data.records import Record
     from ssr.eval.task_sets import TaskMetricsConfig, task_sets

@@ -143,3 +143,73 @@ def test_a_finished_run_resumed_with_eval_final_gets_that_evaluation_only(tiny_c
     assert second["global_step"] == first["global_step"]
     assert second["wall_s_total"] == pytest.approx(first["wall_s"] + second["wall_s"], abs=0.2)
     assert second["stages"]["final_eval"] > 0
+
+
+def test_ssr_eval_adds_final_task_metrics_to_a_finished_run(tiny_cfg):
+    """eval.final.tasks measured in the run (in_domain here) and added afterwards by
+    ``ssr-eval +run=`` (over-refusal on every answerable row of an out-of-domain set): both land in
+    the run's final records and items, which ssr-report reads; a measure held already is refused."""
+    import json
+
+    from omegaconf import open_dict
+
+    from ssr.cli.eval import evaluate
+    from ssr.eval.items import load_items
+    from ssr.report.runs import generative_keys, load_run
+
+    common = [
+        "eval.callback.enabled=true",
+        "eval/suite=none",
+        "eval.self_drift.limit=2",
+        "eval.self_drift.max_new_tokens=4",
+        "eval.kl_task.enabled=false",
+        "eval.tasks.max_rows=2",
+        "eval.tasks.max_new_tokens=4",
+        "eval.ifeval.enabled=false",
+        "eval.final.enabled=true",
+    ]
+    cfg = tiny_cfg(*common, "eval.final.tasks={max_rows: 4}")
+    train(cfg)
+    run = Path(cfg.paths.output_dir)
+    before = json.loads((run / "drift.json").read_text())["final"]
+    assert before["model"]["tasks"]["in_domain"]["n"] == 4 == before["base"]["tasks"]["in_domain"]["n"]
+    assert before["settings"]["tasks"]["max_rows"] == 4
+    assert len(load_items(run)["final"]["tasks.in_domain"]) == 4
+
+    ood = ["+data.ood.emb._target_=ssr.data.adapters.embedded_grounded_qa", "+data.ood.emb.split=test"]
+    add = [
+        *common, *ood,
+        "+eval.final.self_drift.enabled=false",  # held already: only the new sets are measured
+        "eval.final.tasks={in_domain: false, max_rows: null, ood_max_rows: 6, ood_answerable_only: true}",
+    ]  # fmt: skip
+    cfg = tiny_cfg(*add)
+    with open_dict(cfg):
+        cfg.run = str(run)
+    evaluate(cfg)
+    after = json.loads((run / "drift.json").read_text())["final"]
+    for stage in ("base", "model"):
+        new = after[stage]["tasks"]["ood_emb_answerable"]
+        assert new["n"] == 6 and new["n_unanswerable"] == 0 and 0 <= new["over_refusal"] <= 1
+        assert after[stage]["tasks"]["in_domain"] == before[stage]["tasks"]["in_domain"]  # kept
+        assert after[stage]["scores"] == before[stage]["scores"]
+    assert after["completed"][0]["tasks"] == ["ood_emb_answerable"] and after["completed"][0]["seconds"] > 0
+    assert after["settings"]["tasks"] == before["settings"]["tasks"]  # the run's own settings stay
+    assert after["completed"][0]["settings"]["tasks"]["ood_answerable_only"] is True
+    trained_at = json.loads((run / "summary.json").read_text())["precision"]["precision"]
+    assert after["completed"][0]["precision"] == trained_at  # compared as the run compared them
+    items = load_items(run)
+    for tag in ("final_base", "final"):
+        assert len(items[tag]["tasks.ood_emb_answerable"]) == 6 and len(items[tag]["tasks.in_domain"]) == 4
+        assert len(items[tag]["self_drift"]) == 2
+    assert not (run / ".final_completion").exists()
+
+    (run / "summary.json").write_text(json.dumps({"method": "sft"}))
+    report = load_run(run)
+    key = "tasks/ood_emb_answerable/over_refusal"
+    assert report.final[key] == after["model"]["tasks"]["ood_emb_answerable"]["over_refusal"]
+    assert report.base[key] == after["base"]["tasks"]["ood_emb_answerable"]["over_refusal"]
+    assert key in generative_keys([report])
+
+    with pytest.raises(ValueError, match=r"hold \['tasks\.ood_emb_answerable'\] already"):
+        evaluate(cfg)
+    assert json.loads((run / "drift.json").read_text())["final"] == after  # nothing lost

@@ -163,6 +163,9 @@ RULES: tuple[Rule, ...] = (
     _rule("eval.ifeval.batch_size", int_at_least(1)),
     _rule("eval.final.ifeval.limit", int_at_least(1)),
     _rule("eval.final.ifeval.max_gen_toks", int_at_least(1)),
+    _rule("eval.final.tasks.max_rows", int_at_least(1)),
+    _rule("eval.final.tasks.ood_max_rows", int_at_least(1)),
+    _rule("eval.final.tasks.max_new_tokens", int_at_least(1)),
 )
 
 

@@ -11,7 +11,8 @@ a W&B table for W&B loggers, and written to ``drift.json`` (and the task metrics
      "base": {"stage": "base", "epoch": -1, "step": 0, "scores": {task: {metric: value}}},
      "epochs": [{"stage": "epoch", "epoch": 0, "step": 40, "scores": {...}, "delta": {...}}, ...],
      "steps": [{"stage": "step", "epoch": 0, "step": 10, "scores": {...}, "tasks": {...}, "delta": ...}, ...],
-     "final": {"settings": {"suite", "self_drift", "kl_task", "ifeval"}, "base": {...}, "model": {..., "delta"}}}
+     "final": {"settings": {"suite", "self_drift", "kl_task", "ifeval", "tasks"?}, "base": {...},
+               "model": {..., "tasks"?, "delta"}}}
 
 In a multi-process run every rank evaluates (:mod:`ssr.runtime.distributed`): its share of the
 requests (DDP, ZeRO-1/2), or all of them in step with the others under ZeRO-3 (each forward gathers
@@ -297,7 +298,7 @@ class GeneralizationDriftCallback(pl.Callback):
         items = self._sink(trainer, FINAL_TAG)
         record = final.evaluate(
             model, tokenizer, "final", precision=precision, epoch=epoch, step=trainer.global_step,
-            with_tasks=False, items=items,
+            items=items,
         )  # fmt: skip
         return [
             base,
@@ -308,6 +309,7 @@ class GeneralizationDriftCallback(pl.Callback):
         base, model = self.final_records
         metrics = flat_metrics(model["scores"], "final")
         metrics.update(flat_metrics(score_deltas(model["scores"], base["scores"]), "final_delta"))
+        metrics.update(flat_metrics(model.get("tasks") or {}, "final_task"))
         for logger in trainer.loggers:
             logger.log_metrics(metrics, step=trainer.global_step)
         log.info("drift final: %s", json.dumps(score_deltas(model["scores"], base["scores"])))
@@ -347,6 +349,7 @@ class GeneralizationDriftCallback(pl.Callback):
                 "self_drift": asdict(final.self_drift),
                 "kl_task": asdict(final.kl_task.cfg),
                 "ifeval": asdict(final.ifeval.cfg),
+                **({"tasks": asdict(final.tasks)} if final.task_sets else {}),
             },
             "base": base,
             "model": {**model, "delta": score_deltas(model["scores"], base["scores"])},

@@ -7,7 +7,9 @@ the autocast dtype of the ``precision`` setting it is given (:func:`ssr.runtime.
 
 ``eval.final`` (off by default) adds a second, larger evaluation of the base and of the trained
 model after the last epoch (:attr:`Evaluator.final`): the same suite tasks at larger limits, more
-self-drift prompts, kl_task rows and IFEval prompts (the published 541 at 1280 new tokens), no task metrics (those run after the last epoch already).
+self-drift prompts, kl_task rows and IFEval prompts (the published 541 at 1280 new tokens), and,
+where ``eval.final.tasks`` is given, task metrics of their own (e.g. over-refusal on every
+answerable out-of-domain row); the per-epoch ones run after the last epoch already.
 Small per-epoch checks and one measurement that can resolve a few points: ssr-report's paired
 statistics use the final one where a run has it.
 """
@@ -52,7 +54,7 @@ from ssr.runtime.precision import autocast_dtype
 log = logging.getLogger(__name__)
 
 SELF_DRIFT_KEY = "self_drift"
-FINAL_KEYS = ("suite", "self_drift", "kl_task", "ifeval")  # what eval.final may override
+FINAL_KEYS = ("suite", "self_drift", "kl_task", "ifeval", "tasks")  # what eval.final may override
 # {"stage": "base"|"epoch"|"eval", "epoch", "step", "scores": {task: {metric: value}},
 #  "tasks": {set: scores} (when task metrics ran), "seconds": {"drift", "tasks"}, "cached"?}
 EvalRecord = dict[str, Any]
@@ -110,35 +112,39 @@ class Evaluator:
         interpolates ``prompt``, ``data.max_length`` and ``paths.data_root``); the recipe completes it
         with the run's records: the in-domain validation rows and the ``data.ood`` sets. ``callback``
         holds the drift callback's settings, of which the evaluator reads ``cache_base``."""
-        tasks = checked_dataclass(TaskMetricsConfig, tasks, "eval.tasks")
-        budget = tasks.max_prompt_tokens or prompt_token_budget(max_length, tasks.max_new_tokens)
         shared = {
-            "tasks": tasks,
             "prompt": prompt,
-            "max_prompt_tokens": budget,
             "data_root": str(Path(data_root).resolve()),
             "cache_base": bool(plain_config(callback or {}).get("cache_base", True)),
         }
+
+        def with_tasks(node: Any, where: str) -> dict[str, Any]:  # the task metrics' settings + sets
+            cfg = checked_dataclass(TaskMetricsConfig, node or {}, where)
+            budget = cfg.max_prompt_tokens or prompt_token_budget(max_length, cfg.max_new_tokens)
+            sets = task_sets(cfg, val_records, ood) if node is not None else {}
+            return {"tasks": cfg, "max_prompt_tokens": budget, "task_sets": sets}
+
         evaluator = cls(
             suite=checked_dataclass(SuiteConfig, suite, "eval suite"),
             self_drift=checked_dataclass(SelfDriftConfig, self_drift, "self_drift"),
-            task_sets=task_sets(tasks, val_records, ood),
             kl_task=checked_dataclass(KLTaskConfig, kl_task, "eval.kl_task"),
             ifeval=checked_dataclass(IFEvalConfig, _ifeval_node(ifeval), "eval.ifeval"),
+            **with_tasks(tasks, "eval.tasks"),
             **shared,
         )
         settings = final_settings(
-            {"suite": suite, "self_drift": self_drift, "kl_task": kl_task, "ifeval": ifeval, "final": final}
-        )
+            {"suite": suite, "self_drift": self_drift, "kl_task": kl_task, "ifeval": ifeval, "tasks": tasks,
+             "final": final}
+        )  # fmt: skip
         if settings is not None:
             evaluator.final = cls(
                 suite=checked_dataclass(SuiteConfig, settings["suite"], "eval.final.suite"),
                 self_drift=checked_dataclass(
                     SelfDriftConfig, settings["self_drift"], "eval.final.self_drift"
                 ),
-                task_sets={},
                 kl_task=checked_dataclass(KLTaskConfig, settings["kl_task"], "eval.final.kl_task"),
                 ifeval=checked_dataclass(IFEvalConfig, settings["ifeval"], "eval.final.ifeval"),
+                **with_tasks(settings["tasks"], "eval.final.tasks"),
                 **shared,
             )
         return evaluator
@@ -345,17 +351,21 @@ class Evaluator:
 
 
 def final_settings(ev: Any) -> dict[str, Any] | None:
-    """``eval.suite``/``self_drift``/``kl_task`` with ``eval.final``'s keys on top (``None`` when
-    ``eval.final.enabled`` is off). A mapping given there (``suite.limits``) replaces the per-epoch
-    one whole: the final limits are not mixed with the per-epoch ones."""
+    """``eval.suite``/``self_drift``/``kl_task``/``ifeval``/``tasks`` with ``eval.final``'s keys on
+    top (``None`` when ``eval.final.enabled`` is off). A mapping given there (``suite.limits``)
+    replaces the per-epoch one whole: the final limits are not mixed with the per-epoch ones.
+    ``tasks`` is ``None`` (no final task metrics) unless ``eval.final.tasks`` is given."""
     final = plain_config(ev.get("final"))
     if not final or not final.get("enabled", False):
         return None
     unknown = sorted(set(final) - {"enabled", *FINAL_KEYS})
     if unknown:
         raise KeyError(f"unknown eval.final keys {unknown} (known: {['enabled', *FINAL_KEYS]})")
-    out = {}
+    out: dict[str, Any] = {}
     for key in FINAL_KEYS:
+        if key == "tasks" and final.get(key) is None:
+            out[key] = None
+            continue
         node = dict(plain_config(ev[key]) if key != "ifeval" else _ifeval_node(ev.get("ifeval")))
         node.update(plain_config(final.get(key)) or {})
         out[key] = node

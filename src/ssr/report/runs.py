@@ -106,6 +106,7 @@ def load_run(path: Path) -> Run:
                 for key in [k for k in scores if k.startswith("suite/")]:
                     del scores[key]  # a benchmark the final evaluation left out is no column either
                 scores.update(suite(rec))
+                scores.update(_flatten({"tasks": rec.get("tasks") or {}}))  # eval.final.tasks' own sets
             run.final_eval = True
             recs = [
                 drift["final"]["model"],
