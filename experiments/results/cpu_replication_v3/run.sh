@@ -7,7 +7,9 @@
 # Phase 1: every method x lr at seed 1 (runs/grid/). The lr is chosen per method on the in-domain
 # validation rows (eval.tasks.selection_rows, disjoint from the reported test rows). Phase 2, at the
 # chosen lr with eval.final (runs/seeds/): the seed-1 run resumed for its eval.final, and seeds 2
-# and 3. sft and ssr go through both phases before the other methods start. Then ssr-report
+# and 3. sft and ssr go through both phases before the other methods start. A final run whose
+# records lack eval.final.tasks' over-refusal sets (runs trained before that setting existed) gets
+# them from `ssr-eval +run=` (EVAL), which adds them to its final records. Then ssr-report
 # rebuilds everything here from the committed records alone.
 set -euo pipefail
 OUT=${OUT:?set OUT to a scratch folder (checkpoints, caches)}
@@ -16,6 +18,7 @@ export SSR_CACHE=${SSR_CACHE:-$OUT/cache} SSR_DATA_ROOT=${SSR_DATA_ROOT:-../shar
 METHODS=${METHODS:-"sft ssr s3ft sdft dft self_only"}
 LRS=${LRS:-"3.0e-4 1.0e-3 3.0e-3"}
 TRAIN=${TRAIN:-ssr-train}
+EVAL=${EVAL:-ssr-eval}
 mkdir -p "$OUT" "$HERE/runs"
 stamp() { echo "$(date -u +%FT%TZ) $*" | tee -a "$HERE/timeline.log"; }
 
@@ -65,6 +68,17 @@ PY
   stamp "chosen lr: $(tr '\n' ';' < "$OUT/chosen.txt")"
 }
 
+over_refusal() {  # over_refusal <name> <run dir>: eval.final.tasks' sets added to a kept final run
+  local name=$1 run=$2 dest="$HERE/runs/seeds/$1"
+  compgen -G "$dest/eval_items/final/tasks.ood_*_answerable.jsonl" > /dev/null && return
+  stamp "start over-refusal seeds/$name"
+  $EVAL experiment=cpu_replication_v3 +run="$run" eval.final.enabled=true eval.final.suite.tasks=[] \
+    +eval.final.self_drift.enabled=false +eval.final.kl_task.enabled=false \
+    +eval.final.ifeval.enabled=false hydra.run.dir="$OUT/over_refusal/$name" < /dev/null
+  keep "$run" "$dest" "seeds/$name: over-refusal on every answerable out-of-domain row"
+  stamp "done over-refusal seeds/$name"
+}
+
 final() {  # final <method> <seed>: a run at the method's chosen lr with eval.final
   local method=$1 seed=$2 lr name dir resume=()
   lr=$(awk -v m="$method" '$1 == m {print $2}' "$OUT/chosen.txt")
@@ -75,6 +89,7 @@ final() {  # final <method> <seed>: a run at the method's chosen lr with eval.fi
     dir="$OUT/grid/$name" resume=(ckpt_path=last)
   fi
   train seeds "$name" "$dir" method="$method" optim.lr="$lr" seed="$seed" eval.final.enabled=true "${resume[@]}"
+  over_refusal "$name" "$dir"
 }
 
 stamp "machine: $(grep -o 'avx512_bf16\|amx_bf16\|avx2' /proc/cpuinfo | sort -u | tr '\n' ' ')"
