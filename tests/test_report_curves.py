@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from ssr.report.curves import curve, drift_at_gain, matched_rows, method_curves
+from ssr.report.curves import curve, drift_at_gain, matched_differences, matched_rows, method_curves
 from ssr.report.runs import find_runs
 from ssr.report.write import write_report
 
@@ -71,6 +71,9 @@ def test_curves_and_drift_at_matched_task_gain(tmp_path):
     )
     report = write_report([tmp_path], tmp_path / "report").read_text()
     assert "## Forgetting along training" in report and "+10.0 points" in report
+    # ssr - sft at that gain, one run a side: the permutation test cannot reject (p = 1)
+    assert "| ssr | self_drift | -0.150 | [-0.150, -0.150] | 1 | 1 vs 1 | yes |" in report
+    assert "| ssr | mc_mean | +0.015 |" in report
     assert (tmp_path / "report" / "curves.png").is_file()
 
 
@@ -79,3 +82,29 @@ def test_no_matched_gain_when_a_method_never_gains(tmp_path):
     _run(tmp_path, "ssr", "ssr", 1, [(0, 0.5, 0.0), (10, 0.4, 0.02), (20, 0.45, 0.05)])
     target, rows = matched_rows(method_curves(find_runs([tmp_path])))
     assert target is None and rows == []
+
+
+def test_matched_gain_differences_come_with_seed_level_ci_and_permutation_p(tmp_path):
+    """Three seeds a side, sft drifting far more at every seed: the permutation test's floor
+    (2 of 20 splits) is reached and the bootstrap CI excludes 0."""
+    for seed, (d_sft, d_ssr) in enumerate([(0.4, 0.02), (0.5, 0.03), (0.45, 0.01)], start=1):
+        _run(tmp_path, f"sft{seed}", "sft", seed, [(0, 0.5, 0.0), (10, 0.6, d_sft), (20, 0.7, 2 * d_sft)])
+        _run(tmp_path, f"ssr{seed}", "ssr", seed, [(0, 0.5, 0.0), (10, 0.6, d_ssr), (20, 0.7, 2 * d_ssr)])
+    target, rows = matched_rows(method_curves(find_runs([tmp_path])))
+    assert target == pytest.approx(20.0)
+    diff = {d["measure"]: d for d in matched_differences(rows)}["self_drift"]
+    assert diff["difference"] == pytest.approx(2 * (0.02 - 0.45))
+    assert diff["p"] == pytest.approx(0.1) and diff["runs"] == (3, 3) and diff["less_drift"]
+    assert diff["ci"][1] < 0
+    mc = {d["measure"]: d for d in matched_differences(rows)}["mc_mean"]
+    assert mc["less_drift"] and mc["difference"] > 0  # higher is better there
+
+
+def test_reply_length_drifts_less_the_nearer_its_ratio_is_to_one():
+    rows = [
+        {"method": "sft", "measure": "reply_length", "value": 0.2, "values": [0.2]},
+        {"method": "ssr", "measure": "reply_length", "value": 0.9, "values": [0.9]},
+        {"method": "dft", "measure": "reply_length", "value": 1.9, "values": [1.9]},  # replies doubled
+    ]
+    less = {d["method"]: d["less_drift"] for d in matched_differences(rows)}
+    assert less == {"ssr": True, "dft": False}

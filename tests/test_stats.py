@@ -109,3 +109,19 @@ def test_cohen_kappa_by_hand():
     assert cohen_kappa([True, False], [True, False]) == 1.0
     assert cohen_kappa([1, 1], [1, 1]) == 1.0
     assert math.isnan(cohen_kappa([], []))
+
+
+def test_permutation_p_counts_the_splits_at_least_as_extreme():
+    from ssr.report.stats import group_difference, permutation_p
+
+    # [1, 2] vs [3, 4]: of the 6 splits, the observed one and its mirror reach |difference| 2
+    assert permutation_p([1, 2], [3, 4]) == pytest.approx(2 / 6)
+    assert permutation_p([1, 2, 3], [1, 2, 3]) == 1.0
+    # beyond max_splits: drawn splits, the observed one included, fixed seed
+    rng = np.random.default_rng(1)
+    a, b = rng.normal(0, 1, 30), rng.normal(3, 1, 30)
+    assert permutation_p(a, b, max_splits=500) == pytest.approx(1 / 500)
+    est = group_difference([0.1, 0.2, 0.3], [0.5, 0.6, 0.7])
+    assert est.mean == pytest.approx(0.4) and est.lo > 0 and est.p_value == pytest.approx(0.1)
+    with pytest.raises(ValueError, match="both groups need values"):
+        group_difference([], [1.0])

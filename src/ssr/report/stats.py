@@ -6,6 +6,7 @@ the base model and for each run, so changes are measured *paired*, item by item:
 - :func:`paired_change` — mean change (run - base) with a percentile bootstrap CI over items,
   and over seeds too when a method has several (a two-way bootstrap: seeds and items resampled);
 - :func:`method_difference` — method B - method A on the shared items, same bootstrap;
+- :func:`group_difference` — B - A for run-level values (one per seed) with an exact permutation test;
 - :func:`mcnemar_exact` / :func:`sign_test` — exact two-sided binomial tests on discordant pairs;
 - :func:`minimum_detectable_difference` — what a paired test at n items can resolve;
 - :func:`cohen_kappa` — agreement of two raters beyond chance (the judge audit).
@@ -15,6 +16,7 @@ Bootstraps take a fixed ``seed``: the same inputs give the same interval.
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
@@ -139,6 +141,52 @@ def method_difference(
     lo, hi = percentile_interval(diffs, alpha)
     est = Estimate(float(mb.mean() - ma.mean()), float(lo), float(hi), n_items, min(ma.shape[0], mb.shape[0]))
     return _with_test(est, ma.mean(axis=0), mb.mean(axis=0), binary)
+
+
+def group_difference(
+    a: Sequence[float],
+    b: Sequence[float],
+    n_boot: int = DEFAULT_BOOT,
+    alpha: float = 0.05,
+    seed: int = DEFAULT_SEED,
+) -> Estimate:
+    """Mean of B - mean of A for two independent groups of run-level values (e.g. one value per
+    seed): percentile bootstrap CI (each group resampled) and the exact two-sided permutation
+    p-value (every split of the pooled values; ``n_items`` counts them, ``n_seeds`` is the smaller
+    group). With 3 runs a side the smallest possible p is 2/20 = 0.1."""
+    va, vb = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
+    if va.size == 0 or vb.size == 0:
+        raise ValueError(f"both groups need values (got {va.size} and {vb.size})")
+    rng = np.random.default_rng(seed)
+    diffs = vb[rng.integers(0, vb.size, size=(n_boot, vb.size))].mean(axis=1) - va[
+        rng.integers(0, va.size, size=(n_boot, va.size))
+    ].mean(axis=1)
+    lo, hi = percentile_interval(diffs, alpha)
+    observed = float(vb.mean() - va.mean())
+    return Estimate(
+        observed, float(lo), float(hi), int(va.size + vb.size), int(min(va.size, vb.size)),
+        permutation_p(va, vb), "permutation",
+    )  # fmt: skip
+
+
+def permutation_p(a: Sequence[float], b: Sequence[float], max_splits: int = 20_000) -> float:
+    """Exact two-sided permutation p-value of the difference in means of two independent groups:
+    the share of the splits of the pooled values (the observed one included) whose |difference| is
+    at least the observed one; beyond ``max_splits`` splits, that many drawn at random (fixed seed)."""
+    pooled = np.concatenate([np.asarray(a, dtype=float), np.asarray(b, dtype=float)])
+    n, k = pooled.size, len(a)
+    observed = abs(pooled[k:].mean() - pooled[:k].mean())
+    if math.comb(n, k) <= max_splits:
+        splits = [list(c) for c in itertools.combinations(range(n), k)]
+    else:
+        rng = np.random.default_rng(DEFAULT_SEED)
+        splits = [list(range(k))] + [list(rng.permutation(n)[:k]) for _ in range(max_splits - 1)]
+    total = pooled.sum()
+    hits = 0
+    for first in splits:
+        sum_a = pooled[first].sum()
+        hits += abs((total - sum_a) / (n - k) - sum_a / k) >= observed - 1e-12
+    return float(hits / len(splits))
 
 
 def _is_binary(arr: np.ndarray) -> bool:
