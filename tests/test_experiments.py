@@ -228,14 +228,14 @@ def test_replication_v3_script_resumes_and_answers_sft_vs_ssr_before_the_other_m
         "grid/ssr_lr1.0e-3_s1",
         "grid/sft_lr1.0e-3_s1",  # seed 1 at the chosen lr: the grid run resumed for eval.final
         "over_refusal/sft_lr1.0e-3_s1",  # its final records lack the over-refusal sets: added
+        "grid/ssr_lr1.0e-3_s1",  # seed by seed: an interrupted budget leaves paired seeds
+        "over_refusal/ssr_lr1.0e-3_s1",
         "seeds/sft_lr1.0e-3_s2",
         "over_refusal/sft_lr1.0e-3_s2",
-        "seeds/sft_lr1.0e-3_s3",
-        "over_refusal/sft_lr1.0e-3_s3",
-        "grid/ssr_lr1.0e-3_s1",
-        "over_refusal/ssr_lr1.0e-3_s1",
         "seeds/ssr_lr1.0e-3_s2",
         "over_refusal/ssr_lr1.0e-3_s2",
+        "seeds/sft_lr1.0e-3_s3",
+        "over_refusal/sft_lr1.0e-3_s3",
         "seeds/ssr_lr1.0e-3_s3",
         "over_refusal/ssr_lr1.0e-3_s3",
         "grid/dft_lr3.0e-4_s1",  # only now the other methods
