@@ -7,7 +7,7 @@
 # Phase 1: every method x lr at seed 1 (runs/grid/). The lr is chosen per method on the in-domain
 # validation rows (eval.tasks.selection_rows, disjoint from the reported test rows). Phase 2, at the
 # chosen lr with eval.final (runs/seeds/): the seed-1 run resumed for its eval.final, and seeds 2
-# and 3. sft and ssr go through both phases before the other methods start. A final run whose
+# and 3, seed by seed. sft and ssr go through both phases before the other methods start. A final run whose
 # records lack eval.final.tasks' over-refusal sets (runs trained before that setting existed) gets
 # them from `ssr-eval +run=` (EVAL), which adds them to its final records. Then ssr-report
 # rebuilds everything here from the committed records alone.
@@ -99,7 +99,7 @@ PRIMARY=${PRIMARY:-"sft ssr"}
 OTHERS=$(for m in $METHODS; do case " $PRIMARY " in *" $m "*) ;; *) echo "$m" ;; esac; done)
 grid $PRIMARY
 choose
-for method in $PRIMARY; do for seed in 1 2 3; do final "$method" "$seed"; done; done
+for seed in 1 2 3; do for method in $PRIMARY; do final "$method" "$seed"; done; done  # paired seeds first
 grid $OTHERS
 choose
 for method in $OTHERS; do final "$method" 1; done
