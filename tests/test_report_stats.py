@@ -238,3 +238,24 @@ def test_the_lr_is_chosen_on_validation_rows_disjoint_from_the_reported_test_row
     assert selection_keys(keys) == ["tasks/in_domain_val/answer_recall"]
     assert report_keys(keys) == ["tasks/in_domain/answer_recall"]
     assert selection_keys(keys[:1]) == keys[:1]  # older runs: chosen on the reported rows
+
+
+def test_a_final_only_task_set_in_some_runs_counts_only_those_runs(tmp_path):
+    """While ``ssr-eval +run=`` has added the over-refusal sets to some runs only: the set is
+    answerable-only (its runs say so) and the task breakdown counts the runs that have it."""
+    from ssr.report.runs import Run, answerable_only, task_keys
+    from ssr.report.tables import task_breakdown_table
+
+    def run(seed, with_set):
+        extra = {"tasks/ood_nq_answerable/n_unanswerable": 0.0, "tasks/ood_nq_answerable/over_refusal": 0.4}
+        base = {"tasks/in_domain/n_unanswerable": 8.0, **(extra if with_set else {})}
+        final = {"tasks/in_domain/unanswerable_f1": 0.9, **(extra if with_set else {})}
+        return Run(path=tmp_path / str(seed), method="sft", seed=seed, selection=None, base=base, final=final)
+
+    runs = [run(1, True), run(2, False), run(3, False)]
+    assert answerable_only([r.base for r in runs])("ood_nq_answerable")
+    assert not answerable_only([r.base for r in runs])("in_domain")
+    assert not answerable_only([r.base for r in runs])("ood_missing")
+    assert "tasks/ood_nq_answerable/unanswerable_accuracy" in task_keys(runs)
+    table = task_breakdown_table(runs)
+    assert "| ood_nq_answerable | sft | 1 | – | 60.0 |" in table and "| in_domain | sft | 3 |" in table

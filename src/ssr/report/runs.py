@@ -183,8 +183,14 @@ def task_sets(keys: Iterable[str]) -> list[str]:
 
 
 def answerable_only(bases: Sequence[dict[str, float]]) -> Callable[[str], bool]:
-    """Whether a task set has no unanswerable rows in any of these base scores."""
-    return lambda name: all(b.get(f"tasks/{name}/n_unanswerable", 1) == 0 for b in bases)
+    """Whether a task set has no unanswerable rows in any of these base scores (those that have
+    the set: an ``eval.final.tasks`` set may be in some runs' records only)."""
+
+    def only(name: str) -> bool:
+        counts = [b[k] for b in bases if (k := f"tasks/{name}/n_unanswerable") in b]
+        return bool(counts) and all(n == 0 for n in counts)
+
+    return only
 
 
 def task_columns(sets: Iterable[str], answerable_only: Callable[[str], bool]) -> list[str]:

@@ -79,11 +79,12 @@ def task_breakdown_table(runs: list[Run]) -> str:
         return [f1_cell, _fmt(answered), _fmt(get(answered_recall)), _fmt(score)]
 
     for name in sets:
-        base = [r.base for r in runs]
+        with_set = [r for r in runs if any(k.startswith(f"tasks/{name}/") for k in r.final)]
+        base = [r.base for r in with_set]
         lines.append(
-            f"| {name} | base | {len({r.seed for r in runs})} | " + " | ".join(cells(base, name)) + " |"
+            f"| {name} | base | {len({r.seed for r in with_set})} | " + " | ".join(cells(base, name)) + " |"
         )
-        for method, group in _by_method(runs).items():
+        for method, group in _by_method(with_set).items():
             row = cells([r.final for r in group], name)
             lines.append(f"| {name} | {method} | {len(group)} | " + " | ".join(row) + " |")
     return "\n".join(lines)
