@@ -7,10 +7,10 @@
 # Phase 1: every method x lr at seed 1 (runs/grid/). The lr is chosen per method on the in-domain
 # validation rows (eval.tasks.selection_rows, disjoint from the reported test rows). Phase 2, at the
 # chosen lr with eval.final (runs/seeds/): the seed-1 run resumed for its eval.final, and seeds 2
-# and 3, seed by seed. sft and ssr go through both phases before the other methods start. A final run whose
-# records lack eval.final.tasks' over-refusal sets (runs trained before that setting existed) gets
-# them from `ssr-eval +run=` (EVAL), which adds them to its final records. Then ssr-report
-# rebuilds everything here from the committed records alone.
+# and 3, seed by seed. sft and ssr go through both phases before the other methods start. A final
+# run whose records lack eval.final.tasks' over-refusal sets (runs trained before that setting
+# existed) gets them from `ssr-eval +run=` (EVAL), which adds them to its final records. Then
+# ssr-report rebuilds everything here from the committed records alone.
 set -euo pipefail
 OUT=${OUT:?set OUT to a scratch folder (checkpoints, caches)}
 HERE=experiments/results/cpu_replication_v3
