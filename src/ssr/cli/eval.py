@@ -39,8 +39,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     precision = resolve_precision(cfg).precision
     adapter = cfg.get("adapter")  # `+adapter=...`: not in the config tree
     name, model, tokenizer = _load_adapter(cfg, adapter)
-    ood = {str(name): build(node) for name, node in cfg.data.ood.items()}
-    evaluator = build(cfg.eval)(val_records=load_records(cfg.data, "val", cfg.seed), ood=ood)
+    evaluator = _evaluator(cfg)
     out = Path(adapter) if adapter else Path(cfg.paths.output_dir)
     items = ItemSink(out / ITEMS_DIR, "eval")  # per-item results, as in a training run's evaluations
     record = evaluator.evaluate(model, tokenizer, "eval", precision=precision, items=items)
@@ -56,6 +55,12 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
             scores["answer_recall"],
         )
     return result
+
+
+def _evaluator(cfg: DictConfig) -> Any:
+    """``cfg.eval`` built with the run's held-out records: validation rows and ``data.ood`` sets."""
+    ood = {str(name): build(node) for name, node in cfg.data.ood.items()}
+    return build(cfg.eval)(val_records=load_records(cfg.data, "val", cfg.seed), ood=ood)
 
 
 def _load_adapter(cfg: DictConfig, adapter: str | None) -> tuple[str, Any, Any]:
@@ -82,8 +87,7 @@ def complete_final(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     adapter = run_dir / "adapter"
     if not (adapter / "adapter_config.json").is_file():
         raise FileNotFoundError(f"{adapter}: no adapter_config.json (+run= needs a LoRA run's adapter/)")
-    ood = {str(name): build(node) for name, node in cfg.data.ood.items()}
-    final = build(cfg.eval)(val_records=load_records(cfg.data, "val", cfg.seed), ood=ood).final
+    final = _evaluator(cfg).final
     if final is None:
         raise ValueError("+run= adds eval.final measures: set eval.final.enabled=true and the parts to add")
     planned = final_completion.check_new(drift, final, run_dir)

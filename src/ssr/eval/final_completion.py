@@ -105,7 +105,7 @@ def merge_final(
         old.setdefault("scores", {}).update(new.get("scores", {}))
         if new.get("tasks"):
             old.setdefault("tasks", {}).update(new["tasks"])
-        spent = {k: v for k, v in (new.get("seconds") or {}).items() if not new.get("cached")}
+        spent = {} if new.get("cached") else new.get("seconds") or {}  # a cached base cost nothing here
         old_seconds = old.setdefault("seconds", {})
         for key, value in spent.items():
             old_seconds[key] = round(float(old_seconds.get(key, 0.0)) + float(value), 2)
