@@ -205,7 +205,7 @@ def test_replication_v3_script_resumes_and_answers_sft_vs_ssr_before_the_other_m
         "PATH": f"{bin_dir}:{Path(sys.executable).parent}:{os.environ['PATH']}",
         "OUT": str(tmp_path / "out"),
         "CALLS": str(calls),
-        "METHODS": "sft ssr dft",
+        "METHODS": "sft ssr dft sdft",
         "LRS": "3.0e-4 1.0e-3",
         "OTHER_SEEDS": "2",
     }
@@ -238,19 +238,25 @@ def test_replication_v3_script_resumes_and_answers_sft_vs_ssr_before_the_other_m
         "over_refusal/sft_lr1.0e-3_s3",
         "seeds/ssr_lr1.0e-3_s3",
         "over_refusal/ssr_lr1.0e-3_s3",
-        "grid/dft_lr3.0e-4_s1",  # only now the other methods
-        "grid/dft_lr1.0e-3_s1",
+        "grid/dft_lr1.0e-3_s1",  # only now the other methods, lr by lr: sft's and ssr's lr first
+        "grid/sdft_lr1.0e-3_s1",
+        "grid/dft_lr3.0e-4_s1",
+        "grid/sdft_lr3.0e-4_s1",
         "grid/dft_lr1.0e-3_s1",
         "over_refusal/dft_lr1.0e-3_s1",
+        "grid/sdft_lr1.0e-3_s1",
+        "over_refusal/sdft_lr1.0e-3_s1",
         "seeds/dft_lr1.0e-3_s2",
         "over_refusal/dft_lr1.0e-3_s2",
+        "seeds/sdft_lr1.0e-3_s2",
+        "over_refusal/sdft_lr1.0e-3_s2",
     ]
     lines = calls.read_text().splitlines()
     assert "ckpt_path=last" in lines[3] and "eval.final.enabled=true" in lines[3] and "seed=1" in lines[3]
     assert all("eval.final.enabled=true" not in line for line in lines[:3])
     assert f"+run={out}/grid/sft_lr1.0e-3_s1" in lines[4] and "+eval.final.ifeval.enabled=false" in lines[4]
     kept_seeds = sorted(p.name for p in (here / "runs/seeds").iterdir())
-    assert len(kept_seeds) == 8 and all(
+    assert len(kept_seeds) == 10 and all(
         (here / "runs/seeds" / n / "eval_items/final/tasks.ood_nq_answerable.jsonl").is_file()
         for n in kept_seeds
     )
