@@ -72,7 +72,7 @@ def test_curves_and_drift_at_matched_task_gain(tmp_path):
     report = write_report([tmp_path], tmp_path / "report").read_text()
     assert "## Forgetting along training" in report and "+10.0 points" in report
     # ssr - sft at that gain, one run a side: the permutation test cannot reject (p = 1)
-    assert "| ssr | self_drift | -0.150 | [-0.150, -0.150] | 1 | 1 vs 1 | yes |" in report
+    assert "| ssr | self_drift | -0.150 | [-0.150, -0.150] | seeds | 1 | 1 vs 1 | yes |" in report
     assert "| ssr | mc_mean | +0.015 |" in report
     assert (tmp_path / "report" / "curves.png").is_file()
 

@@ -134,7 +134,7 @@ def merge_final(
         dest = run_dir / ITEMS_DIR / tag
         dest.mkdir(parents=True, exist_ok=True)
         for item_file in sorted((staged / tag).glob("*.jsonl")) if (staged / tag).is_dir() else []:
-            shutil.copy2(item_file, dest / item_file.name)
+            item_file.replace(dest / item_file.name)  # same file system: a rename
     path = run_dir / DRIFT_FILE
     write_json(path, drift)
     shutil.rmtree(staged, ignore_errors=True)

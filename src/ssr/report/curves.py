@@ -7,7 +7,8 @@ gain at a point is the change vs base of the mean in-domain test score (``report
 columns the lr is *not* chosen on). Comparing methods at one step count favours whichever moves
 least; the comparison that matters is drift at the same task gain: :func:`drift_at_gain`
 interpolates a run's drift where its gain curve first reaches a target, and :func:`matched_rows`
-sets the target to the largest gain every method reaches (mean over seeds, bootstrap CI over seeds).
+sets the target to the largest gain every method reaches (mean over seeds, bootstrap CI over seeds;
+:mod:`ssr.report.matched_items` recomputes them from the evaluation items, CIs over items too).
 """
 
 from __future__ import annotations
@@ -20,10 +21,11 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from ssr.eval.items import epoch_tag, step_tag
 from ssr.report.grid import report_keys, task_score
 from ssr.report.plots import save_figure
 from ssr.report.runs import DRIFT_MEASURES, _flatten, answerable_only, primary_keys, task_columns, task_sets
-from ssr.report.stats import bootstrap_ci, group_difference
+from ssr.report.stats import bootstrap_ci, group_difference, percentile_interval
 
 # drift measures along training (drift.json score keys, flattened); lower is less drift unless
 # listed in HIGHER_IS_BETTER or AT_ONE
@@ -38,7 +40,8 @@ CURVE_MEASURES = {
 }
 HIGHER_IS_BETTER = {"ifeval", "mc_mean"}
 AT_ONE = {"reply_length"}  # a ratio to the base's: the nearer 1, the less drift
-# "step", "inside_epoch" (1.0: an every_n_steps evaluation), "task_gain" and the flat scores
+# "step", "epoch" (-1: the base), "inside_epoch" (1.0: an every_n_steps evaluation), "task_gain"
+# and the flat scores
 Point = dict[str, float]
 
 
@@ -56,6 +59,7 @@ def curve(run_dir: Path) -> list[Point]:
         point.update({f"tasks/{k}": v for k, v in _flatten(rec.get("tasks") or {}).items()})
         point["step"] = float(rec.get("step") or 0)
         point["inside_epoch"] = float(rec.get("stage") == "step")
+        point["epoch"] = float(-1 if rec.get("stage") == "base" else rec.get("epoch") or 0)
         points.append(point)
     sets = task_sets(k for p in points for k in p)
     base_point = points[0] if points else {}
@@ -82,18 +86,35 @@ def _add_means(point: Point, sets: Sequence[str]) -> None:
         point[CURVE_MEASURES["mc_mean"]] = sum(mc) / len(mc)
 
 
-def drift_at_gain(points: Sequence[Point], gain: float, key: str) -> float | None:
-    """``key``'s value where the run's task gain first reaches ``gain`` (linear between the two
-    evaluations around the crossing); ``None`` if it never does or a value is missing."""
+def point_tag(point: Point) -> str:
+    """The ``eval_items/`` tag of a curve point's evaluation (``base``, ``step_<n>``, ``epoch_<n>``)."""
+    if point["inside_epoch"]:
+        return step_tag(int(point["step"]))
+    return "base" if point.get("epoch", 0) < 0 else epoch_tag(int(point["epoch"]))
+
+
+def crossing(points: Sequence[Point], gain: float, key: str) -> tuple[Point, Point, float] | None:
+    """Where the run's task gain first reaches ``gain`` among the evaluations that have ``key``:
+    the evaluations before and after it and the interpolation weight ``t`` of the later one;
+    ``None`` if it never does."""
     path = [p for p in points if "task_gain" in p and key in p]
     for before, after in itertools.pairwise(path):
         lo, hi = before["task_gain"], after["task_gain"]
         if lo <= gain <= hi and hi > lo:
-            t = (gain - lo) / (hi - lo)
-            return before[key] + t * (after[key] - before[key])
+            return before, after, (gain - lo) / (hi - lo)
     if path and path[0]["task_gain"] >= gain:
-        return path[0][key]
+        return path[0], path[0], 0.0
     return None
+
+
+def drift_at_gain(points: Sequence[Point], gain: float, key: str) -> float | None:
+    """``key``'s value where the run's task gain first reaches ``gain`` (linear between the two
+    evaluations around the crossing); ``None`` if it never does."""
+    found = crossing(points, gain, key)
+    if found is None:
+        return None
+    before, after, t = found
+    return before[key] + t * (after[key] - before[key])
 
 
 def matched_rows(curves: dict[str, list[list[Point]]]) -> tuple[float | None, list[dict[str, Any]]]:
@@ -130,16 +151,22 @@ def matched_rows(curves: dict[str, list[list[Point]]]) -> tuple[float | None, li
 
 def matched_differences(rows: list[dict[str, Any]], reference: str = "sft") -> list[dict[str, Any]]:
     """Each other method minus ``reference`` at the matched gain, per drift measure: the difference
-    of the run means, a bootstrap CI over seeds and the exact permutation p over seeds
-    (:func:`ssr.report.stats.group_difference`)."""
-    ref = {r["measure"]: r["values"] for r in rows if r["method"] == reference}
+    of the run means, a bootstrap CI — over seeds and items where both rows carry item-level
+    ``replicates`` (:func:`ssr.report.matched_items.item_level_rows`), else over seeds — and the
+    exact permutation p over the runs (:func:`ssr.report.stats.group_difference`)."""
+    refs = {r["measure"]: r for r in rows if r["method"] == reference}
     out = []
     for r in rows:
-        if r["method"] == reference or r["measure"] not in ref:
+        ref = refs.get(r["measure"])
+        if r["method"] == reference or ref is None:
             continue
-        est = group_difference(ref[r["measure"]], r["values"])
+        est = group_difference(ref["values"], r["values"])
+        ci, over = (est.lo, est.hi), "seeds"
+        if r.get("replicates") is not None and ref.get("replicates") is not None:
+            # item-level rows (ssr.report.matched_items): the same item draws in both replicates
+            ci, over = percentile_interval(r["replicates"] - ref["replicates"]), "seeds and items"
         if r["measure"] in AT_ONE:
-            less = abs(r["value"] - 1) < abs(sum(ref[r["measure"]]) / len(ref[r["measure"]]) - 1)
+            less = abs(r["value"] - 1) < abs(ref["value"] - 1)
         else:
             less = (est.mean > 0) == (r["measure"] in HIGHER_IS_BETTER)
         out.append(
@@ -147,9 +174,10 @@ def matched_differences(rows: list[dict[str, Any]], reference: str = "sft") -> l
                 "method": r["method"],
                 "measure": r["measure"],
                 "difference": est.mean,
-                "ci": (est.lo, est.hi),
+                "ci": ci,
+                "ci_over": over,
                 "p": est.p_value,
-                "runs": (len(ref[r["measure"]]), len(r["values"])),
+                "runs": (len(ref["values"]), len(r["values"])),
                 "less_drift": less,
             }
         )
@@ -176,33 +204,39 @@ def matched_table(target: float | None, rows: list[dict[str, Any]]) -> list[str]
         return ["Matched task gain: some method never gains on the in-domain test rows; no comparison.", ""]
     lines = [
         f"Drift at the matched in-domain task gain of **{target:+.1f} points** (the largest gain every "
-        "run reaches; linear between the evaluations around it; mean over runs, 95% bootstrap CI over "
-        "seeds where there are several):",
+        "run reaches; linear between the evaluations around it, item by item where the runs have "
+        "their evaluation items; mean over runs). The 95% bootstrap CI resamples the seeds and, where "
+        "the items are there (`CI over`), the items too (one draw for every run: paired).",
         "",
-        "| method | measure | value | 95% CI | runs |",
-        "|---|---|---|---|---|",
+        "| method | measure | value | 95% CI | CI over | runs | items |",
+        "|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         ci = f"[{r['ci'][0]:.3f}, {r['ci'][1]:.3f}]" if r["ci"] else "-"
-        lines.append(f"| {r['method']} | {r['measure']} | {r['value']:.3f} | {ci} | {r['runs']} |")
+        lines.append(
+            f"| {r['method']} | {r['measure']} | {r['value']:.3f} | {ci} | {r.get('ci_over', 'seeds')} "
+            f"| {r['runs']} | {r.get('items', '-')} |"
+        )
     differences = matched_differences(rows)
     if not differences:
         return [*lines, ""]
     lines += [
         "",
-        "Method − SFT at that gain: the difference of the run means, a 95% bootstrap CI over seeds "
-        "(each method's runs resampled) and the exact two-sided permutation p-value over the runs "
-        "(every split of the pooled run values; with 3 runs a side no split can give p below 0.1). "
+        "Method − SFT at that gain: the difference of the run means, a 95% bootstrap CI (each "
+        "method's runs resampled, and the shared items where `CI over` says so) and the exact "
+        "two-sided permutation p-value over the runs (every split of the pooled run values; with 3 "
+        "runs a side no split can give p below 0.1). "
         f"`less drift`: the difference points the good way ({', '.join(sorted(HIGHER_IS_BETTER))}: "
         f"higher is better; {', '.join(sorted(AT_ONE))}: nearer 1; the others lower).",
         "",
-        "| method − sft | measure | difference | 95% CI | p (permutation) | runs | less drift |",
-        "|---|---|---|---|---|---|---|",
+        "| method − sft | measure | difference | 95% CI | CI over | p (permutation) | runs | less drift |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for d in differences:
         lines.append(
             f"| {d['method']} | {d['measure']} | {d['difference']:+.3f} | [{d['ci'][0]:+.3f}, {d['ci'][1]:+.3f}] "
-            f"| {d['p']:.3g} | {d['runs'][0]} vs {d['runs'][1]} | {'yes' if d['less_drift'] else 'no'} |"
+            f"| {d['ci_over']} | {d['p']:.3g} | {d['runs'][0]} vs {d['runs'][1]} "
+            f"| {'yes' if d['less_drift'] else 'no'} |"
         )
     return [*lines, ""]
 

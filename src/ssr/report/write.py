@@ -18,6 +18,7 @@ from typing import Any
 
 from ssr.report.curves import has_steps, matched_rows, matched_table, method_curves, plot_curves
 from ssr.report.grid import REPORT_SET, choose_lr, selection_set
+from ssr.report.matched_items import item_level_rows
 from ssr.report.paired import change_rows, difference_rows, has_items
 from ssr.report.pareto import pareto_points
 from ssr.report.plots import plot_drift, plot_pareto, plot_summary
@@ -186,6 +187,8 @@ def _curve_section(runs: list[Run], out_dir: Path) -> list[str]:
     if not has_steps(curves):
         return []
     target, rows = matched_rows(curves)
+    if target is not None:
+        rows = item_level_rows(rows, runs, target)
     image = plot_curves(curves, out_dir) if importlib.util.find_spec("matplotlib") is not None else None
     return [
         "## Forgetting along training",
