@@ -259,3 +259,47 @@ def test_a_final_only_task_set_in_some_runs_counts_only_those_runs(tmp_path):
     assert "tasks/ood_nq_answerable/unanswerable_accuracy" in task_keys(runs)
     table = task_breakdown_table(runs)
     assert "| ood_nq_answerable | sft | 1 | – | 60.0 |" in table and "| in_domain | sft | 3 |" in table
+
+
+def test_the_declines_are_split_by_what_the_base_did_on_each_row(tmp_path):
+    """ssr declines exactly where the base did (plus one row); sft declines half of each kind:
+    the split tells rehearsed refusals from a new habit. Unanswerable rows (no over_refusal) and
+    the report's section and item_stats entry come along."""
+    from ssr.report.paired import refusal_split_rows
+    from ssr.report.write import write_report
+
+    base = [1.0] * 4 + [0.0] * 6
+    finals = {
+        ("ssr", 1): [1.0] * 5 + [0.0] * 5,
+        ("ssr", 2): [1.0] * 4 + [0.0] * 6,
+        ("sft", 1): [0, 0, 1, 1, 1, 1, 1, 0, 0, 0],
+    }
+    for (method, seed), final in finals.items():
+        d = tmp_path / "runs" / f"{method}{seed}"
+        d.mkdir(parents=True)
+        (d / "summary.json").write_text(json.dumps({"method": method, "seed": seed, "lr": 1e-3}))
+        (d / "drift.json").write_text(
+            json.dumps({"base": {"scores": {}}, "epochs": [{"epoch": 0, "scores": {}}]})
+        )
+        for tag, values in (("base", base), ("epoch_0", final)):
+            rows = [
+                {"id": str(i), "answerable": True, "over_refusal": float(v)} for i, v in enumerate(values)
+            ]
+            rows.append({"id": "u", "answerable": False, "over_refusal": None})
+            ItemSink(d / "eval_items", tag).write("tasks.ood_nq", rows)
+    runs = find_runs([tmp_path / "runs"])
+    groups = {m: [r for r in runs if r.method == m] for m in ("sft", "ssr")}
+    split = {r["group"]: r for r in refusal_split_rows(groups, runs, [])}
+    assert (
+        split["ssr"]["n_items"] == 10 and split["ssr"]["seeds"] == 2 and split["ssr"]["base_declined"] == 0.4
+    )
+    assert split["ssr"]["where_base_declined"] == 1.0
+    assert split["ssr"]["where_base_answered"] == pytest.approx(1 / 12)  # one row of six, one seed of two
+    assert split["sft"]["where_base_declined"] == 0.5 and split["sft"]["where_base_answered"] == 0.5
+    assert split["sft"]["declined"] == 0.5
+    md = write_report([tmp_path / "runs"], tmp_path / "out").read_text()
+    assert (
+        "## Where the declines fall" in md and "| ssr | ood_nq | 10 | 2 | 40.0 | 45.0 | 100.0 | 8.3 |" in md
+    )
+    stats = json.loads((tmp_path / "out" / "item_stats.json").read_text())
+    assert {r["group"] for r in stats["refusal_split"]} == {"sft", "ssr"}

@@ -198,6 +198,40 @@ def difference_rows(
     return rows
 
 
+def refusal_split_rows(
+    groups: dict[str, list[Any]], all_runs: list[Any], bench: list[str]
+) -> list[dict[str, Any]]:
+    """Where each group's declines of answerable rows fall (every ``over_refusal`` measure): the
+    share declined among the rows the base declined and among those it answered (mean over the
+    group's runs, on the items all ``all_runs`` share). A method that rehearses the base's own
+    behaviour declines where the base did; one that learned a new habit declines evenly."""
+    out = []
+    for measure in measures(all_runs, bench):
+        if measure.metric != "over_refusal":
+            continue
+        tags = functools.partial(pair_tags, measure=measure)
+        ids = shared_ids(all_runs, measure, lambda r, tags=tags: list(tags(r)))
+        if not ids:
+            continue
+        for name, group in groups.items():
+            base = _matrix(group, lambda r, tags=tags: tags(r)[0], measure, ids)
+            final = _matrix(group, lambda r, tags=tags: tags(r)[1], measure, ids)
+            declined, answered = base == 1, base == 0
+            out.append(
+                {
+                    "group": name,
+                    "measure": measure.name,
+                    "n_items": len(ids),
+                    "seeds": len(group),
+                    "base_declined": float(declined.mean()),
+                    "where_base_declined": float(final[declined].mean()) if declined.any() else None,
+                    "where_base_answered": float(final[answered].mean()) if answered.any() else None,
+                    "declined": float(final.mean()),
+                }
+            )
+    return out
+
+
 # --- learning rate ---------------------------------------------------------------------------------
 
 

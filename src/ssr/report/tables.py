@@ -162,6 +162,26 @@ def rows_table(rows: list[Row], title_col: str) -> str:
     return "\n".join(lines)
 
 
+def refusal_split_table(rows: list[dict[str, Any]]) -> str:
+    """Markdown: per group and over-refusal set, the declines where the base declined / answered."""
+
+    def pct(v: float | None) -> str:
+        return "–" if v is None else f"{100 * v:.1f}"
+
+    lines = [
+        "| method | set | n items | seeds | base declined (%) | declined (%) | where the base declined (%) "
+        "| where the base answered (%) |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        lines.append(
+            f"| {r['group']} | {r['measure'].removesuffix('/over_refusal')} | {r['n_items']} | {r['seeds']} "
+            f"| {pct(r['base_declined'])} | {pct(r['declined'])} | {pct(r['where_base_declined'])} "
+            f"| {pct(r['where_base_answered'])} |"
+        )
+    return "\n".join(lines)
+
+
 def pareto_table(points: list[dict[str, Any]]) -> str:
     def f(v: float | None, digits: int = 1) -> str:
         return "–" if v is None else f"{v:+.{digits}f}"

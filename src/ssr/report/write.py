@@ -19,7 +19,7 @@ from typing import Any
 from ssr.report.curves import has_steps, matched_rows, matched_table, method_curves, plot_curves
 from ssr.report.grid import REPORT_SET, choose_lr, selection_set
 from ssr.report.matched_items import item_level_rows
-from ssr.report.paired import change_rows, difference_rows, has_items
+from ssr.report.paired import change_rows, difference_rows, has_items, refusal_split_rows
 from ssr.report.pareto import pareto_points
 from ssr.report.plots import plot_drift, plot_pareto, plot_summary
 from ssr.report.runs import Run, _by_method, benchmark_keys, export_runs, find_runs, task_keys
@@ -27,6 +27,7 @@ from ssr.report.tables import (
     cost_table,
     delta_table,
     pareto_table,
+    refusal_split_table,
     rows_table,
     selection_table,
     table,
@@ -82,6 +83,7 @@ def write_report(paths: list[Path], out_dir: Path, grid: list[Path] | None = Non
     bench = benchmark_keys(runs)
     changes = change_rows(groups, item_runs, bench)
     differences = difference_rows(groups, "sft", item_runs, bench)
+    splits = refusal_split_rows(groups, item_runs, bench)
     (out_dir / "item_stats.json").write_text(
         json.dumps(
             {
@@ -90,6 +92,7 @@ def write_report(paths: list[Path], out_dir: Path, grid: list[Path] | None = Non
                 **({"pareto_final": final_points} if grid else {}),
                 "change_vs_base": [r.to_dict() for r in changes],
                 "difference_vs_sft": [r.to_dict() for r in differences],
+                "refusal_split": splits,
             },
             indent=1,
         )
@@ -136,6 +139,18 @@ def write_report(paths: list[Path], out_dir: Path, grid: list[Path] | None = Non
         "",
     ]
     md += _item_sections(changes, differences, len(item_runs), len(runs))
+    if splits:
+        md += [
+            "## Where the declines fall",
+            "",
+            "Answerable rows each model declines (over-refusal), split by what the base did on the same "
+            "row (final models; the `eval.final` pair where it has the set; mean over seeds). A model "
+            "that rehearses the base's behaviour declines more where the base declined; one that "
+            "learned a new habit declines evenly.",
+            "",
+            refusal_split_table(splits),
+            "",
+        ]
     md += [
         "## Learning rate and the task-gain / drift trade-off",
         "",
