@@ -297,9 +297,11 @@ def test_the_declines_are_split_by_what_the_base_did_on_each_row(tmp_path):
     assert split["ssr"]["where_base_answered"] == pytest.approx(1 / 12)  # one row of six, one seed of two
     assert split["sft"]["where_base_declined"] == 0.5 and split["sft"]["where_base_answered"] == 0.5
     assert split["sft"]["declined"] == 0.5
+    assert split["ssr"]["gap_ci"][0] > 0.5 and split["sft"]["gap_ci"][0] < 0 < split["sft"]["gap_ci"][1]
     md = write_report([tmp_path / "runs"], tmp_path / "out").read_text()
     assert (
-        "## Where the declines fall" in md and "| ssr | ood_nq | 10 | 2 | 40.0 | 45.0 | 100.0 | 8.3 |" in md
+        "## Where the declines fall" in md
+        and "| ssr | ood_nq | 10 | 2 | 40.0 | 45.0 | 100.0 | 8.3 | +91.7 [" in md
     )
     stats = json.loads((tmp_path / "out" / "item_stats.json").read_text())
     assert {r["group"] for r in stats["refusal_split"]} == {"sft", "ssr"}

@@ -227,9 +227,27 @@ def refusal_split_rows(
                     "where_base_declined": float(final[declined].mean()) if declined.any() else None,
                     "where_base_answered": float(final[answered].mean()) if answered.any() else None,
                     "declined": float(final.mean()),
+                    "gap_ci": _gap_ci(base, final),
                 }
             )
     return out
+
+
+def _gap_ci(base: np.ndarray, final: np.ndarray) -> tuple[float, float] | None:
+    """95% two-way bootstrap CI (rows and seeds resampled) of the share declined where the base
+    declined minus where it answered; ``None`` where one kind of row is missing."""
+    if not ((base == 1).any() and (base == 0).any()):
+        return None
+    rng = np.random.default_rng(DEFAULT_SEED)
+    n_seeds, n_items = final.shape
+    gaps = []
+    for _ in range(DEFAULT_BOOT):
+        i = rng.integers(0, n_items, n_items)
+        s = rng.integers(0, n_seeds, n_seeds)
+        b, f = base[s][:, i], final[s][:, i]
+        if (b == 1).any() and (b == 0).any():
+            gaps.append(f[b == 1].mean() - f[b == 0].mean())
+    return percentile_interval(np.asarray(gaps), ALPHA)
 
 
 # --- learning rate ---------------------------------------------------------------------------------

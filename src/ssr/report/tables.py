@@ -170,14 +170,21 @@ def refusal_split_table(rows: list[dict[str, Any]]) -> str:
 
     lines = [
         "| method | set | n items | seeds | base declined (%) | declined (%) | where the base declined (%) "
-        "| where the base answered (%) |",
-        "|---|---|---|---|---|---|---|---|",
+        "| where the base answered (%) | difference, 95% CI (points) |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
+        gap = r["gap_ci"]
+        diff = (
+            f"{100 * (r['where_base_declined'] - r['where_base_answered']):+.1f} "
+            f"[{100 * gap[0]:+.1f}, {100 * gap[1]:+.1f}]"
+            if gap
+            else "–"
+        )
         lines.append(
             f"| {r['group']} | {r['measure'].removesuffix('/over_refusal')} | {r['n_items']} | {r['seeds']} "
             f"| {pct(r['base_declined'])} | {pct(r['declined'])} | {pct(r['where_base_declined'])} "
-            f"| {pct(r['where_base_answered'])} |"
+            f"| {pct(r['where_base_answered'])} | {diff} |"
         )
     return "\n".join(lines)
 

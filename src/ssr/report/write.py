@@ -146,7 +146,7 @@ def write_report(paths: list[Path], out_dir: Path, grid: list[Path] | None = Non
             "Answerable rows each model declines (over-refusal), split by what the base did on the same "
             "row (final models; the `eval.final` pair where it has the set; mean over seeds). A model "
             "that rehearses the base's behaviour declines more where the base declined; one that "
-            "learned a new habit declines evenly.",
+            "learned a new habit declines evenly. The difference's 95% CI resamples rows and seeds.",
             "",
             refusal_split_table(splits),
             "",
