@@ -206,7 +206,8 @@ def matched_table(target: float | None, rows: list[dict[str, Any]]) -> list[str]
         f"Drift at the matched in-domain task gain of **{target:+.1f} points** (the largest gain every "
         "run reaches; linear between the evaluations around it, item by item where the runs have "
         "their evaluation items; mean over runs). The 95% bootstrap CI resamples the seeds and, where "
-        "the items are there (`CI over`), the items too (one draw for every run: paired).",
+        "the items are there (`CI over`), the items too (one draw for every run: paired); each run's "
+        "crossing of the matched gain stays where it was observed (task-row noise is not in the CI).",
         "",
         "| method | measure | value | 95% CI | CI over | runs | items |",
         "|---|---|---|---|---|---|---|",
