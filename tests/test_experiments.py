@@ -206,7 +206,7 @@ def test_replication_v3_script_resumes_and_answers_sft_vs_ssr_before_the_other_m
         "OUT": str(tmp_path / "out"),
         "CALLS": str(calls),
         "METHODS": "sft ssr dft sdft",
-        "LRS": "3.0e-4 1.0e-3",
+        "LRS": "3.0e-4 1.0e-3 3.0e-3",
         "OTHER_SEEDS": "2",
     }
     env.pop("COMMIT", None)
@@ -224,8 +224,10 @@ def test_replication_v3_script_resumes_and_answers_sft_vs_ssr_before_the_other_m
     order = [str(Path(r).relative_to(out)) for r in runs()]
     assert order == [
         "grid/sft_lr1.0e-3_s1",  # sft 3e-4 was kept: skipped
+        "grid/sft_lr3.0e-3_s1",
         "grid/ssr_lr3.0e-4_s1",
         "grid/ssr_lr1.0e-3_s1",
+        "grid/ssr_lr3.0e-3_s1",
         "grid/sft_lr1.0e-3_s1",  # seed 1 at the chosen lr: the grid run resumed for eval.final
         "over_refusal/sft_lr1.0e-3_s1",  # its final records lack the over-refusal sets: added
         "grid/ssr_lr1.0e-3_s1",  # seed by seed: an interrupted budget leaves paired seeds
@@ -238,8 +240,10 @@ def test_replication_v3_script_resumes_and_answers_sft_vs_ssr_before_the_other_m
         "over_refusal/sft_lr1.0e-3_s3",
         "seeds/ssr_lr1.0e-3_s3",
         "over_refusal/ssr_lr1.0e-3_s3",
-        "grid/dft_lr1.0e-3_s1",  # only now the other methods, lr by lr: sft's and ssr's lr first
+        "grid/dft_lr1.0e-3_s1",  # only now the other methods, lr by lr: sft's and ssr's lr first,
         "grid/sdft_lr1.0e-3_s1",
+        "grid/dft_lr3.0e-3_s1",  # then the others from the largest down
+        "grid/sdft_lr3.0e-3_s1",
         "grid/dft_lr3.0e-4_s1",
         "grid/sdft_lr3.0e-4_s1",
         "grid/dft_lr1.0e-3_s1",
@@ -252,9 +256,9 @@ def test_replication_v3_script_resumes_and_answers_sft_vs_ssr_before_the_other_m
         "over_refusal/sdft_lr1.0e-3_s2",
     ]
     lines = calls.read_text().splitlines()
-    assert "ckpt_path=last" in lines[3] and "eval.final.enabled=true" in lines[3] and "seed=1" in lines[3]
-    assert all("eval.final.enabled=true" not in line for line in lines[:3])
-    assert f"+run={out}/grid/sft_lr1.0e-3_s1" in lines[4] and "+eval.final.ifeval.enabled=false" in lines[4]
+    assert "ckpt_path=last" in lines[5] and "eval.final.enabled=true" in lines[5] and "seed=1" in lines[5]
+    assert all("eval.final.enabled=true" not in line for line in lines[:5])
+    assert f"+run={out}/grid/sft_lr1.0e-3_s1" in lines[6] and "+eval.final.ifeval.enabled=false" in lines[6]
     kept_seeds = sorted(p.name for p in (here / "runs/seeds").iterdir())
     assert len(kept_seeds) == 10 and all(
         (here / "runs/seeds" / n / "eval_items/final/tasks.ood_nq_answerable.jsonl").is_file()
