@@ -7,10 +7,11 @@
 # Phase 1: every method x lr at seed 1 (runs/grid/). The lr is chosen per method on the in-domain
 # validation rows (eval.tasks.selection_rows, disjoint from the reported test rows). Phase 2, at the
 # chosen lr with eval.final (runs/seeds/): the seed-1 run resumed for its eval.final, and seeds 2
-# and 3, seed by seed. sft and ssr go through both phases before the other methods start. A final run whose
-# records lack eval.final.tasks' over-refusal sets (runs trained before that setting existed) gets
-# them from `ssr-eval +run=` (EVAL), which adds them to its final records. Then ssr-report
-# rebuilds everything here from the committed records alone.
+# and 3, seed by seed. sft and ssr go through both phases before the other methods start, whose
+# grid goes lr by lr, sft's and ssr's chosen lr first for all of them. A final
+# run whose records lack eval.final.tasks' over-refusal sets (runs trained before that setting
+# existed) gets them from `ssr-eval +run=` (EVAL), which adds them to its final records. Then
+# ssr-report rebuilds everything here from the committed records alone.
 set -euo pipefail
 OUT=${OUT:?set OUT to a scratch folder (checkpoints, caches)}
 HERE=experiments/results/cpu_replication_v3
@@ -48,12 +49,21 @@ train() {  # train <phase> <name> <run dir> <overrides...>: one run, skipped whe
   stamp "done $phase/$name"
 }
 
-grid() {  # grid <methods...>: every lr at seed 1
+grid_run() {  # grid_run <method> <lr>: one grid run at seed 1
+  train grid "${1}_lr${2}_s1" "$OUT/grid/${1}_lr${2}_s1" method="$1" optim.lr="$2" seed=1
+}
+
+grid() {  # grid <methods...>: every lr at seed 1, method by method
   local method lr
-  for method in "$@"; do
-    for lr in $LRS; do
-      train grid "${method}_lr${lr}_s1" "$OUT/grid/${method}_lr${lr}_s1" method="$method" optim.lr="$lr" seed=1
-    done
+  for method in "$@"; do for lr in $LRS; do grid_run "$method" "$lr"; done; done
+}
+
+grid_by_lr() {  # grid_by_lr <methods...>: every lr at seed 1, lr by lr, the lr(s) sft and ssr chose
+  # first, so that an interrupted budget leaves every method one run at a comparable lr
+  local prior lr method
+  prior=$(awk '{print $2}' "$OUT/chosen.txt" | sort -u)
+  for lr in $prior $(for lr in $LRS; do grep -qxF -- "$lr" <<< "$prior" || echo "$lr"; done); do
+    for method in "$@"; do grid_run "$method" "$lr"; done
   done
 }
 
@@ -100,7 +110,7 @@ OTHERS=$(for m in $METHODS; do case " $PRIMARY " in *" $m "*) ;; *) echo "$m" ;;
 grid $PRIMARY
 choose
 for seed in 1 2 3; do for method in $PRIMARY; do final "$method" "$seed"; done; done  # paired seeds first
-grid $OTHERS
+grid_by_lr $OTHERS
 choose
 for method in $OTHERS; do final "$method" 1; done
 for seed in ${OTHER_SEEDS:-2 3}; do for method in $OTHERS; do final "$method" "$seed"; done; done
