@@ -8,7 +8,7 @@
 # validation rows (eval.tasks.selection_rows, disjoint from the reported test rows). Phase 2, at the
 # chosen lr with eval.final (runs/seeds/): the seed-1 run resumed for its eval.final, and seeds 2
 # and 3, seed by seed. sft and ssr go through both phases before the other methods start, whose
-# grid goes lr by lr, sft's and ssr's chosen lr first for all of them. A final
+# grid goes lr by lr, sft's and ssr's chosen lr first for all of them, then the larger. A final
 # run whose records lack eval.final.tasks' over-refusal sets (runs trained before that setting
 # existed) gets them from `ssr-eval +run=` (EVAL), which adds them to its final records. Then
 # ssr-report rebuilds everything here from the committed records alone.
@@ -58,11 +58,13 @@ grid() {  # grid <methods...>: every lr at seed 1, method by method
   for method in "$@"; do for lr in $LRS; do grid_run "$method" "$lr"; done; done
 }
 
-grid_by_lr() {  # grid_by_lr <methods...>: every lr at seed 1, lr by lr, the lr(s) sft and ssr chose
-  # first, so that an interrupted budget leaves every method one run at a comparable lr
+grid_by_lr() {  # grid_by_lr <methods...>: every lr at seed 1, lr by lr: the lr(s) sft and ssr chose
+  # first, so that an interrupted budget leaves every method one run at a comparable lr; then the
+  # others from the largest down (these methods train mostly on the model's own outputs and move it
+  # less per step than sft, so a larger lr is the likelier choice)
   local prior lr method
   prior=$(awk '{print $2}' "$OUT/chosen.txt" | sort -u)
-  for lr in $prior $(for lr in $LRS; do grep -qxF -- "$lr" <<< "$prior" || echo "$lr"; done); do
+  for lr in $prior $(for lr in $LRS; do grep -qxF -- "$lr" <<< "$prior" || echo "$lr"; done | sort -g -r); do
     for method in "$@"; do grid_run "$method" "$lr"; done
   done
 }
