@@ -63,7 +63,7 @@ grid_by_lr() {  # grid_by_lr <methods...>: every lr at seed 1, lr by lr: the lr(
   # others from the largest down (these methods train mostly on the model's own outputs and move it
   # less per step than sft, so a larger lr is the likelier choice)
   local prior lr method
-  prior=$(awk '{print $2}' "$OUT/chosen.txt" | sort -u)
+  prior=$(awk -v primary=" $PRIMARY " 'index(primary, " " $1 " ") {print $2}' "$OUT/chosen.txt" | sort -u)
   for lr in $prior $(for lr in $LRS; do grep -qxF -- "$lr" <<< "$prior" || echo "$lr"; done | sort -g -r); do
     for method in "$@"; do grid_run "$method" "$lr"; done
   done
