@@ -14,19 +14,22 @@ replicate. A measure is left to the seed-only CI where some run lacks its items.
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Collection, Iterable, Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
-from ssr.eval.items import LM_EVAL_PREFIX, TASKS_PREFIX, item_values
+from ssr.eval.items import TASKS_PREFIX
 from ssr.report.curves import CURVE_MEASURES, Point, crossing, curve, point_tag
-from ssr.report.paired import run_items
+from ssr.report.paired import Measure, leaf_sources, run_items, shared_ids, values_at
 from ssr.report.runs import DRIFT_MEASURES, primary_keys
 from ssr.report.stats import DEFAULT_BOOT, DEFAULT_SEED, percentile_interval
 
-Stratum = tuple[tuple[str, ...], str]  # item sources pooled, the item metric
+
+def _stratum(sources: Sequence[str], metric: str) -> Measure:
+    """One item metric over pooled item sources (a :class:`~ssr.report.paired.Measure`)."""
+    return Measure(metric, tuple(sources), metric)
 
 
 @dataclass(frozen=True)
@@ -34,7 +37,7 @@ class ItemMeasure:
     """A curve measure from items: the mean over ``strata`` of each stratum's item mean; with
     ``to_base``, the (single) stratum's item sum over the base evaluation's sum, minus ``to_base``."""
 
-    strata: tuple[Stratum, ...]
+    strata: tuple[Measure, ...]
     to_base: float | None = None
 
 
@@ -43,11 +46,11 @@ def item_measure(name: str, sources: Collection[str], point: Point) -> ItemMeasu
     from the item ``sources`` an evaluation has, for a curve ``point`` with its flat score keys;
     ``None`` where the items cannot give it."""
     fixed = {
-        "self_drift": (ItemMeasure(((("self_drift",), "nll_sum"),), to_base=1.0), "self_drift"),
-        "kl_task": (ItemMeasure(((("kl_task",), "kl"),)), "kl_task"),
-        "ifeval": (ItemMeasure(((("ifeval",), "prompt_level_loose_acc"),)), "ifeval"),
-        "refusal_leak": (ItemMeasure(((("ifeval",), "leak"),)), "ifeval"),
-        "reply_length": (ItemMeasure(((("ifeval",), "n_tokens"),), to_base=0.0), "ifeval"),
+        "self_drift": (ItemMeasure((_stratum(["self_drift"], "nll_sum"),), to_base=1.0), "self_drift"),
+        "kl_task": (ItemMeasure((_stratum(["kl_task"], "kl"),)), "kl_task"),
+        "ifeval": (ItemMeasure((_stratum(["ifeval"], "prompt_level_loose_acc"),)), "ifeval"),
+        "refusal_leak": (ItemMeasure((_stratum(["ifeval"], "leak"),)), "ifeval"),
+        "reply_length": (ItemMeasure((_stratum(["ifeval"], "n_tokens"),), to_base=0.0), "ifeval"),
     }
     if name in fixed:
         measure, source = fixed[name]
@@ -58,36 +61,20 @@ def item_measure(name: str, sources: Collection[str], point: Point) -> ItemMeasu
             for k in point
             if k.startswith("tasks/ood") and k.endswith("/over_refusal") and k != CURVE_MEASURES[name]
         )
-        strata = tuple(((TASKS_PREFIX + s,), "over_refusal") for s in sets)
-        return ItemMeasure(strata) if strata and all(s[0][0] in sources for s in strata) else None
+        strata = tuple(_stratum([TASKS_PREFIX + s], "over_refusal") for s in sets)
+        return ItemMeasure(strata) if strata and all(s.sources[0] in sources for s in strata) else None
     if name == "mc_mean":  # the mean over the benchmarks' primary metrics (a group: its leaves' items)
         strata = []
         for key in primary_keys(point):
             _, task, metric = key.split("/", 2)
             if any(d in key for d in DRIFT_MEASURES):
                 continue
-            leaves = tuple(
-                sorted(
-                    s
-                    for s in sources
-                    if s == LM_EVAL_PREFIX + task or s.startswith(f"{LM_EVAL_PREFIX}{task}_")
-                )
-            )
+            leaves = leaf_sources(task, sources)
             if not leaves:
                 return None
-            strata.append((leaves, metric.split(",")[0]))
+            strata.append(_stratum(leaves, metric.split(",")[0]))
         return ItemMeasure(tuple(strata)) if strata else None
     return None
-
-
-def _values(run: Any, tag: str, stratum: Stratum) -> dict[str, float]:
-    """``{item id: value}`` of one stratum in one evaluation (ids prefixed by the leaf source)."""
-    sources, metric = stratum
-    by_source = run_items(run).get(tag, {})
-    out: dict[str, float] = {}
-    for source in sources:
-        out.update({f"{source}:{k}": v for k, v in item_values(by_source.get(source, {}), metric).items()})
-    return out
 
 
 @dataclass
@@ -95,29 +82,21 @@ class _RunAt:
     """One run at the matched gain: its evaluations before and after the crossing and the weight."""
 
     run: Any
-    before: str
-    after: str
+    before: Point
+    after: Point
     t: float
 
-    def tags(self) -> tuple[str, ...]:
-        return ("base", self.before, self.after)
+    def tags(self) -> list[str]:
+        return ["base", point_tag(self.before), point_tag(self.after)]
 
-    def interpolated(self, stratum: Stratum, ids: Sequence[str]) -> np.ndarray:
-        before, after = _values(self.run, self.before, stratum), _values(self.run, self.after, stratum)
+    def interpolated(self, stratum: Measure, ids: Sequence[str]) -> np.ndarray:
+        before = values_at(self.run, point_tag(self.before), stratum)
+        after = values_at(self.run, point_tag(self.after), stratum)
         return np.array([(1 - self.t) * before[i] + self.t * after[i] for i in ids])
 
-    def base(self, stratum: Stratum, ids: Sequence[str]) -> np.ndarray:
-        values = _values(self.run, "base", stratum)
+    def base(self, stratum: Measure, ids: Sequence[str]) -> np.ndarray:
+        values = values_at(self.run, "base", stratum)
         return np.array([values[i] for i in ids])
-
-
-def _shared_ids(at: Iterable[_RunAt], stratum: Stratum) -> list[str]:
-    common: set[str] | None = None
-    for r in at:
-        for tag in r.tags():
-            ids = set(_values(r.run, tag, stratum))
-            common = ids if common is None else common & ids
-    return sorted(common or ())
 
 
 def _run_statistic(measure: ItemMeasure, now: list[np.ndarray], base: list[np.ndarray]) -> np.ndarray:
@@ -151,20 +130,19 @@ def item_level_rows(
         at: dict[str, list[_RunAt]] = {}
         for method in sorted({r["method"] for r in mine}):
             found = [(run, crossing(points, target, key)) for run, points in by_method[method]]
-            at[method] = [_RunAt(run, point_tag(c[0]), point_tag(c[1]), c[2]) for run, c in found if c]
+            at[method] = [_RunAt(run, *c) for run, c in found if c]
         everyone = [r for method_runs in at.values() for r in method_runs]
         if not everyone:
             continue
-        first = everyone[0]
         sources = set.intersection(
             *(set(run_items(r.run).get(tag, {})) for r in everyone for tag in r.tags())
         )
-        measure = item_measure(
-            name, sources, next(p for p in curve(first.run.path) if point_tag(p) == first.before)
-        )
+        measure = item_measure(name, sources, everyone[0].before)
         if measure is None:
             continue
-        ids = [_shared_ids(everyone, stratum) for stratum in measure.strata]
+        tags = {id(r.run): r.tags() for r in everyone}
+        runs_at = [r.run for r in everyone]
+        ids = [shared_ids(runs_at, s, lambda run, tags=tags: tags[id(run)]) for s in measure.strata]
         if not all(ids):
             continue
         draws = [rng.integers(0, len(i), size=(n_boot, len(i))) for i in ids]

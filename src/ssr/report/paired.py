@@ -11,7 +11,7 @@ samples); the others (the task metrics) on ``base`` vs the last epoch.
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -82,6 +82,13 @@ def has_items(run: Any) -> bool:
     return "base" in items and final_tag(items) is not None
 
 
+def leaf_sources(task: str, sources: Iterable[str]) -> tuple[str, ...]:
+    """The lm-eval item sources of a benchmark: its own, or its subtasks' for a group (sorted)."""
+    return tuple(
+        sorted(s for s in sources if s == LM_EVAL_PREFIX + task or s.startswith(f"{LM_EVAL_PREFIX}{task}_"))
+    )
+
+
 def measures(runs: list[Any], benchmark_keys: list[str]) -> list[Measure]:
     """Benchmarks (a group = its leaf tasks' documents), task-set metrics, IFEval, self-drift, kl_task."""
     sources = sorted({s for r in runs for tag in run_items(r).values() for s in tag})
@@ -90,9 +97,7 @@ def measures(runs: list[Any], benchmark_keys: list[str]) -> list[Measure]:
         _, task, metric = key.split("/", 2)
         if task in ("self_drift", "kl_task"):
             continue
-        leaves = tuple(
-            s for s in sources if s in (LM_EVAL_PREFIX + task,) or s.startswith(f"{LM_EVAL_PREFIX}{task}_")
-        )
+        leaves = leaf_sources(task, sources)
         if leaves:
             out.append(Measure(f"{task}/{metric}", leaves, metric))
     for source in sources:
@@ -157,20 +162,30 @@ class Row:
         return {"group": self.group, "measure": self.measure.name, **self.estimate.to_dict(), "mdd": self.mdd}
 
 
-def change_rows(groups: dict[str, list[Any]], all_runs: list[Any], bench: list[str]) -> list[Row]:
-    """Paired change final - base per group and measure, on the items all ``all_runs`` share."""
-    rows = []
-    for measure in measures(all_runs, bench):
+def _base_final(
+    groups: dict[str, list[Any]], all_runs: list[Any], measure_list: list[Measure]
+) -> Iterator[tuple[Measure, str, list[Any], list[str], np.ndarray, np.ndarray]]:
+    """Per measure (with items all ``all_runs`` share) and group: the seeds x items matrices of the
+    base and the final model, each run on its :func:`pair_tags` pair."""
+    for measure in measure_list:
         tags = functools.partial(pair_tags, measure=measure)
         ids = shared_ids(all_runs, measure, lambda r, tags=tags: list(tags(r)))
         if not ids:
             continue
         for name, group in groups.items():
-            base = _matrix(group, lambda r, tags=tags: tags(r)[0], measure, ids).mean(axis=0)
+            base = _matrix(group, lambda r, tags=tags: tags(r)[0], measure, ids)
             final = _matrix(group, lambda r, tags=tags: tags(r)[1], measure, ids)
-            est = paired_change(base, final)
-            sd = difference_sd(final.mean(axis=0) - base, base)
-            rows.append(Row(name, measure, est, minimum_detectable_difference(len(ids), sd, ALPHA)))
+            yield measure, name, group, ids, base, final
+
+
+def change_rows(groups: dict[str, list[Any]], all_runs: list[Any], bench: list[str]) -> list[Row]:
+    """Paired change final - base per group and measure, on the items all ``all_runs`` share."""
+    rows = []
+    for measure, name, _, ids, base_runs, final in _base_final(groups, all_runs, measures(all_runs, bench)):
+        base = base_runs.mean(axis=0)
+        est = paired_change(base, final)
+        sd = difference_sd(final.mean(axis=0) - base, base)
+        rows.append(Row(name, measure, est, minimum_detectable_difference(len(ids), sd, ALPHA)))
     return rows
 
 
@@ -206,30 +221,22 @@ def refusal_split_rows(
     group's runs, on the items all ``all_runs`` share). A method that rehearses the base's own
     behaviour declines where the base did; one that learned a new habit declines evenly."""
     out = []
-    for measure in measures(all_runs, bench):
-        if measure.metric != "over_refusal":
-            continue
-        tags = functools.partial(pair_tags, measure=measure)
-        ids = shared_ids(all_runs, measure, lambda r, tags=tags: list(tags(r)))
-        if not ids:
-            continue
-        for name, group in groups.items():
-            base = _matrix(group, lambda r, tags=tags: tags(r)[0], measure, ids)
-            final = _matrix(group, lambda r, tags=tags: tags(r)[1], measure, ids)
-            declined, answered = base == 1, base == 0
-            out.append(
-                {
-                    "group": name,
-                    "measure": measure.name,
-                    "n_items": len(ids),
-                    "seeds": len(group),
-                    "base_declined": float(declined.mean()),
-                    "where_base_declined": float(final[declined].mean()) if declined.any() else None,
-                    "where_base_answered": float(final[answered].mean()) if answered.any() else None,
-                    "declined": float(final.mean()),
-                    "gap_ci": _gap_ci(base, final),
-                }
-            )
+    refusals = [m for m in measures(all_runs, bench) if m.metric == "over_refusal"]
+    for measure, name, group, ids, base, final in _base_final(groups, all_runs, refusals):
+        declined, answered = base == 1, base == 0
+        out.append(
+            {
+                "group": name,
+                "measure": measure.name,
+                "n_items": len(ids),
+                "seeds": len(group),
+                "base_declined": float(declined.mean()),
+                "where_base_declined": float(final[declined].mean()) if declined.any() else None,
+                "where_base_answered": float(final[answered].mean()) if answered.any() else None,
+                "declined": float(final.mean()),
+                "gap_ci": _gap_ci(base, final),
+            }
+        )
     return out
 
 
