@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from ssr.eval.task_metrics import aggregate_row_scores
 from ssr.report.curves import matched_differences, matched_rows, matched_table, method_curves
 from ssr.report.matched_items import item_level_rows
 from ssr.report.runs import find_runs
@@ -36,6 +37,31 @@ def _evaluation(root: Path, tag: str, nll: np.ndarray, acc: np.ndarray, tokens: 
     )
 
 
+def _task_rows(answered: int) -> list[dict]:
+    """20 in-domain test rows: the first ``answered`` of 10 answerable ones answered right (the
+    rest answered wrong), the first ``answered`` of 10 unanswerable ones declined."""
+    rows = [
+        {
+            "id": f"a{i}",
+            "answerable": True,
+            "predicted_unanswerable": False,
+            "unanswerable_correct": 1.0,
+            "answer_recall": float(i < answered),
+            "answer_f1": float(i < answered),
+        }
+        for i in range(10)
+    ]
+    return rows + [
+        {
+            "id": f"u{i}",
+            "answerable": False,
+            "predicted_unanswerable": i < answered,
+            "unanswerable_correct": float(i < answered),
+        }
+        for i in range(10)
+    ]
+
+
 def _record(stage: str, epoch: int, step: int, recall: float, nll, acc, tokens) -> dict:
     return {
         "stage": stage,
@@ -53,9 +79,20 @@ def _record(stage: str, epoch: int, step: int, recall: float, nll, acc, tokens) 
     }
 
 
-def _run(root: Path, name: str, method: str, seed: int, shift: float, items: bool = True) -> Path:
+def _run(
+    root: Path,
+    name: str,
+    method: str,
+    seed: int,
+    shift: float,
+    items: bool = True,
+    task_step: int = 0,
+    task_items: bool = True,
+) -> Path:
     """Task recall 0.5 -> 0.6 (step 10) -> 0.7 (epoch 0, step 20); drift grows by ``shift`` per
-    evaluation: NLLs scaled by 1 + shift, IFEval accuracy lowered by ``shift`` on every prompt."""
+    evaluation: NLLs scaled by 1 + shift, IFEval accuracy lowered by ``shift`` on every prompt.
+    With ``task_step``, the task scores come from in-domain row items instead (:func:`_task_rows`
+    with 2 + ``task_step`` x evaluation rows right), their items written unless not ``task_items``."""
     run = root / name
     run.mkdir(parents=True)
     points = []
@@ -64,8 +101,16 @@ def _run(root: Path, name: str, method: str, seed: int, shift: float, items: boo
     ):
         nll, acc, tokens = BASE_NLL * (1 + shift * k), BASE_ACC - shift * k, BASE_TOKENS * (1 - shift * k)
         points.append(_record(stage, epoch, step, recall, nll, acc, tokens))
+        tag = {"base": "base", "step": "step_10", "epoch": "epoch_0"}[stage]
         if items:
-            _evaluation(run, {"base": "base", "step": "step_10", "epoch": "epoch_0"}[stage], nll, acc, tokens)
+            _evaluation(run, tag, nll, acc, tokens)
+        if task_step:
+            rows = _task_rows(2 + task_step * k)
+            points[-1]["tasks"]["in_domain"] = aggregate_row_scores(rows).to_dict()
+        if task_step and task_items:
+            (run / "eval_items" / tag / "tasks.in_domain.jsonl").write_text(
+                "".join(json.dumps(r) + "\n" for r in rows)
+            )
     drift = {"base": points[0], "steps": [points[1]], "epochs": [points[2]]}
     (run / "drift.json").write_text(json.dumps(drift))
     (run / "summary.json").write_text(json.dumps({"method": method, "seed": seed, "lr": 1e-3}))
@@ -125,3 +170,31 @@ def test_a_run_without_items_leaves_the_seed_only_ci(tmp_path):
     assert all(d["ci_over"] == "seeds" for d in matched_differences(items))
     table = "\n".join(matched_table(target, items))
     assert "| sft | self_drift |" in table and "| seeds | 2 | - |" in table
+
+
+def test_resampled_task_rows_move_each_runs_crossing(tmp_path):
+    """sft's task curve climbs faster than ssr's, so sft crosses ssr's peak between evaluations.
+    Self-drift scales every prompt's NLL alike (no item variance) and the seeds are identical: with
+    the crossing held where it was observed the CI has no width; resampling the 20 task rows moves
+    sft's crossing, and its CI opens."""
+    width = {}
+    for task_items in (False, True):
+        root = tmp_path / f"task_items_{task_items}"
+        for seed in (1, 2, 3):
+            _run(root, f"sft{seed}", "sft", seed, shift=0.2, task_step=3, task_items=task_items)
+            _run(root, f"ssr{seed}", "ssr", seed, shift=0.05, task_step=2, task_items=task_items)
+        _, rows, items = _rows(root)
+        for agg, item in zip(rows, items):
+            assert item["value"] == pytest.approx(agg["value"]) and item["values"] == pytest.approx(
+                agg["values"]
+            )
+        by = {(r["method"], r["measure"]): r for r in items}
+        sft = by["sft", "self_drift"]
+        assert sft["ci"][0] - 1e-9 <= sft["value"] <= sft["ci"][1] + 1e-9
+        assert 0.2 < sft["value"] < 0.4  # between its step-10 (+0.2) and epoch-0 (+0.4) evaluations
+        assert sft["ci_over"] == ("seeds, items, task rows" if task_items else "seeds and items")
+        width[task_items] = sft["ci"][1] - sft["ci"][0]
+        differences = {d["measure"]: d for d in matched_differences(items)}
+        assert differences["self_drift"]["ci_over"] == sft["ci_over"]
+    assert width[False] == pytest.approx(0.0, abs=1e-12)
+    assert width[True] > 0.05

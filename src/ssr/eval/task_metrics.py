@@ -9,9 +9,11 @@ task's refusal spreading to questions it should answer).
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
+
+import numpy as np
 
 from ssr.data.textmatch import says_unanswerable, token_f1, token_recall
 
@@ -45,19 +47,28 @@ def _references(gold: Gold) -> list[str]:
     return refs
 
 
-def _ratio(num: float, den: float) -> float:
-    return num / den if den else float("nan")
+def _ratio(num: Any, den: Any) -> np.ndarray:
+    """``num / den`` elementwise, ``nan`` where ``den`` is 0."""
+    num, den = np.asarray(num, dtype=float), np.asarray(den, dtype=float)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.where(den != 0, num / den, np.nan)
+
+
+def _precision_recall_f1(tp: Any, fp: Any, fn: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Elementwise precision, recall and F1 of a positive class from (weighted) counts."""
+    tp, fp, fn = (np.asarray(x, dtype=float) for x in (tp, fp, fn))
+    precision, recall = _ratio(tp, tp + fp), _ratio(tp, tp + fn)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        f1 = np.where(
+            tp > 0, 2 * precision * recall / (precision + recall), np.where(fp + fn > 0, 0.0, np.nan)
+        )
+    return precision, recall, f1
 
 
 def precision_recall_f1(tp: int, fp: int, fn: int) -> tuple[float, float, float]:
     """Precision, recall and F1 of a positive class (``nan`` for an empty denominator)."""
-    precision = _ratio(tp, tp + fp)
-    recall = _ratio(tp, tp + fn)
-    if tp == 0:
-        f1 = 0.0 if (fp or fn) else float("nan")
-    else:
-        f1 = 2 * precision * recall / (precision + recall)
-    return precision, recall, f1
+    precision, recall, f1 = _precision_recall_f1(tp, fp, fn)
+    return float(precision), float(recall), float(f1)
 
 
 def row_scores(prediction: str, gold: Gold, answerable: bool, unanswerable_sentence: str) -> dict[str, Any]:
@@ -88,28 +99,39 @@ def grounded_qa_scores(
     return aggregate_row_scores([row_scores(p, g, a, unanswerable_sentence) for p, g, a in rows])
 
 
-def aggregate_row_scores(scored: Sequence[dict[str, Any]]) -> GroundedQAScores:
-    """The set's scores from :func:`row_scores` rows."""
-    tp = sum(r["predicted_unanswerable"] and not r["answerable"] for r in scored)
-    fp = sum(r["predicted_unanswerable"] and r["answerable"] for r in scored)
-    fn = sum(not r["predicted_unanswerable"] and not r["answerable"] for r in scored)
-    correct = sum(r["unanswerable_correct"] for r in scored)
-    n = len(scored)
-    recalls = [r["answer_recall"] for r in scored if r["answerable"]]
-    f1s = [r["answer_f1"] for r in scored if r["answerable"]]
-    answered = [r["answer_recall"] for r in scored if r["answerable"] and not r["predicted_unanswerable"]]
-    precision, recall, f1 = precision_recall_f1(tp, fp, fn)
-    n_answerable = len(recalls)
+def aggregate_row_scores(scored: Sequence[Mapping[str, Any]]) -> GroundedQAScores:
+    """The set's scores from :func:`row_scores` rows (or their stored ``eval_items`` rows)."""
+    rates = weighted_scores(scored, np.ones(len(scored)))
+    n_answerable = sum(bool(r["answerable"]) for r in scored)
     return GroundedQAScores(
-        n=n,
+        n=len(scored),
         n_answerable=n_answerable,
-        n_unanswerable=n - n_answerable,
-        unanswerable_accuracy=_ratio(correct, n),
-        unanswerable_precision=precision,
-        unanswerable_recall=recall,
-        unanswerable_f1=f1,
-        answer_recall=_ratio(sum(recalls), n_answerable),
-        answer_f1=_ratio(sum(f1s), n_answerable),
-        over_refusal=_ratio(fp, n_answerable),
-        answered_recall=_ratio(sum(answered), len(answered)),
+        n_unanswerable=len(scored) - n_answerable,
+        **{name: float(value) for name, value in rates.items()},
     )
+
+
+def weighted_scores(scored: Sequence[Mapping[str, Any]], weights: np.ndarray) -> dict[str, np.ndarray]:
+    """The :class:`GroundedQAScores` rates of the rows under each weighting of them (``weights``:
+    ``(..., len(scored))``, e.g. bootstrap counts; all ones give :func:`aggregate_row_scores`)."""
+    w = np.asarray(weights, dtype=float)
+    answerable = np.array([bool(r["answerable"]) for r in scored], dtype=bool)
+    declined = np.array([bool(r["predicted_unanswerable"]) for r in scored], dtype=bool)
+    correct = np.array([float(r["unanswerable_correct"]) for r in scored])
+    recall = np.array([float(r["answer_recall"]) if r["answerable"] else 0.0 for r in scored])
+    f1 = np.array([float(r["answer_f1"]) if r["answerable"] else 0.0 for r in scored])
+    tp, fp, fn = (
+        w @ m.astype(float) for m in (declined & ~answerable, declined & answerable, ~declined & ~answerable)
+    )
+    n_answerable, answered = w @ answerable.astype(float), w @ (answerable & ~declined).astype(float)
+    precision, unanswerable_recall, unanswerable_f1 = _precision_recall_f1(tp, fp, fn)
+    return {
+        "unanswerable_accuracy": _ratio(w @ correct, w.sum(axis=-1)),
+        "unanswerable_precision": precision,
+        "unanswerable_recall": unanswerable_recall,
+        "unanswerable_f1": unanswerable_f1,
+        "answer_recall": _ratio(w @ recall, n_answerable),
+        "answer_f1": _ratio(w @ f1, n_answerable),
+        "over_refusal": _ratio(fp, n_answerable),
+        "answered_recall": _ratio(w @ (recall * ~declined), answered),
+    }

@@ -13,13 +13,14 @@ sets the target to the largest gain every method reaches (mean over seeds, boots
 
 from __future__ import annotations
 
-import itertools
 import json
 import math
 from collections import defaultdict
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 from ssr.eval.items import epoch_tag, step_tag
 from ssr.report.grid import report_keys, task_score
@@ -62,15 +63,21 @@ def curve(run_dir: Path) -> list[Point]:
         point["epoch"] = float(-1 if rec.get("stage") == "base" else rec.get("epoch") or 0)
         points.append(point)
     sets = task_sets(k for p in points for k in p)
-    base_point = points[0] if points else {}
-    keys = report_keys(task_columns(sets, answerable_only([base_point])))
-    base = task_score(None, base_point, keys) if points else None
+    keys = gain_keys(points)
+    base = task_score(None, points[0], keys) if points else None
     for point in points:
         score = task_score(None, point, keys)
         if score is not None and base is not None:
             point["task_gain"] = 100 * (score - base)
         _add_means(point, sets)
     return points
+
+
+def gain_keys(points: Sequence[Point]) -> list[str]:
+    """The task gain's columns: the in-domain test set's combined-score columns (an answerable-only
+    set, by the base evaluation ``points[0]``, has the share answered in place of F1)."""
+    sets = task_sets(k for p in points for k in p)
+    return report_keys(task_columns(sets, answerable_only(list(points[:1]))))
 
 
 def _add_means(point: Point, sets: Sequence[str]) -> None:
@@ -98,13 +105,31 @@ def crossing(points: Sequence[Point], gain: float, key: str) -> tuple[Point, Poi
     the evaluations before and after it and the interpolation weight ``t`` of the later one;
     ``None`` if it never does."""
     path = [p for p in points if "task_gain" in p and key in p]
-    for before, after in itertools.pairwise(path):
-        lo, hi = before["task_gain"], after["task_gain"]
-        if lo <= gain <= hi and hi > lo:
-            return before, after, (gain - lo) / (hi - lo)
-    if path and path[0]["task_gain"] >= gain:
-        return path[0], path[0], 0.0
-    return None
+    if not path:
+        return None
+    before, after, t, short = crossing_indices(np.array([[p["task_gain"]] for p in path]), np.array([gain]))
+    return None if short[0] else (path[before[0]], path[after[0]], float(t[0]))
+
+
+def crossing_indices(
+    gains: np.ndarray, targets: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """:func:`crossing` for many replicates of a run's task gains along its path (``(points,
+    replicates)``), each with its own target: the indices of the evaluations before and after,
+    the weight ``t`` of the later one, and whether the replicate's curve never reaches its target."""
+    lo, hi = gains[:-1], gains[1:]
+    hit = (lo <= targets) & (targets <= hi) & (hi > lo)
+    first, any_hit = hit.argmax(axis=0), hit.any(axis=0)
+    at_start = ~any_hit & (gains[0] >= targets)
+    before = np.where(any_hit, first, 0)
+    after = np.where(any_hit, first + 1, 0)
+    t = np.zeros(gains.shape[1])
+    if len(gains) > 1:
+        columns = np.arange(gains.shape[1])
+        a, b = lo[first, columns], hi[first, columns]
+        with np.errstate(divide="ignore", invalid="ignore"):
+            t = np.where(any_hit, (targets - a) / (b - a), 0.0)
+    return before, after, t, ~any_hit & ~at_start
 
 
 def drift_at_gain(points: Sequence[Point], gain: float, key: str) -> float | None:
@@ -163,8 +188,8 @@ def matched_differences(rows: list[dict[str, Any]], reference: str = "sft") -> l
         est = group_difference(ref["values"], r["values"])
         ci, over = (est.lo, est.hi), "seeds"
         if r.get("replicates") is not None and ref.get("replicates") is not None:
-            # item-level rows (ssr.report.matched_items): the same item draws in both replicates
-            ci, over = percentile_interval(r["replicates"] - ref["replicates"]), "seeds and items"
+            # item-level rows (ssr.report.matched_items): the same item (and task-row) draws in both
+            ci, over = percentile_interval(r["replicates"] - ref["replicates"]), r["ci_over"]
         if r["measure"] in AT_ONE:
             less = abs(r["value"] - 1) < abs(ref["value"] - 1)
         else:
@@ -206,8 +231,10 @@ def matched_table(target: float | None, rows: list[dict[str, Any]]) -> list[str]
         f"Drift at the matched in-domain task gain of **{target:+.1f} points** (the largest gain every "
         "run reaches; linear between the evaluations around it, item by item where the runs have "
         "their evaluation items; mean over runs). The 95% bootstrap CI resamples the seeds and, where "
-        "the items are there (`CI over`), the items too (one draw for every run: paired); each run's "
-        "crossing of the matched gain stays where it was observed (task-row noise is not in the CI).",
+        "the items are there (`CI over`), the items too (one draw for every run: paired); with `task "
+        "rows` it also resamples the in-domain test rows (one draw for every run and evaluation) and "
+        "recomputes each run's gain curve, so where each run crosses the matched gain moves with them. "
+        "Each replicate re-runs the matching (its gain: the smallest peak among the runs it draws).",
         "",
         "| method | measure | value | 95% CI | CI over | runs | items |",
         "|---|---|---|---|---|---|---|",
@@ -224,7 +251,7 @@ def matched_table(target: float | None, rows: list[dict[str, Any]]) -> list[str]
     lines += [
         "",
         "Method − SFT at that gain: the difference of the run means, a 95% bootstrap CI (each "
-        "method's runs resampled, and the shared items where `CI over` says so) and the exact "
+        "method's runs resampled, and the shared items and task rows where `CI over` says so) and the exact "
         "two-sided permutation p-value over the runs (every split of the pooled run values; with 3 "
         "runs a side no split can give p below 0.1). "
         f"`less drift`: the difference points the good way ({', '.join(sorted(HIGHER_IS_BETTER))}: "

@@ -93,7 +93,8 @@ def bootstrap_means(
 
 
 def percentile_interval(replicates: np.ndarray, alpha: float = 0.05) -> tuple[float, float]:
-    lo, hi = np.quantile(replicates, [alpha / 2, 1 - alpha / 2])
+    """The percentile interval of the (finite) bootstrap replicates."""
+    lo, hi = np.nanquantile(replicates, [alpha / 2, 1 - alpha / 2])
     return float(lo), float(hi)
 
 
