@@ -7,7 +7,14 @@ from pathlib import Path
 
 import pytest
 
-from ssr.report.curves import curve, drift_at_gain, matched_differences, matched_rows, method_curves
+from ssr.report.curves import (
+    curve,
+    drift_at_gain,
+    matched_differences,
+    matched_groups,
+    matched_rows,
+    method_curves,
+)
 from ssr.report.runs import find_runs
 from ssr.report.write import write_report
 
@@ -108,3 +115,20 @@ def test_reply_length_drifts_less_the_nearer_its_ratio_is_to_one():
     ]
     less = {d["method"]: d["less_drift"] for d in matched_differences(rows)}
     assert less == {"ssr": True, "dft": False}
+
+
+def test_each_method_meets_sft_at_the_largest_gain_the_two_reach(tmp_path):
+    """A third method that gains 2 points does not pull the sft-vs-ssr comparison down to 2: each
+    method is matched with sft on its own (sft vs ssr at +10, sft vs dft at +2)."""
+    _run(tmp_path, "sft", "sft", 1, [(0, 0.5, 0.0), (10, 0.6, 0.2), (20, 0.7, 0.4)])
+    _run(tmp_path, "ssr", "ssr", 1, [(0, 0.5, 0.0), (10, 0.55, 0.02), (20, 0.6, 0.05)])
+    _run(tmp_path, "dft", "dft", 1, [(0, 0.5, 0.0), (10, 0.52, 0.3), (20, 0.51, 0.6)])
+    curves = method_curves(find_runs([tmp_path]))
+    assert matched_groups(curves) == [["sft", "dft"], ["sft", "ssr"]]
+    assert matched_rows(curves)[0] == pytest.approx(2.0)  # all together: dft's peak
+    report = write_report([tmp_path], tmp_path / "report").read_text()
+    assert "### sft vs ssr\n\nMatched gain: **+10.0 points**." in report
+    assert "### sft vs dft\n\nMatched gain: **+2.0 points**." in report
+    # sft at +10 (step 10): drift 0.2; at +2: a fifth of the way to step 10, 0.04
+    assert "| sft | self_drift | 0.200 |" in report and "| sft | self_drift | 0.040 |" in report
+    assert "| ssr | self_drift | -0.150 | [-0.150, -0.150] | seeds | 1 | 1 vs 1 | yes |" in report

@@ -16,7 +16,7 @@ from __future__ import annotations
 import json
 import math
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -224,17 +224,53 @@ def has_steps(curves: dict[str, list[list[Point]]]) -> bool:
     return any(p["inside_epoch"] for runs in curves.values() for run in runs for p in run)
 
 
-def matched_table(target: float | None, rows: list[dict[str, Any]]) -> list[str]:
+def matched_groups(methods: Collection[str], reference: str = "sft") -> list[list[str]]:
+    """The methods compared at one matched gain: the reference with each other method (the largest
+    gain the two reach, so one method that barely gains does not pull every comparison down to
+    its level), or all of them together where the reference is absent."""
+    others = sorted(m for m in methods if m != reference)
+    if reference not in methods or not others:
+        return [sorted(methods)]
+    return [[reference, m] for m in others]
+
+
+def matched_intro(pairwise: bool) -> list[str]:
+    """What the matched-gain tables hold (once, above them)."""
+    matched = (
+        "each method against SFT at the largest gain every run of the two reaches"
+        if pairwise
+        else "all methods at the largest gain every run reaches"
+    )
+    return [
+        f"Drift at matched in-domain task gain: {matched} (linear between the evaluations around it, "
+        "item by item where the runs have their evaluation items; mean over runs). The 95% bootstrap "
+        "CI resamples the seeds and, where the items are there (`CI over`), the items too (one draw "
+        "for every run: paired); with `task rows` it also resamples the in-domain test rows (one draw "
+        "for every run and evaluation) and recomputes each run's gain curve, so where each run crosses "
+        "the matched gain moves with them. Each replicate re-runs the matching (its gain: the smallest "
+        "peak among the runs it draws).",
+        "",
+        "Method − SFT at that gain: the difference of the run means, a 95% bootstrap CI (each "
+        "method's runs resampled, and the shared items and task rows where `CI over` says so) and the "
+        "exact two-sided permutation p-value over the runs (every split of the pooled run values; with "
+        "3 runs a side no split can give p below 0.1). "
+        f"`less drift`: the difference points the good way ({', '.join(sorted(HIGHER_IS_BETTER))}: "
+        f"higher is better; {', '.join(sorted(AT_ONE))}: nearer 1; the others lower).",
+        "",
+    ]
+
+
+def matched_table(target: float | None, rows: list[dict[str, Any]], group: Sequence[str] = ()) -> list[str]:
+    """One matched-gain comparison (``group``: its methods, named in the heading where given)."""
+    lines = [f"### {' vs '.join(group)}", ""] if group else []
     if target is None:
-        return ["Matched task gain: some method never gains on the in-domain test rows; no comparison.", ""]
-    lines = [
-        f"Drift at the matched in-domain task gain of **{target:+.1f} points** (the largest gain every "
-        "run reaches; linear between the evaluations around it, item by item where the runs have "
-        "their evaluation items; mean over runs). The 95% bootstrap CI resamples the seeds and, where "
-        "the items are there (`CI over`), the items too (one draw for every run: paired); with `task "
-        "rows` it also resamples the in-domain test rows (one draw for every run and evaluation) and "
-        "recomputes each run's gain curve, so where each run crosses the matched gain moves with them. "
-        "Each replicate re-runs the matching (its gain: the smallest peak among the runs it draws).",
+        return [
+            *lines,
+            "Matched task gain: some method never gains on the in-domain test rows; no comparison.",
+            "",
+        ]
+    lines += [
+        f"Matched gain: **{target:+.1f} points**.",
         "",
         "| method | measure | value | 95% CI | CI over | runs | items |",
         "|---|---|---|---|---|---|---|",
@@ -249,13 +285,6 @@ def matched_table(target: float | None, rows: list[dict[str, Any]]) -> list[str]
     if not differences:
         return [*lines, ""]
     lines += [
-        "",
-        "Method − SFT at that gain: the difference of the run means, a 95% bootstrap CI (each "
-        "method's runs resampled, and the shared items and task rows where `CI over` says so) and the exact "
-        "two-sided permutation p-value over the runs (every split of the pooled run values; with 3 "
-        "runs a side no split can give p below 0.1). "
-        f"`less drift`: the difference points the good way ({', '.join(sorted(HIGHER_IS_BETTER))}: "
-        f"higher is better; {', '.join(sorted(AT_ONE))}: nearer 1; the others lower).",
         "",
         "| method − sft | measure | difference | 95% CI | CI over | p (permutation) | runs | less drift |",
         "|---|---|---|---|---|---|---|---|",

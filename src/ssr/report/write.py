@@ -16,7 +16,15 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from ssr.report.curves import has_steps, matched_rows, matched_table, method_curves, plot_curves
+from ssr.report.curves import (
+    has_steps,
+    matched_groups,
+    matched_intro,
+    matched_rows,
+    matched_table,
+    method_curves,
+    plot_curves,
+)
 from ssr.report.grid import REPORT_SET, choose_lr, selection_set
 from ssr.report.matched_items import item_level_rows
 from ssr.report.paired import change_rows, difference_rows, has_items, refusal_split_rows
@@ -201,9 +209,13 @@ def _curve_section(runs: list[Run], out_dir: Path) -> list[str]:
     curves = method_curves(runs)
     if not has_steps(curves):
         return []
-    target, rows = matched_rows(curves)
-    if target is not None:
-        rows = item_level_rows(rows, runs, target)
+    groups = matched_groups(curves)
+    matched = matched_intro(pairwise=len(groups) > 1)
+    for group in groups:
+        target, rows = matched_rows({m: curves[m] for m in group})
+        if target is not None:
+            rows = item_level_rows(rows, [r for r in runs if r.method in group], target)
+        matched += matched_table(target, rows, group if len(groups) > 1 else ())
     image = plot_curves(curves, out_dir) if importlib.util.find_spec("matplotlib") is not None else None
     return [
         "## Forgetting along training",
@@ -213,7 +225,7 @@ def _curve_section(runs: list[Run], out_dir: Path) -> list[str]:
         "against steps, and each drift measure against task gain (one line per run).",
         "",
         *([f"![curves]({image.name})", ""] if image else []),
-        *matched_table(target, rows),
+        *matched,
     ]
 
 
