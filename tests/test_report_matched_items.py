@@ -198,3 +198,17 @@ def test_resampled_task_rows_move_each_runs_crossing(tmp_path):
         assert differences["self_drift"]["ci_over"] == sft["ci_over"]
     assert width[False] == pytest.approx(0.0, abs=1e-12)
     assert width[True] > 0.05
+
+
+def test_replicates_without_a_positive_matched_gain_are_left_out(tmp_path):
+    """ssr answers only 2 more task rows by its last evaluation: some replicates draw neither
+    row, leave it no gain at all and so no matched gain; they are left out and the table says so."""
+    for seed in (1, 2):
+        _run(tmp_path, f"sft{seed}", "sft", seed, shift=0.2, task_step=3)
+        _run(tmp_path, f"ssr{seed}", "ssr", seed, shift=0.05, task_step=1)
+    target, _, items = _rows(tmp_path)
+    assert 0 < items[0]["dropped"] < 0.1
+    assert all(np.isfinite(r["ci"]).all() for r in items)
+    assert "of the bootstrap replicates the resampled task rows leave no positive gain" in "\n".join(
+        matched_table(target, items)
+    )

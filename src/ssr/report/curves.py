@@ -269,8 +269,16 @@ def matched_table(target: float | None, rows: list[dict[str, Any]], group: Seque
             "Matched task gain: some method never gains on the in-domain test rows; no comparison.",
             "",
         ]
+    dropped = max((r.get("dropped", 0.0) for r in rows), default=0.0)
     lines += [
-        f"Matched gain: **{target:+.1f} points**.",
+        f"Matched gain: **{target:+.1f} points**."
+        + (
+            f" In {100 * dropped:.0f}% of the bootstrap replicates the resampled task rows leave no "
+            "positive gain that every run reaches; those replicates are left out (the matched gain is "
+            "barely above the base: read the CIs with care)."
+            if dropped
+            else ""
+        ),
         "",
         "| method | measure | value | 95% CI | CI over | runs | items |",
         "|---|---|---|---|---|---|---|",

@@ -161,8 +161,9 @@ def item_level_rows(
     ``replicates``: the bootstrap means); ``ci_over`` says what the CI resamples: "seeds", "seeds
     and items" or, where the in-domain test rows' items are there too, "seeds, items, task rows".
     Each replicate re-runs the matching: its target is the smallest peak gain among the runs it
-    draws (``target`` for the observed runs), and a run that never reaches it leaves the replicate
-    (as :func:`~ssr.report.curves.matched_rows` leaves it out)."""
+    draws (``target`` for the observed runs), a run that never reaches it leaves the replicate (as
+    :func:`~ssr.report.curves.matched_rows` leaves it out), and a replicate without a positive
+    target has no matched gain (left out; ``dropped``: their share)."""
     methods = sorted({r["method"] for r in rows})
     by_method: dict[str, list[tuple[Any, list[Point]]]] = {m: [] for m in methods}
     for run in runs:
@@ -219,7 +220,7 @@ def item_level_rows(
                 value = (1 - t) * now[before, columns] + t * now[after, columns]
                 if measure.to_base is not None:
                     value = value / base - measure.to_base
-                per_run[k] = np.where(short, np.nan, value)
+                per_run[k] = np.where(short | (targets <= 0), np.nan, value)
             observed = per_run[:, 0][~np.isnan(per_run[:, 0])]
             drawn = per_run[:, 1:][seeds[row["method"]], np.arange(n_boot)[:, None]]  # replicates x seeds
             with np.errstate(invalid="ignore"), warnings.catch_warnings():
@@ -233,5 +234,6 @@ def item_level_rows(
                 ci_over=over,
                 items=sum(len(i) for i in ids),
                 replicates=replicates,
+                dropped=float(np.mean(targets[1:] <= 0)),
             )
     return out
