@@ -71,3 +71,23 @@ def test_per_row_items_carry_each_rows_scores():
     assert rows[0]["answer_recall"] == pytest.approx(2 / 3) and rows[0]["unanswerable_correct"] == 1.0
     assert rows[1]["unanswerable_correct"] == 0.0 and "answer_recall" not in rows[1]
     assert rows[1]["prediction"] == "I think it is Lyon."
+
+
+def test_row_weights_score_like_repeated_rows():
+    """weighted_scores under bootstrap-style counts equals the plain scores of the rows repeated."""
+    import numpy as np
+
+    from ssr.eval.task_metrics import aggregate_row_scores, row_scores, weighted_scores
+
+    scored = [
+        row_scores("Paris is the capital.", "Paris", True, UNANS),
+        row_scores(UNANS, "", False, UNANS),
+        row_scores("I think it is Lyon.", "", False, UNANS),
+        row_scores("Cannot answer that from the text.", "Berlin", True, UNANS),
+    ]
+    counts = np.array([[2, 0, 1, 3], [1, 1, 1, 1]])
+    rates = weighted_scores(scored, counts)
+    for k, row in enumerate(counts):
+        repeated = aggregate_row_scores([r for r, n in zip(scored, row) for _ in range(n)]).to_dict()
+        for name, values in rates.items():
+            assert values[k] == pytest.approx(repeated[name], nan_ok=True), name
