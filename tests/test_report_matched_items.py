@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from ssr.eval.task_metrics import aggregate_row_scores
-from ssr.report.curves import matched_differences, matched_rows, matched_table, method_curves
+from ssr.report.curves import matched_differences, matched_rows, matched_table, method_curves, run_curves
 from ssr.report.matched_items import item_level_rows
 from ssr.report.runs import find_runs
 
@@ -119,8 +119,9 @@ def _run(
 
 def _rows(root: Path):
     runs = find_runs([root])
-    target, rows = matched_rows(method_curves(runs))
-    return target, rows, item_level_rows(rows, runs, target)
+    curves = run_curves(runs)
+    target, rows = matched_rows(method_curves(curves))
+    return target, rows, item_level_rows(rows, curves, target)
 
 
 def test_item_level_values_equal_the_aggregate_interpolation_and_the_ci_covers_the_items(tmp_path):

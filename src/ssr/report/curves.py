@@ -7,8 +7,10 @@ gain at a point is the change vs base of the mean in-domain test score (``report
 columns the lr is *not* chosen on). Comparing methods at one step count favours whichever moves
 least; the comparison that matters is drift at the same task gain: :func:`drift_at_gain`
 interpolates a run's drift where its gain curve first reaches a target, and :func:`matched_rows`
-sets the target to the largest gain every method reaches (mean over seeds, bootstrap CI over seeds;
-:mod:`ssr.report.matched_items` recomputes them from the evaluation items, CIs over items too).
+sets the target to the largest gain every method of a group reaches (mean over seeds, bootstrap CI
+over seeds; :mod:`ssr.report.matched_items` recomputes them from the evaluation items, CIs over items
+and task rows too). :func:`matched_groups` pairs each method with SFT, so each comparison has its
+own matched gain.
 """
 
 from __future__ import annotations
@@ -209,14 +211,24 @@ def matched_differences(rows: list[dict[str, Any]], reference: str = "sft") -> l
     return out
 
 
-def method_curves(runs: Sequence[Any]) -> dict[str, list[list[Point]]]:
-    """Each method's run curves (runs without evaluations inside epochs still give base + epochs)."""
-    out: dict[str, list[list[Point]]] = defaultdict(list)
+RunCurves = dict[str, list[tuple[Any, list[Point]]]]  # method -> its (run, curve) pairs
+
+
+def run_curves(runs: Sequence[Any]) -> RunCurves:
+    """Each method's runs with their curves, each ``drift.json`` read once (runs without
+    evaluations inside epochs still give base + epochs; runs without any are left out)."""
+    out: RunCurves = defaultdict(list)
     for run in runs:
         points = curve(run.path)
         if points:
-            out[run.method].append(points)
+            out[run.method].append((run, points))
     return dict(out)
+
+
+def method_curves(runs: Sequence[Any] | RunCurves) -> dict[str, list[list[Point]]]:
+    """Each method's run curves (from the runs, or their :func:`run_curves`)."""
+    by_method = runs if isinstance(runs, dict) else run_curves(runs)
+    return {method: [points for _, points in pairs] for method, pairs in by_method.items()}
 
 
 def has_steps(curves: dict[str, list[list[Point]]]) -> bool:

@@ -26,7 +26,7 @@ import numpy as np
 
 from ssr.eval.items import TASKS_PREFIX
 from ssr.eval.task_metrics import weighted_scores
-from ssr.report.curves import CURVE_MEASURES, Point, crossing_indices, curve, gain_keys, point_tag
+from ssr.report.curves import CURVE_MEASURES, Point, RunCurves, crossing_indices, gain_keys, point_tag
 from ssr.report.grid import REPORT_SET
 from ssr.report.paired import Measure, leaf_sources, run_items, shared_ids, values_at
 from ssr.report.runs import DRIFT_MEASURES, primary_keys
@@ -150,14 +150,15 @@ def _point_statistics(
 
 def item_level_rows(
     rows: list[dict[str, Any]],
-    runs: Sequence[Any],
+    curves: RunCurves,
     target: float,
     n_boot: int = DEFAULT_BOOT,
     alpha: float = 0.05,
     seed: int = DEFAULT_SEED,
 ) -> list[dict[str, Any]]:
     """``rows`` of :func:`~ssr.report.curves.matched_rows` with the value, per-run values and CI of
-    each measure recomputed from the items where every run has them (``items``: the item count,
+    each measure recomputed from the items where every run has them (``curves``: the runs'
+    :func:`~ssr.report.curves.run_curves`) (``items``: the item count,
     ``replicates``: the bootstrap means); ``ci_over`` says what the CI resamples: "seeds", "seeds
     and items" or, where the in-domain test rows' items are there too, "seeds, items, task rows".
     Each replicate re-runs the matching: its target is the smallest peak gain among the runs it
@@ -165,11 +166,7 @@ def item_level_rows(
     :func:`~ssr.report.curves.matched_rows` leaves it out), and a replicate without a positive
     target has no matched gain (left out; ``dropped``: their share)."""
     methods = sorted({r["method"] for r in rows})
-    by_method: dict[str, list[tuple[Any, list[Point]]]] = {m: [] for m in methods}
-    for run in runs:
-        points = curve(run.path)
-        if points and run.method in by_method:
-            by_method[run.method].append((run, points))
+    by_method = {m: curves.get(m, []) for m in methods}
     out = [{**r, "ci_over": "seeds"} for r in rows]
     rng = np.random.default_rng(seed)
     gains = _task_gains([rp for m in methods for rp in by_method[m]], n_boot, rng)

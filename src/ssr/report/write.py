@@ -24,6 +24,7 @@ from ssr.report.curves import (
     matched_table,
     method_curves,
     plot_curves,
+    run_curves,
 )
 from ssr.report.grid import REPORT_SET, choose_lr, selection_set
 from ssr.report.matched_items import item_level_rows
@@ -206,7 +207,8 @@ def write_report(paths: list[Path], out_dir: Path, grid: list[Path] | None = Non
 
 def _curve_section(runs: list[Run], out_dir: Path) -> list[str]:
     """Forgetting along training (runs evaluated every n steps): curves and drift at matched gain."""
-    curves = method_curves(runs)
+    by_run = run_curves(runs)
+    curves = method_curves(by_run)
     if not has_steps(curves):
         return []
     groups = matched_groups(curves)
@@ -214,7 +216,7 @@ def _curve_section(runs: list[Run], out_dir: Path) -> list[str]:
     for group in groups:
         target, rows = matched_rows({m: curves[m] for m in group})
         if target is not None:
-            rows = item_level_rows(rows, [r for r in runs if r.method in group], target)
+            rows = item_level_rows(rows, by_run, target)
         matched += matched_table(target, rows, group if len(groups) > 1 else ())
     image = plot_curves(curves, out_dir) if importlib.util.find_spec("matplotlib") is not None else None
     return [

@@ -3,8 +3,9 @@
 ``precision: auto`` (the default of every stage) resolves once per machine to a Lightning precision
 string. On CPU it times a small fp32 and bf16 matmul (best of a few interleaved rounds) and picks
 ``bf16-mixed`` only where bf16 is measured faster (AVX512-BF16 / AMX machines), else ``32-true``
-(AVX2-only CPUs compute bf16 matmuls in a reference loop, ~70x slower than fp32). On CUDA: ``bf16-mixed`` where the GPU supports bf16,
-else ``16-mixed`` (Lightning adds a grad scaler), else ``32-true``. The measured verdict is cached
+(AVX2-only CPUs compute bf16 matmuls in a reference loop, ~70x slower than fp32). On CUDA:
+``bf16-mixed`` where the GPU supports bf16, else ``16-mixed`` (Lightning adds a grad scaler), else
+``32-true``. The measured verdict is cached
 under ``$SSR_CACHE/precision``, keyed by the CPU / GPU, its flags, the ISA-capping environment and
 the torch version. Explicit settings (``bf16-mixed``, ``32-true``, ``bf16``, ``none``...) pass through
 and are honoured by every stage: training, generation, judges, lm-eval and self-drift.
