@@ -305,3 +305,65 @@ def test_the_declines_are_split_by_what_the_base_did_on_each_row(tmp_path):
     )
     stats = json.loads((tmp_path / "out" / "item_stats.json").read_text())
     assert {r["group"] for r in stats["refusal_split"]} == {"sft", "ssr"}
+
+
+def test_the_declines_read_as_the_tasks_sentence_or_a_piece_of_it(tmp_path):
+    """The decline table pools a method's seeds, reads the configured sentence from each run's
+    config, and names the commonest declining reply: an sdft-like model that answers general
+    instructions with the sentence cut short shows 0% whole and that cut as its commonest reply."""
+    from ssr.report.declines import decline_rows
+    from ssr.report.write import write_report
+
+    sentence = "I cannot answer this question based on the provided document."
+    cut = "I cannot answer this question."
+    replies = {
+        ("sft", 1): (["ok"] * 3 + [cut], [sentence, "Paris", "Paris", "Paris"]),
+        ("sdft", 1): ([cut, cut, "Sure | here", "ok"], [sentence, sentence, "Rome", "Paris"]),
+        ("sdft", 2): ([cut, "I cannot write a poem.", "ok", "ok"], ["Paris"] * 4),
+    }
+    for (method, seed), (ifeval, answers) in replies.items():
+        d = tmp_path / "runs" / f"{method}{seed}"
+        (d / ".hydra").mkdir(parents=True)
+        (d / ".hydra" / "config.yaml").write_text(f"prompt:\n  unanswerable_sentence: {sentence}\n")
+        (d / "summary.json").write_text(json.dumps({"method": method, "seed": seed, "lr": 1e-3}))
+        (d / "drift.json").write_text(
+            json.dumps({"base": {"scores": {}}, "epochs": [{"epoch": 0, "scores": {}}]})
+        )
+        for tag, ifeval_replies, task_replies in (
+            ("base", ["ok"] * 4, ["Paris"] * 3 + ["The document does not say."]),
+            ("epoch_0", ifeval, answers),
+        ):
+            sink = ItemSink(d / "eval_items", tag)
+            sink.write(
+                "ifeval",
+                [
+                    {"id": str(i), "refused": float("cannot" in r), "response": r}
+                    for i, r in enumerate(ifeval_replies)
+                ],
+            )
+            rows = [
+                {"id": str(i), "prediction": r, "over_refusal": float("Paris" not in r and "Rome" not in r)}
+                for i, r in enumerate(task_replies)
+            ]
+            rows.append({"id": "u", "prediction": sentence, "answerable": False, "over_refusal": None})
+            sink.write("tasks.ood_nq_answerable", rows)
+    runs = find_runs([tmp_path / "runs"])
+    groups = {m: [r for r in runs if r.method == m] for m in ("sft", "sdft")}
+    rows = {(r["source"], r["group"]): r for r in decline_rows(groups)}
+    assert [k for k in rows] == [
+        (s, g) for s in ("ifeval", "ood_nq_answerable") for g in ("base", "sft", "sdft")
+    ]
+    sdft = rows["ifeval", "sdft"]
+    assert (sdft["seeds"], sdft["replies"], sdft["declined"]) == (2, 8, 0.5)
+    assert sdft["whole_sentence"] == 0.0 and sdft["top_decline"] == cut and sdft["top_share"] == 0.75
+    assert rows["ifeval", "base"]["declined"] == 0.0 and rows["ifeval", "base"]["top_decline"] is None
+    assert rows["ood_nq_answerable", "sdft"]["declined"] == 0.25  # the unanswerable row is not counted
+    assert rows["ood_nq_answerable", "sdft"]["whole_sentence"] == 1.0
+    assert rows["ood_nq_answerable", "base"]["whole_sentence"] == 0.0
+    assert rows["ood_nq_answerable", "base"]["top_decline"] == "The document does not say."
+    md = write_report([tmp_path / "runs"], tmp_path / "out").read_text()
+    assert "## How the declines read" in md
+    assert f"| ifeval | sdft | 2 | 8 | 50.0 | 0.0 | `{cut}` | 75.0 |" in md
+    assert "| ood_nq_answerable | sft | 1 | 4 | 25.0 | 100.0 |" in md
+    stats = json.loads((tmp_path / "out" / "item_stats.json").read_text())
+    assert {r["group"] for r in stats["declines"]} == {"base", "sft", "sdft"}

@@ -118,14 +118,23 @@ def load_run(path: Path) -> Run:
     return run
 
 
-def _config_lr(path: Path) -> float | None:
-    """``optim.lr`` from the run's ``.hydra/config.yaml`` (runs whose summary has no ``lr``)."""
+def config_value(path: Path, *keys: str) -> Any:
+    """The value at ``keys`` in the run's ``.hydra/config.yaml`` (``None`` where the file or a key
+    is missing)."""
     config = path / ".hydra" / "config.yaml"
     if not config.is_file():
         return None
     import yaml
 
-    lr = ((yaml.safe_load(config.read_text()) or {}).get("optim") or {}).get("lr")
+    node: Any = yaml.safe_load(config.read_text()) or {}
+    for key in keys:
+        node = node.get(key) if isinstance(node, dict) else None
+    return node
+
+
+def _config_lr(path: Path) -> float | None:
+    """``optim.lr`` from the run's config (runs whose summary has no ``lr``)."""
+    lr = config_value(path, "optim", "lr")
     return float(lr) if lr is not None else None
 
 

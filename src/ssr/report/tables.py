@@ -189,6 +189,32 @@ def refusal_split_table(rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def decline_table(rows: list[dict[str, Any]], width: int = 72) -> str:
+    """Markdown: per reply source and method, the declines, how many carry the task's sentence
+    whole, and the commonest declining reply (cut to ``width`` characters)."""
+
+    def pct(v: float | None) -> str:
+        return "–" if v is None else f"{100 * v:.1f}"
+
+    def quote(text: str | None) -> str:
+        if text is None:
+            return "–"
+        text = text if len(text) <= width else text[: width - 1] + "…"
+        return "`" + text.replace("|", "\\|").replace("`", "'") + "`"
+
+    lines = [
+        "| source | method | seeds | replies | declined (%) | with the task's sentence whole (% of declines) "
+        "| commonest declining reply | its share (% of declines) |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        lines.append(
+            f"| {r['source']} | {r['group']} | {r['seeds']} | {r['replies']} | {pct(r['declined'])} "
+            f"| {pct(r['whole_sentence'])} | {quote(r['top_decline'])} | {pct(r['top_share'])} |"
+        )
+    return "\n".join(lines)
+
+
 def pareto_table(points: list[dict[str, Any]]) -> str:
     def f(v: float | None, digits: int = 1) -> str:
         return "–" if v is None else f"{v:+.{digits}f}"

@@ -26,6 +26,7 @@ from ssr.report.curves import (
     plot_curves,
     run_curves,
 )
+from ssr.report.declines import decline_rows
 from ssr.report.grid import REPORT_SET, choose_lr, selection_set
 from ssr.report.matched_items import item_level_rows
 from ssr.report.paired import change_rows, difference_rows, has_items, refusal_split_rows
@@ -34,6 +35,7 @@ from ssr.report.plots import plot_drift, plot_pareto, plot_summary
 from ssr.report.runs import Run, _by_method, benchmark_keys, export_runs, find_runs, task_keys
 from ssr.report.tables import (
     cost_table,
+    decline_table,
     delta_table,
     pareto_table,
     refusal_split_table,
@@ -93,6 +95,7 @@ def write_report(paths: list[Path], out_dir: Path, grid: list[Path] | None = Non
     changes = change_rows(groups, item_runs, bench)
     differences = difference_rows(groups, "sft", item_runs, bench)
     splits = refusal_split_rows(groups, item_runs, bench)
+    declines = decline_rows(groups)
     (out_dir / "item_stats.json").write_text(
         json.dumps(
             {
@@ -102,6 +105,7 @@ def write_report(paths: list[Path], out_dir: Path, grid: list[Path] | None = Non
                 "change_vs_base": [r.to_dict() for r in changes],
                 "difference_vs_sft": [r.to_dict() for r in differences],
                 "refusal_split": splits,
+                "declines": declines,
             },
             indent=1,
         )
@@ -158,6 +162,19 @@ def write_report(paths: list[Path], out_dir: Path, grid: list[Path] | None = Non
             "learned a new habit declines evenly. The difference's 95% CI resamples rows and seeds.",
             "",
             refusal_split_table(splits),
+            "",
+        ]
+    if declines:
+        md += [
+            "## How the declines read",
+            "",
+            "The replies each model declines with (final models, seeds pooled; the base row is the "
+            "model before training): IFEval's general instructions, which have no document, and the "
+            "answerable rows of each task set. A decline is the task's configured unanswerable "
+            "sentence or a common refusal; the share with the sentence whole tells a reply in the "
+            "task's own words from a refusal of another kind, and the commonest reply shows which.",
+            "",
+            decline_table(declines),
             "",
         ]
     md += [
