@@ -367,3 +367,46 @@ def test_the_declines_read_as_the_tasks_sentence_or_a_piece_of_it(tmp_path):
     assert "| ood_nq_answerable | sft | 1 | 4 | 25.0 | 100.0 |" in md
     stats = json.loads((tmp_path / "out" / "item_stats.json").read_text())
     assert {r["group"] for r in stats["declines"]} == {"base", "sft", "sdft"}
+
+
+def test_a_run_without_a_measures_items_is_left_out_of_that_measure_only(tmp_path, caplog):
+    """A third ssr seed whose evaluation lacks the over-refusal set (its scores still to come) is
+    left out of that measure, with a warning; the two seeds that have it keep the measure in the
+    change, method - SFT, declines-split and decline tables, and it stays in the measure it has."""
+    from ssr.report.declines import decline_rows
+    from ssr.report.paired import refusal_split_rows
+
+    base = [1.0] * 4 + [0.0] * 6
+    finals = {("ssr", 1): [1.0] * 5 + [0.0] * 5, ("ssr", 2): base, ("sft", 1): [0.0] * 10, ("ssr", 3): None}
+    for (method, seed), final in finals.items():
+        d = tmp_path / "runs" / f"{method}{seed}"
+        d.mkdir(parents=True)
+        (d / "summary.json").write_text(json.dumps({"method": method, "seed": seed, "lr": 1e-3}))
+        (d / "drift.json").write_text(
+            json.dumps({"base": {"scores": {}}, "epochs": [{"epoch": 0, "scores": {}}]})
+        )
+        for tag, values in (("base", base), ("epoch_0", final)):
+            sink = ItemSink(d / "eval_items", tag)
+            sink.write("ifeval", [{"id": str(i), "refused": 0.0, "response": "ok"} for i in range(3)])
+            if values is not None:
+                rows = [
+                    {"id": str(i), "over_refusal": float(v), "prediction": "no" if v else "yes"}
+                    for i, v in enumerate(values)
+                ]
+                sink.write("tasks.ood_nq", rows)
+    runs = find_runs([tmp_path / "runs"])
+    groups = {m: [r for r in runs if r.method == m] for m in ("sft", "ssr")}
+    with caplog.at_level("WARNING", logger="ssr.report.paired"):
+        split = {r["group"]: r for r in refusal_split_rows(groups, runs, [])}
+        changes = change_rows(groups, runs, [])
+        differences = difference_rows(groups, "sft", runs, [])
+    assert split["ssr"]["seeds"] == 2 and split["ssr"]["declined"] == pytest.approx(0.45)
+    assert "ssr3: no items of ood_nq/over_refusal" in caplog.text
+    refusal = {r.group: r.estimate for r in changes if r.measure.name == "ood_nq/over_refusal"}
+    assert refusal["ssr"].n_seeds == 2 and refusal["sft"].n_seeds == 1
+    ifeval = {r.group: r.estimate for r in changes if r.measure.name == "ifeval/refused"}
+    assert ifeval["ssr"].n_seeds == 3  # the run stays in the measures it has
+    diff = next(r.estimate for r in differences if r.measure.name == "ood_nq/over_refusal")
+    assert diff.mean == pytest.approx(0.45)  # ssr declines 45% of the rows, sft none
+    declines = {(r["source"], r["group"]): r for r in decline_rows(groups)}
+    assert declines["ood_nq", "ssr"]["seeds"] == 2 and declines["ifeval", "ssr"]["seeds"] == 3

@@ -33,20 +33,23 @@ def _fields(source: str) -> tuple[str, str]:
     return DECLINE_FIELDS.get(source, TASK_DECLINE_FIELDS)
 
 
+def _has_replies(run: Any, source: str) -> bool:
+    """The run's final (or last-epoch) evaluation has ``source`` with reply text."""
+    tag = pair_tags(run, Measure(source, (source,), "-"))[1]
+    _, reply = _fields(source)
+    return any(reply in row for row in run_items(run).get(tag, {}).get(source, {}).values())
+
+
 def decline_sources(runs: Iterable[Any]) -> list[str]:
-    """IFEval first, then the task sets, that every run's items have with reply text."""
-    shared: set[str] | None = None
-    for run in runs:
-        have = set()
-        for sources in run_items(run).values():
-            for source, items in sources.items():
-                if source != IFEVAL_SOURCE and not source.startswith(TASKS_PREFIX):
-                    continue
-                _, reply = _fields(source)
-                if any(reply in row for row in items.values()):
-                    have.add(source)
-        shared = have if shared is None else shared & have
-    return sorted(shared or (), key=lambda s: (s != IFEVAL_SOURCE, s))
+    """IFEval first, then the task sets, that any run's items have with reply text."""
+    found = {
+        source
+        for run in runs
+        for sources in run_items(run).values()
+        for source in sources
+        if (source == IFEVAL_SOURCE or source.startswith(TASKS_PREFIX)) and _has_replies(run, source)
+    }
+    return sorted(found, key=lambda s: (s != IFEVAL_SOURCE, s))
 
 
 def _declines(run: Any, source: str, base: bool) -> list[str | None]:
@@ -83,8 +86,8 @@ def _row(group: str, source: str, seeds: int, replies: list[str | None], sentenc
 
 
 def decline_rows(groups: dict[str, list[Any]]) -> list[dict[str, Any]]:
-    """Per reply source and group (after a ``base`` row, from the first run's base evaluation): the
-    replies scored (pooled over seeds), the share declined, the share of the declines with the
+    """Per reply source and group (after a ``base`` row, from the base evaluation of the first run
+    with the source): the replies scored (pooled over the seeds that have the source), the share declined, the share of the declines with the
     configured unanswerable sentence whole and the commonest declining reply with its share."""
     runs = [r for group in groups.values() for r in group]
     if not runs:
@@ -92,8 +95,10 @@ def decline_rows(groups: dict[str, list[Any]]) -> list[dict[str, Any]]:
     sentence = str(config_value(runs[0].path, *SENTENCE_KEY) or "")
     out = []
     for source in decline_sources(runs):
-        out.append(_row("base", source, 1, _declines(runs[0], source, base=True), sentence))
+        having = [r for r in runs if _has_replies(r, source)]
+        out.append(_row("base", source, 1, _declines(having[0], source, base=True), sentence))
         for name, group in groups.items():
-            replies = [reply for run in group for reply in _declines(run, source, base=False)]
-            out.append(_row(name, source, len(group), replies, sentence))
+            mine = [r for r in group if _has_replies(r, source)]
+            replies = [reply for run in mine for reply in _declines(run, source, base=False)]
+            out.append(_row(name, source, len(mine), replies, sentence))
     return [r for r in out if r["replies"]]

@@ -11,6 +11,7 @@ samples); the others (the task metrics) on ``base`` vs the last epoch.
 from __future__ import annotations
 
 import functools
+import logging
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,6 +40,8 @@ from ssr.report.stats import (
     paired_change,
     percentile_interval,
 )
+
+log = logging.getLogger(__name__)
 
 ALPHA = 0.05
 TASK_ITEM_METRICS = {
@@ -162,24 +165,45 @@ class Row:
         return {"group": self.group, "measure": self.measure.name, **self.estimate.to_dict(), "mdd": self.mdd}
 
 
+def runs_with(runs: list[Any], measure: Measure, tags: Callable[[Any], list[str]]) -> list[Any]:
+    """The runs with items of ``measure`` in each of their ``tags`` evaluations. A run without them
+    (say a final evaluation whose over-refusal sets are still to come) is left out of that measure
+    only, and logged, rather than taking the measure away from every run."""
+    having = [r for r in runs if all(values_at(r, tag, measure) for tag in tags(r))]
+    kept = {id(r) for r in having}
+    for run in runs if having else []:  # a measure no run has is no measure: nothing to say
+        if id(run) not in kept:
+            log.warning("%s: no items of %s, left out of its item-level statistics", run.path, measure.name)
+    return having
+
+
+def _present(groups: dict[str, list[Any]], having: list[Any]) -> dict[str, list[Any]]:
+    """``groups`` cut to the runs in ``having`` (groups left empty are dropped)."""
+    kept = {id(r) for r in having}
+    out = {name: [r for r in group if id(r) in kept] for name, group in groups.items()}
+    return {name: group for name, group in out.items() if group}
+
+
 def _base_final(
     groups: dict[str, list[Any]], all_runs: list[Any], measure_list: list[Measure]
 ) -> Iterator[tuple[Measure, str, list[Any], list[str], np.ndarray, np.ndarray]]:
-    """Per measure (with items all ``all_runs`` share) and group: the seeds x items matrices of the
-    base and the final model, each run on its :func:`pair_tags` pair."""
+    """Per measure (with items all the runs that have it share) and group: the seeds x items
+    matrices of the base and the final model, each run on its :func:`pair_tags` pair."""
     for measure in measure_list:
         tags = functools.partial(pair_tags, measure=measure)
-        ids = shared_ids(all_runs, measure, lambda r, tags=tags: list(tags(r)))
+        having = runs_with(all_runs, measure, lambda r, tags=tags: list(tags(r)))
+        ids = shared_ids(having, measure, lambda r, tags=tags: list(tags(r)))
         if not ids:
             continue
-        for name, group in groups.items():
+        for name, group in _present(groups, having).items():
             base = _matrix(group, lambda r, tags=tags: tags(r)[0], measure, ids)
             final = _matrix(group, lambda r, tags=tags: tags(r)[1], measure, ids)
             yield measure, name, group, ids, base, final
 
 
 def change_rows(groups: dict[str, list[Any]], all_runs: list[Any], bench: list[str]) -> list[Row]:
-    """Paired change final - base per group and measure, on the items all ``all_runs`` share."""
+    """Paired change final - base per group and measure, on the items all ``all_runs`` that have
+    the measure share."""
     rows = []
     for measure, name, _, ids, base_runs, final in _base_final(groups, all_runs, measures(all_runs, bench)):
         base = base_runs.mean(axis=0)
@@ -199,11 +223,13 @@ def difference_rows(
     for measure in measures(all_runs, bench):
         tags = functools.partial(pair_tags, measure=measure)
         final = lambda r, tags=tags: tags(r)[1]  # noqa: E731
-        ids = shared_ids(all_runs, measure, lambda r, final=final: [final(r)])
-        if not ids:
+        having = runs_with(all_runs, measure, lambda r, final=final: [final(r)])
+        ids = shared_ids(having, measure, lambda r, final=final: [final(r)])
+        present = _present(groups, having)
+        if not ids or reference not in present:
             continue
-        ref = _matrix(groups[reference], final, measure, ids)
-        for name, group in groups.items():
+        ref = _matrix(present[reference], final, measure, ids)
+        for name, group in present.items():
             if name == reference:
                 continue
             other = _matrix(group, final, measure, ids)
