@@ -261,6 +261,17 @@ def test_a_final_only_task_set_in_some_runs_counts_only_those_runs(tmp_path):
     assert "| ood_nq_answerable | sft | 1 | – | 60.0 |" in table and "| in_domain | sft | 3 |" in table
 
 
+def _bare_run(root: Path, method: str, seed: int) -> Path:
+    """A run directory with a summary and an empty drift record (items are the test's to write)."""
+    d = root / f"{method}{seed}"
+    d.mkdir(parents=True)
+    (d / "summary.json").write_text(json.dumps({"method": method, "seed": seed, "lr": 1e-3}))
+    (d / "drift.json").write_text(
+        json.dumps({"base": {"scores": {}}, "epochs": [{"epoch": 0, "scores": {}}]})
+    )
+    return d
+
+
 def test_the_declines_are_split_by_what_the_base_did_on_each_row(tmp_path):
     """ssr declines exactly where the base did (plus one row); sft declines half of each kind:
     the split tells rehearsed refusals from a new habit. Unanswerable rows (no over_refusal) and
@@ -275,12 +286,7 @@ def test_the_declines_are_split_by_what_the_base_did_on_each_row(tmp_path):
         ("sft", 1): [0, 0, 1, 1, 1, 1, 1, 0, 0, 0],
     }
     for (method, seed), final in finals.items():
-        d = tmp_path / "runs" / f"{method}{seed}"
-        d.mkdir(parents=True)
-        (d / "summary.json").write_text(json.dumps({"method": method, "seed": seed, "lr": 1e-3}))
-        (d / "drift.json").write_text(
-            json.dumps({"base": {"scores": {}}, "epochs": [{"epoch": 0, "scores": {}}]})
-        )
+        d = _bare_run(tmp_path / "runs", method, seed)
         for tag, values in (("base", base), ("epoch_0", final)):
             rows = [
                 {"id": str(i), "answerable": True, "over_refusal": float(v)} for i, v in enumerate(values)
@@ -322,13 +328,9 @@ def test_the_declines_read_as_the_tasks_sentence_or_a_piece_of_it(tmp_path):
         ("sdft", 2): ([cut, "I cannot write a poem.", "ok", "ok"], ["Paris"] * 4),
     }
     for (method, seed), (ifeval, answers) in replies.items():
-        d = tmp_path / "runs" / f"{method}{seed}"
-        (d / ".hydra").mkdir(parents=True)
+        d = _bare_run(tmp_path / "runs", method, seed)
+        (d / ".hydra").mkdir()
         (d / ".hydra" / "config.yaml").write_text(f"prompt:\n  unanswerable_sentence: {sentence}\n")
-        (d / "summary.json").write_text(json.dumps({"method": method, "seed": seed, "lr": 1e-3}))
-        (d / "drift.json").write_text(
-            json.dumps({"base": {"scores": {}}, "epochs": [{"epoch": 0, "scores": {}}]})
-        )
         for tag, ifeval_replies, task_replies in (
             ("base", ["ok"] * 4, ["Paris"] * 3 + ["The document does not say."]),
             ("epoch_0", ifeval, answers),
@@ -379,12 +381,7 @@ def test_a_run_without_a_measures_items_is_left_out_of_that_measure_only(tmp_pat
     base = [1.0] * 4 + [0.0] * 6
     finals = {("ssr", 1): [1.0] * 5 + [0.0] * 5, ("ssr", 2): base, ("sft", 1): [0.0] * 10, ("ssr", 3): None}
     for (method, seed), final in finals.items():
-        d = tmp_path / "runs" / f"{method}{seed}"
-        d.mkdir(parents=True)
-        (d / "summary.json").write_text(json.dumps({"method": method, "seed": seed, "lr": 1e-3}))
-        (d / "drift.json").write_text(
-            json.dumps({"base": {"scores": {}}, "epochs": [{"epoch": 0, "scores": {}}]})
-        )
+        d = _bare_run(tmp_path / "runs", method, seed)
         for tag, values in (("base", base), ("epoch_0", final)):
             sink = ItemSink(d / "eval_items", tag)
             sink.write("ifeval", [{"id": str(i), "refused": 0.0, "response": "ok"} for i in range(3)])
