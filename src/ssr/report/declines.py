@@ -14,7 +14,6 @@ has the source, else the last epoch), pooled over a method's seeds.
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Iterable
 from typing import Any
 
 from ssr.data.textmatch import normalize_answer
@@ -40,16 +39,10 @@ def _has_replies(run: Any, source: str) -> bool:
     return any(reply in row for row in run_items(run).get(tag, {}).get(source, {}).values())
 
 
-def decline_sources(runs: Iterable[Any]) -> list[str]:
-    """IFEval first, then the task sets, that any run's items have with reply text."""
-    found = {
-        source
-        for run in runs
-        for sources in run_items(run).values()
-        for source in sources
-        if (source == IFEVAL_SOURCE or source.startswith(TASKS_PREFIX)) and _has_replies(run, source)
-    }
-    return sorted(found, key=lambda s: (s != IFEVAL_SOURCE, s))
+def _reply_sources(run: Any) -> set[str]:
+    """IFEval and the task sets whose final (or last-epoch) evaluation in ``run`` has reply text."""
+    sources = {s for by_source in run_items(run).values() for s in by_source}
+    return {s for s in sources if (s == IFEVAL_SOURCE or s.startswith(TASKS_PREFIX)) and _has_replies(run, s)}
 
 
 def _declines(run: Any, source: str, base: bool) -> list[str | None]:
@@ -86,19 +79,21 @@ def _row(group: str, source: str, seeds: int, replies: list[str | None], sentenc
 
 
 def decline_rows(groups: dict[str, list[Any]]) -> list[dict[str, Any]]:
-    """Per reply source and group (after a ``base`` row, from the base evaluation of the first run
-    with the source): the replies scored (pooled over the seeds that have the source), the share declined, the share of the declines with the
-    configured unanswerable sentence whole and the commonest declining reply with its share."""
+    """Per reply source (IFEval first, then the task sets) and group, after a ``base`` row from the
+    base evaluation of the first run with the source: the replies scored (pooled over the seeds
+    that have the source), the share declined, the share of the declines with the configured
+    unanswerable sentence whole and the commonest declining reply with its share."""
     runs = [r for group in groups.values() for r in group]
     if not runs:
         return []
     sentence = str(config_value(runs[0].path, *SENTENCE_KEY) or "")
+    have = {id(r): _reply_sources(r) for r in runs}
     out = []
-    for source in decline_sources(runs):
-        having = [r for r in runs if _has_replies(r, source)]
+    for source in sorted(set().union(*have.values()), key=lambda s: (s != IFEVAL_SOURCE, s)):
+        having = [r for r in runs if source in have[id(r)]]
         out.append(_row("base", source, 1, _declines(having[0], source, base=True), sentence))
         for name, group in groups.items():
-            mine = [r for r in group if _has_replies(r, source)]
+            mine = [r for r in group if source in have[id(r)]]
             replies = [reply for run in mine for reply in _declines(run, source, base=False)]
             out.append(_row(name, source, len(mine), replies, sentence))
     return [r for r in out if r["replies"]]

@@ -157,9 +157,9 @@ def item_level_rows(
     seed: int = DEFAULT_SEED,
 ) -> list[dict[str, Any]]:
     """``rows`` of :func:`~ssr.report.curves.matched_rows` with the value, per-run values and CI of
-    each measure recomputed from the items where every run has them (``curves``: the runs'
-    :func:`~ssr.report.curves.run_curves`) (``items``: the item count,
-    ``replicates``: the bootstrap means); ``ci_over`` says what the CI resamples: "seeds", "seeds
+    each measure recomputed from the items where every run has them, the runs and curves taken from
+    ``curves`` (:func:`~ssr.report.curves.run_curves`); ``items``: the item count, ``replicates``:
+    the bootstrap means; ``ci_over`` says what the CI resamples: "seeds", "seeds
     and items" or, where the in-domain test rows' items are there too, "seeds, items, task rows".
     Each replicate re-runs the matching: its target is the smallest peak gain among the runs it
     draws (``target`` for the observed runs), a run that never reaches it leaves the replicate (as
