@@ -8,7 +8,9 @@ import pytest
 
 from ssr.report.stats import (
     binomial_two_sided,
+    block_sums,
     bootstrap_ci,
+    bootstrap_means,
     cohen_kappa,
     difference_sd,
     mcnemar_exact,
@@ -55,6 +57,27 @@ def test_seed_bootstrap_widens_the_interval_when_seeds_disagree():
     two = bootstrap_ci([items, [v + 1.0 for v in items]])
     assert two.n_seeds == 2 and two.mean == pytest.approx(np.mean(items) + 0.5)
     assert two.hi - two.lo > 5 * (one.hi - one.lo)
+
+
+def test_two_way_bootstraps_are_the_means_of_the_resampled_blocks():
+    """The replicates from per-seed item sums equal those of each resampled seeds x items block
+    built whole (the definition), for one and for several seeds, and both methods' draws."""
+    rng = np.random.default_rng(5)
+    data = rng.normal(size=(3, 11))
+    items, seeds = rng.integers(0, 11, size=(50, 11)), rng.integers(0, 3, size=(50, 3))
+    blocks = [data[s][:, i].sum() for s, i in zip(seeds, items)]
+    assert block_sums(data, items, seeds) == pytest.approx(blocks, abs=1e-12)
+    draws = np.random.default_rng(0)  # bootstrap_means' own draws: items, then seeds
+    items, seeds = draws.integers(0, 11, size=(200, 11)), draws.integers(0, 3, size=(200, 3))
+    means = [data[s][:, i].mean() for s, i in zip(seeds, items)]
+    assert bootstrap_means(data, n_boot=200, seed=0) == pytest.approx(means, abs=1e-12)
+    a, b = data[:2], data[1:] + 0.5
+    draws = np.random.default_rng(0)  # method_difference's: items, A's seeds, B's seeds
+    items = draws.integers(0, 11, size=(200, 11))
+    sa, sb = draws.integers(0, 2, size=(200, 2)), draws.integers(0, 2, size=(200, 2))
+    diffs = sorted(b[j][:, i].mean() - a[k][:, i].mean() for i, k, j in zip(items, sa, sb))
+    est = method_difference(a, b, n_boot=200, seed=0, alpha=0.1)
+    assert (est.lo, est.hi) == pytest.approx(tuple(np.quantile(diffs, [0.05, 0.95])), abs=1e-12)
 
 
 def test_mcnemar_on_a_hand_computed_table():

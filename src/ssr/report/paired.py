@@ -33,6 +33,7 @@ from ssr.report.stats import (
     DEFAULT_BOOT,
     DEFAULT_SEED,
     Estimate,
+    block_sums,
     bootstrap_means,
     difference_sd,
     method_difference,
@@ -273,14 +274,18 @@ def _gap_ci(base: np.ndarray, final: np.ndarray) -> tuple[float, float] | None:
         return None
     rng = np.random.default_rng(DEFAULT_SEED)
     n_seeds, n_items = final.shape
-    gaps = []
-    for _ in range(DEFAULT_BOOT):
-        i = rng.integers(0, n_items, n_items)
-        s = rng.integers(0, n_seeds, n_seeds)
-        b, f = base[s][:, i], final[s][:, i]
-        if (b == 1).any() and (b == 0).any():
-            gaps.append(f[b == 1].mean() - f[b == 0].mean())
-    return percentile_interval(np.asarray(gaps), ALPHA)
+    draws = [
+        (rng.integers(0, n_items, n_items), rng.integers(0, n_seeds, n_seeds)) for _ in range(DEFAULT_BOOT)
+    ]
+    items, seeds = np.stack([i for i, _ in draws]), np.stack([s for _, s in draws])
+    declined, answered = (base == 1).astype(float), (base == 0).astype(float)
+    n_declined, n_answered = block_sums(declined, items, seeds), block_sums(answered, items, seeds)
+    keep = (n_declined > 0) & (n_answered > 0)  # a replicate needs rows of both kinds
+    gaps = (
+        block_sums(final * declined, items, seeds)[keep] / n_declined[keep]
+        - block_sums(final * answered, items, seeds)[keep] / n_answered[keep]
+    )
+    return percentile_interval(gaps, ALPHA)
 
 
 # --- learning rate ---------------------------------------------------------------------------------

@@ -126,7 +126,8 @@ def config_value(path: Path, *keys: str) -> Any:
         return None
     import yaml
 
-    node: Any = yaml.safe_load(config.read_text()) or {}
+    loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # libyaml's, where built: ~10x faster
+    node: Any = yaml.load(config.read_text(), Loader=loader) or {}
     for key in keys:
         node = node.get(key) if isinstance(node, dict) else None
     return node

@@ -89,7 +89,15 @@ def bootstrap_means(
     if n_seeds == 1:
         return data[0][items].mean(axis=1)
     seeds = rng.integers(0, n_seeds, size=(n_boot, n_seeds))
-    return np.array([data[s][:, i].mean() for s, i in zip(seeds, items)])
+    return block_sums(data, items, seeds) / (n_seeds * n_items)
+
+
+def block_sums(data: np.ndarray, items: np.ndarray, seeds: np.ndarray) -> np.ndarray:
+    """``data[seeds[r]][:, items[r]].sum()`` for each replicate ``r`` (``items``: replicates x
+    drawn items, ``seeds``: replicates x drawn seeds), from each seed's sums over the drawn items,
+    so no resampled block is built: one pass per seed instead of one per replicate."""
+    per_seed = np.stack([row[items].sum(axis=1) for row in data])  # seeds x replicates
+    return per_seed[seeds, np.arange(len(items))[:, None]].sum(axis=1)
 
 
 def percentile_interval(replicates: np.ndarray, alpha: float = 0.05) -> tuple[float, float]:
@@ -138,7 +146,7 @@ def method_difference(
     items = rng.integers(0, n_items, size=(n_boot, n_items))
     sa = rng.integers(0, ma.shape[0], size=(n_boot, ma.shape[0]))
     sb = rng.integers(0, mb.shape[0], size=(n_boot, mb.shape[0]))
-    diffs = np.array([mb[j][:, i].mean() - ma[k][:, i].mean() for i, k, j in zip(items, sa, sb)])
+    diffs = block_sums(mb, items, sb) / mb.size - block_sums(ma, items, sa) / ma.size
     lo, hi = percentile_interval(diffs, alpha)
     est = Estimate(float(mb.mean() - ma.mean()), float(lo), float(hi), n_items, min(ma.shape[0], mb.shape[0]))
     return _with_test(est, ma.mean(axis=0), mb.mean(axis=0), binary)
