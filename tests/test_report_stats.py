@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -407,3 +409,8 @@ def test_a_run_without_a_measures_items_is_left_out_of_that_measure_only(tmp_pat
     assert diff.mean == pytest.approx(0.45)  # ssr declines 45% of the rows, sft none
     declines = {(r["source"], r["group"]): r for r in decline_rows(groups)}
     assert declines["ood_nq", "ssr"]["seeds"] == 2 and declines["ifeval", "ssr"]["seeds"] == 3
+    cli = [sys.executable, "-m", "ssr.cli.report", str(tmp_path / "runs"), "--out", str(tmp_path / "report")]
+    done = subprocess.run(cli, capture_output=True, text=True, check=True)  # ssr-report, as a user runs it
+    assert (
+        f"WARNING ssr.report.paired: {tmp_path / 'runs'}" in done.stderr and "ssr3: no items" in done.stderr
+    )

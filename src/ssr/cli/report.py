@@ -4,6 +4,7 @@ from run files (``--grid``: choose each method's learning rate on these runs ins
 from __future__ import annotations
 
 import argparse
+import logging
 from pathlib import Path
 
 from ssr.report.write import write_report
@@ -21,6 +22,8 @@ def main(argv: list[str] | None = None) -> None:
         help="a one-seed learning-rate grid: the lr is chosen there; the runs must be at it",
     )
     args = parser.parse_args(argv)
+    # the report's warnings (a run left out of a measure, no matplotlib) with their level and source
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     print(write_report(args.runs, args.out, grid=args.grid))
 
 
