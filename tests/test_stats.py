@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from ssr.report.stats import (
+    benjamini_hochberg,
     binomial_two_sided,
     block_sums,
     bootstrap_ci,
@@ -78,6 +79,17 @@ def test_two_way_bootstraps_are_the_means_of_the_resampled_blocks():
     diffs = sorted(b[j][:, i].mean() - a[k][:, i].mean() for i, k, j in zip(items, sa, sb))
     est = method_difference(a, b, n_boot=200, seed=0, alpha=0.1)
     assert (est.lo, est.hi) == pytest.approx(tuple(np.quantile(diffs, [0.05, 0.95])), abs=1e-12)
+
+
+def test_benjamini_hochberg_by_hand():
+    # sorted 0.01, 0.03, 0.04, 0.2 (m = 4): m p / rank = 0.04, 0.06, 0.0533, 0.2; then the
+    # running minimum from the largest p down: 0.04, 0.0533, 0.0533, 0.2 (input order kept)
+    q = benjamini_hochberg([0.01, 0.04, 0.03, 0.2])
+    assert q == pytest.approx([0.04, 0.16 / 3, 0.16 / 3, 0.2])
+    assert benjamini_hochberg([0.5, 0.9]) == [0.9, 0.9] and benjamini_hochberg([0.8] * 3) == pytest.approx(
+        [0.8] * 3
+    )
+    assert benjamini_hochberg([1.0, 0.6]) == [1.0, 1.0] and benjamini_hochberg([]) == []
 
 
 def test_mcnemar_on_a_hand_computed_table():

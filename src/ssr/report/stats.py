@@ -8,6 +8,7 @@ the base model and for each run, so changes are measured *paired*, item by item:
 - :func:`method_difference` — method B - method A on the shared items, same bootstrap;
 - :func:`group_difference` — B - A for run-level values (one per seed) with an exact permutation test;
 - :func:`mcnemar_exact` / :func:`sign_test` — exact two-sided binomial tests on discordant pairs;
+- :func:`benjamini_hochberg` — q-values: the p-values adjusted for the many tests of one table;
 - :func:`minimum_detectable_difference` — what a paired test at n items can resolve;
 - :func:`cohen_kappa` — agreement of two raters beyond chance (the judge audit).
 
@@ -255,6 +256,20 @@ def sign_test(differences: Sequence[float]) -> float:
 
 
 # --- sample size ----------------------------------------------------------------------------------
+
+
+def benjamini_hochberg(p_values: Sequence[float]) -> list[float]:
+    """Benjamini-Hochberg adjusted p-values (q-values), in the input order: the smallest false
+    discovery rate at which each test would be called, over the family of ``p_values`` given
+    (``q_(i) = min over j >= i of m p_(j) / j``, at most 1)."""
+    p = np.asarray(p_values, dtype=float)
+    if p.size == 0:
+        return []
+    order = np.argsort(p, kind="stable")
+    scaled = p[order] * p.size / np.arange(1, p.size + 1)
+    q = np.empty_like(p)
+    q[order] = np.minimum(np.minimum.accumulate(scaled[::-1])[::-1], 1.0)
+    return [float(v) for v in q]
 
 
 def minimum_detectable_difference(n: int, sd: float, alpha: float = 0.05, power: float = 0.8) -> float:

@@ -19,6 +19,7 @@ from ssr.report.runs import (
     task_keys,
     task_sets,
 )
+from ssr.report.stats import benjamini_hochberg
 
 
 def table(runs: list[Run]) -> str:
@@ -147,17 +148,20 @@ def _cell(value: float, scale: float) -> str:
 
 
 def rows_table(rows: list[Row], title_col: str) -> str:
-    """Markdown: one line per (group, measure): change, 95% CI, exact p, n, MDD; * = p < 0.05."""
+    """Markdown: one line per (group, measure): change, 95% CI, exact p, its Benjamini-Hochberg
+    q over the table's rows, n, MDD; * = p < 0.05."""
     lines = [
-        f"| {title_col} | measure | n items | seeds | change | 95% CI | p | test | MDD (80% power) |",
-        "|---|---|---|---|---|---|---|---|---|",
+        f"| {title_col} | measure | n items | seeds | change | 95% CI | p | q (BH) | test | MDD (80% power) |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
-    for row in rows:
+    q_values = benjamini_hochberg([row.estimate.p_value for row in rows])
+    for row, q in zip(rows, q_values):
         e, s = row.estimate, row.measure.scale
-        mark = " *" if e.p_value is not None and e.p_value < ALPHA else ""
+        mark = " *" if e.p_value < ALPHA else ""
         lines.append(
             f"| {row.group} | {row.measure.name} | {e.n_items} | {e.n_seeds} | {_cell(e.mean, s)}{mark} "
-            f"| [{_cell(e.lo, s)}, {_cell(e.hi, s)}] | {e.p_value:.3g} | {e.test} | {row.mdd * s:.{1 if s != 1 else 3}f} |"
+            f"| [{_cell(e.lo, s)}, {_cell(e.hi, s)}] | {e.p_value:.3g} | {q:.3g} | {e.test} "
+            f"| {row.mdd * s:.{1 if s != 1 else 3}f} |"
         )
     return "\n".join(lines)
 

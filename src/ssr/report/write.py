@@ -271,7 +271,9 @@ def _item_sections(changes: list[Any], differences: list[Any], n_item_runs: int,
         + (f" ({n_runs - n_item_runs} runs without them left out)" if n_item_runs < n_runs else "")
         + ": 95% percentile bootstrap CI over items (and seeds, two-way, when a method has several; "
         "fixed seed), exact two-sided p-value (McNemar on the discordant items for 0/1 scores, sign "
-        "test otherwise; * = p < 0.05), and the minimum detectable difference of a paired test at "
+        "test otherwise; * = p < 0.05), its Benjamini-Hochberg q over the rows of the same table "
+        "(the false discovery rate at which it would be called, for the table's many tests at "
+        "once), and the minimum detectable difference of a paired test at "
         "that many items (α 0.05, 80% power, the observed SD of the per-item differences). Points "
         "for scores, nats/token for `self_drift/nll` and `kl_task/kl`."
     )
