@@ -285,7 +285,7 @@ def matched_table(target: float | None, rows: list[dict[str, Any]], group: Seque
     lines += [
         f"Matched gain: **{target:+.1f} points**."
         + (
-            f" In {100 * dropped:.0f}% of the bootstrap replicates the resampled task rows leave no "
+            f" In {100 * dropped:.2g}% of the bootstrap replicates the resampled task rows leave no "
             "positive gain that every run reaches; those replicates are left out (the matched gain is "
             "barely above the base: read the CIs with care)."
             if dropped
