@@ -255,9 +255,6 @@ def sign_test(differences: Sequence[float]) -> float:
     return binomial_two_sided(positive, positive + negative)
 
 
-# --- sample size ----------------------------------------------------------------------------------
-
-
 def benjamini_hochberg(p_values: Sequence[float]) -> list[float]:
     """Benjamini-Hochberg adjusted p-values (q-values), in the input order: the smallest false
     discovery rate at which each test would be called, over the family of ``p_values`` given
@@ -270,6 +267,9 @@ def benjamini_hochberg(p_values: Sequence[float]) -> list[float]:
     q = np.empty_like(p)
     q[order] = np.minimum(np.minimum.accumulate(scaled[::-1])[::-1], 1.0)
     return [float(v) for v in q]
+
+
+# --- sample size ----------------------------------------------------------------------------------
 
 
 def minimum_detectable_difference(n: int, sd: float, alpha: float = 0.05, power: float = 0.8) -> float:
