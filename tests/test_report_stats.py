@@ -140,6 +140,7 @@ def test_report_has_the_item_sections_and_the_pareto_plot(tmp_path):
     assert "| mcnemar |" in paired and "MDD" in paired and "| p | q (BH) | test |" in paired
     cells = [line.split(" | ") for line in paired.splitlines() if line.startswith("| s")]
     p_q = [(float(c[6]), float(c[7])) for c in cells]  # each q at least its p, at most 1
+    assert all(c[9] == f"{c[6]} ({c[8]})" for c in cells)  # one seed a side: the item test is the p
     assert len(p_q) >= 4 and all(p <= q <= 1 for p, q in p_q) and any(p < q for p, q in p_q)
     assert "## Method − SFT" in md and "| ssr | ssr_arc_easy/acc | 20 | 1 | +30.0 * |" in md
     assert "more at other learning rates" in md

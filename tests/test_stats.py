@@ -12,6 +12,7 @@ from ssr.report.stats import (
     block_sums,
     bootstrap_ci,
     bootstrap_means,
+    bootstrap_p,
     cohen_kappa,
     difference_sd,
     mcnemar_exact,
@@ -100,7 +101,7 @@ def test_mcnemar_on_a_hand_computed_table():
     # two-sided exact: 2 * P(X <= 1 | n=7, p=1/2) = 2 * (1 + 7) / 128
     assert mcnemar_exact(base, run) == pytest.approx(16 / 128)
     est = paired_change(base, run)
-    assert est.test == "mcnemar" and est.p_value == pytest.approx(0.125)
+    assert est.test == "mcnemar" and est.p_value == est.item_p == pytest.approx(0.125)
     assert est.mean == pytest.approx(0.5) and est.n_items == 10
     with pytest.raises(ValueError, match="0/1"):
         mcnemar_exact([0.5], [1])
@@ -121,9 +122,10 @@ def test_method_difference_on_shared_items():
     ssr = [[1, 1, 1, 1, 0, 1, 1, 1], [1, 1, 1, 1, 1, 1, 1, 1]]
     est = method_difference(sft, ssr)
     assert est.mean == pytest.approx(np.mean(ssr) - np.mean(sft))
-    assert est.n_seeds == 2 and est.lo <= est.mean <= est.hi and est.test == "sign"
+    assert est.n_seeds == 2 and est.lo <= est.mean <= est.hi and est.test == "bootstrap"
     # the seed-mean of each item: ssr higher on 5 items, never lower -> 2 / 32
-    assert est.p_value == pytest.approx(2 / 32)
+    assert est.item_p == pytest.approx(2 / 32) and est.item_test == "sign"
+    assert est.lo > 0 and est.p_value < 0.05  # the bootstrap p agrees with its CI
     with pytest.raises(ValueError, match="pair them"):
         method_difference([1, 0], [1, 0, 1])
 
@@ -160,3 +162,29 @@ def test_permutation_p_counts_the_splits_at_least_as_extreme():
     assert est.mean == pytest.approx(0.4) and est.lo > 0 and est.p_value == pytest.approx(0.1)
     with pytest.raises(ValueError, match="both groups need values"):
         group_difference([], [1.0])
+
+
+def test_bootstrap_p_by_hand():
+    # twice the smaller side of 0, each count plus one for the observed sample
+    assert bootstrap_p(np.array([1.0, 2.0, 3.0, -1.0])) == pytest.approx(2 * 2 / 5)
+    assert bootstrap_p(np.ones(9)) == pytest.approx(2 / 10)  # the floor at 9 replicates
+    assert bootstrap_p(np.array([0.0, 0.0, 1.0])) == 1.0  # zeros count on both sides
+    assert bootstrap_p(np.array([np.nan, -1.0, -2.0, -3.0])) == pytest.approx(2 / 4)  # NaN dropped
+    with pytest.raises(ValueError, match="finite"):
+        bootstrap_p(np.array([np.nan]))
+
+
+def test_seeds_that_disagree_are_not_called_different_by_their_seed_means():
+    """Seed 1 gets every item right that the base got wrong, seed 2 changes nothing: the seed
+    means (0.5 on every item) all moved up, so the exact item test calls it (p 2 / 2^20), but
+    with half the seeds at no change the seed-aware p must not."""
+    base = np.zeros(20)
+    runs = np.stack([np.ones(20), np.zeros(20)])
+    change = paired_change(base, runs)
+    assert change.item_p == pytest.approx(2 / 2**20) and change.item_test == "sign"  # means 0.5: not 0/1
+    assert change.test == "bootstrap"
+    assert change.p_value > 0.3 and change.lo == 0.0  # a quarter of the seed draws are seed 2 twice
+    diff = method_difference(np.zeros((1, 20)), runs)
+    assert diff.test == "bootstrap" and diff.p_value > 0.3 and diff.item_p < 1e-5
+    one = paired_change(base, runs[:1])  # one seed: the exact test is the p
+    assert one.test == "mcnemar" and one.p_value == one.item_p == pytest.approx(2 / 2**20)

@@ -1,6 +1,6 @@
-"""Item-level statistics for ``ssr-report``: paired changes vs base and method - SFT with CIs and
-exact p-values, sample sizes and minimum detectable differences, the learning-rate choice per
-method and the Pareto plot (task gain vs drift).
+"""Item-level statistics for ``ssr-report``: paired changes vs base and method - SFT with CIs,
+p-values and minimum detectable differences, where declines fall, and the per-epoch bands of the
+summary plot.
 
 Everything is computed on the items every compared run shares (``<run>/eval_items``, see
 :mod:`ssr.eval.items`); runs without item files are left out of these tables. A measure that a
@@ -286,9 +286,6 @@ def _gap_ci(base: np.ndarray, final: np.ndarray) -> tuple[float, float] | None:
         - block_sums(final * answered, items, seeds)[keep] / n_answered[keep]
     )
     return percentile_interval(gaps, ALPHA)
-
-
-# --- learning rate ---------------------------------------------------------------------------------
 
 
 # --- epoch bands (summary plot) -------------------------------------------------------------------

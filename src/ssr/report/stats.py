@@ -6,6 +6,8 @@ the base model and for each run, so changes are measured *paired*, item by item:
 - :func:`paired_change` — mean change (run - base) with a percentile bootstrap CI over items,
   and over seeds too when a method has several (a two-way bootstrap: seeds and items resampled);
 - :func:`method_difference` — method B - method A on the shared items, same bootstrap;
+- :func:`bootstrap_p` — the p-value of those two when a side has several seeds: the exact item
+  tests below see only the seed means, so they ignore how much the seeds disagree;
 - :func:`group_difference` — B - A for run-level values (one per seed) with an exact permutation test;
 - :func:`mcnemar_exact` / :func:`sign_test` — exact two-sided binomial tests on discordant pairs;
 - :func:`benjamini_hochberg` — q-values: the p-values adjusted for the many tests of one table;
@@ -32,7 +34,12 @@ DEFAULT_SEED = 0
 
 @dataclass(frozen=True)
 class Estimate:
-    """A mean with its bootstrap CI, item and seed counts, and (for differences) a p-value."""
+    """A mean with its bootstrap CI, item and seed counts, and (for differences) a p-value.
+
+    ``p_value`` is from ``test``: the exact item test (``mcnemar``/``sign``) for one seed a side,
+    else the two-way ``bootstrap``; ``item_p`` is always the exact ``item_test`` on the per-item
+    seed means (it holds the seeds fixed: "do these trained models differ on these items").
+    """
 
     mean: float
     lo: float
@@ -41,6 +48,8 @@ class Estimate:
     n_seeds: int = 1
     p_value: float | None = None
     test: str | None = None
+    item_p: float | None = None
+    item_test: str | None = None
 
     @property
     def significant(self) -> bool:
@@ -111,20 +120,28 @@ def paired_change(
     base: Sequence[float],
     runs: Sequence[float] | Sequence[Sequence[float]],
     binary: bool | None = None,
-    **boot: Any,
+    n_boot: int = DEFAULT_BOOT,
+    alpha: float = 0.05,
+    seed: int = DEFAULT_SEED,
 ) -> Estimate:
-    """Mean change run - base over the items with a bootstrap CI and an exact p-value.
+    """Mean change run - base over the items with a bootstrap CI and a p-value.
 
     ``runs``: one run's per-item values or a seeds x items matrix (aligned with ``base``). The
-    p-value is McNemar's (0/1 scores; ``binary=None`` detects them) or the sign test's, on the
-    seed-mean of each item (0/1 again only where every seed agrees).
+    exact item test is McNemar's (0/1 scores; ``binary=None`` detects them) or the sign test's, on
+    the seed-mean of each item (0/1 again only where every seed agrees); with several seeds the
+    reported p is the two-way bootstrap's (:func:`bootstrap_p`), the item test's kept as ``item_p``.
     """
     base_arr = np.asarray(base, dtype=float)
     run_arr = _matrix(runs)
     if run_arr.shape[1] != base_arr.shape[0]:
         raise ValueError(f"{run_arr.shape[1]} run items for {base_arr.shape[0]} base items")
-    est = bootstrap_ci(run_arr - base_arr[None, :], **boot)
-    return _with_test(est, base_arr, run_arr.mean(axis=0), binary)
+    changes = run_arr - base_arr[None, :]
+    replicates = bootstrap_means(changes, n_boot, seed)
+    lo, hi = percentile_interval(replicates, alpha)
+    est = Estimate(float(changes.mean()), lo, hi, changes.shape[1], changes.shape[0])
+    return _with_test(
+        est, base_arr, run_arr.mean(axis=0), binary, replicates if run_arr.shape[0] > 1 else None
+    )
 
 
 def method_difference(
@@ -137,7 +154,8 @@ def method_difference(
 ) -> Estimate:
     """Mean of B - A over shared items (each a vector or seeds x items), bootstrap CI, p-value.
 
-    Each replicate resamples the items (the same for both methods) and each method's seeds.
+    Each replicate resamples the items (the same for both methods) and each method's seeds; with
+    several seeds on a side the p-value is the bootstrap's, as in :func:`paired_change`.
     """
     ma, mb = _matrix(a), _matrix(b)
     if ma.shape[1] != mb.shape[1]:
@@ -150,7 +168,8 @@ def method_difference(
     diffs = block_sums(mb, items, sb) / mb.size - block_sums(ma, items, sa) / ma.size
     lo, hi = percentile_interval(diffs, alpha)
     est = Estimate(float(mb.mean() - ma.mean()), float(lo), float(hi), n_items, min(ma.shape[0], mb.shape[0]))
-    return _with_test(est, ma.mean(axis=0), mb.mean(axis=0), binary)
+    several = max(ma.shape[0], mb.shape[0]) > 1
+    return _with_test(est, ma.mean(axis=0), mb.mean(axis=0), binary, diffs if several else None)
 
 
 def group_difference(
@@ -203,16 +222,33 @@ def _is_binary(arr: np.ndarray) -> bool:
     return bool(np.isin(arr, (0.0, 1.0)).all())
 
 
-def _with_test(est: Estimate, first: np.ndarray, second: np.ndarray, binary: bool | None) -> Estimate:
-    """Add the exact p-value on the per-item (seed-mean) values: McNemar where both are 0/1,
-    else the sign test."""
+def _with_test(
+    est: Estimate, first: np.ndarray, second: np.ndarray, binary: bool | None, replicates: np.ndarray | None
+) -> Estimate:
+    """Add the exact item p-value on the per-item (seed-mean) values (McNemar where both are 0/1,
+    else the sign test) and the reported one: that, or :func:`bootstrap_p` of the ``replicates``
+    where given (several seeds)."""
     if binary is None:
         binary = _is_binary(first) and _is_binary(second)
     if binary:
-        p, test = mcnemar_exact(first, second), "mcnemar"
+        item_p, item_test = mcnemar_exact(first, second), "mcnemar"
     else:
-        p, test = sign_test(second - first), "sign"
-    return Estimate(**{**asdict(est), "p_value": p, "test": test})
+        item_p, item_test = sign_test(second - first), "sign"
+    p, test = (item_p, item_test) if replicates is None else (bootstrap_p(replicates), "bootstrap")
+    return Estimate(**{**asdict(est), "p_value": p, "test": test, "item_p": item_p, "item_test": item_test})
+
+
+def bootstrap_p(replicates: np.ndarray) -> float:
+    """Two-sided p-value of "no difference" from bootstrap replicates of a difference: twice the
+    share on the smaller side of 0, each count plus one for the observed sample (so the floor is
+    ``2 / (n + 1)``). It inverts the percentile interval: p < alpha where the ``1 - alpha``
+    interval leaves out 0. A replicate at exactly 0 counts on both sides."""
+    reps = np.asarray(replicates, dtype=float)
+    reps = reps[np.isfinite(reps)]
+    if reps.size == 0:
+        raise ValueError("no finite bootstrap replicates")
+    tail = min(int((reps <= 0).sum()), int((reps >= 0).sum()))
+    return float(min(1.0, 2 * (tail + 1) / (reps.size + 1)))
 
 
 # --- exact tests ----------------------------------------------------------------------------------

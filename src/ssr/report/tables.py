@@ -148,11 +148,13 @@ def _cell(value: float, scale: float) -> str:
 
 
 def rows_table(rows: list[Row], title_col: str) -> str:
-    """Markdown: one line per (group, measure): change, 95% CI, exact p, its Benjamini-Hochberg
-    q over the table's rows, n, MDD; * = p < 0.05."""
+    """Markdown: one line per (group, measure): change, 95% CI, p (the test named), its
+    Benjamini-Hochberg q over the table's rows, the exact item test's p on the seed means, n, MDD;
+    * = p < 0.05."""
     lines = [
-        f"| {title_col} | measure | n items | seeds | change | 95% CI | p | q (BH) | test | MDD (80% power) |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        f"| {title_col} | measure | n items | seeds | change | 95% CI | p | q (BH) | test "
+        "| item p (seed means, test) | MDD (80% power) |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     q_values = benjamini_hochberg([row.estimate.p_value for row in rows])
     for row, q in zip(rows, q_values):
@@ -160,7 +162,7 @@ def rows_table(rows: list[Row], title_col: str) -> str:
         mark = " *" if e.p_value < ALPHA else ""
         lines.append(
             f"| {row.group} | {row.measure.name} | {e.n_items} | {e.n_seeds} | {_cell(e.mean, s)}{mark} "
-            f"| [{_cell(e.lo, s)}, {_cell(e.hi, s)}] | {e.p_value:.3g} | {q:.3g} | {e.test} "
+            f"| [{_cell(e.lo, s)}, {_cell(e.hi, s)}] | {e.p_value:.3g} | {q:.3g} | {e.test} | {e.item_p:.3g} ({e.item_test}) "
             f"| {row.mdd * s:.{1 if s != 1 else 3}f} |"
         )
     return "\n".join(lines)

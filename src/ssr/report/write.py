@@ -33,6 +33,7 @@ from ssr.report.paired import change_rows, difference_rows, has_items, refusal_s
 from ssr.report.pareto import pareto_points
 from ssr.report.plots import plot_drift, plot_pareto, plot_summary
 from ssr.report.runs import Run, _by_method, benchmark_keys, export_runs, find_runs, task_keys
+from ssr.report.stats import DEFAULT_BOOT
 from ssr.report.tables import (
     cost_table,
     decline_table,
@@ -270,10 +271,16 @@ def _item_sections(changes: list[Any], differences: list[Any], n_item_runs: int,
         f"On the items every one of the {n_item_runs} runs with per-item results shares"
         + (f" ({n_runs - n_item_runs} runs without them left out)" if n_item_runs < n_runs else "")
         + ": 95% percentile bootstrap CI over items (and seeds, two-way, when a method has several; "
-        "fixed seed), exact two-sided p-value (McNemar on the discordant items for 0/1 scores, sign "
-        "test otherwise; * = p < 0.05), its Benjamini-Hochberg q over the rows of the same table "
-        "(the false discovery rate at which it would be called, for the table's many tests at "
-        "once), and the minimum detectable difference of a paired test at "
+        "fixed seed); a two-sided p-value (* = p < 0.05): where a side has one run, the exact test "
+        "on the items (McNemar on the discordant items for 0/1 scores, sign test otherwise), where "
+        "a side has several seeds, the two-way bootstrap's (twice the share of replicates on the "
+        f"far side of 0, so p < 0.05 exactly where the CI leaves out 0; floor {2 / (DEFAULT_BOOT + 1):.2g}), "
+        "because the "
+        "exact test on the per-item seed means holds the seeds fixed and misses how much they "
+        "disagree (it is kept as `item p`: do these trained models differ on these items); its "
+        "Benjamini-Hochberg q over the rows of the same table (the false discovery rate at which "
+        "it would be called, for the table's many tests at once), and the minimum detectable "
+        "difference of a paired test at "
         "that many items (α 0.05, 80% power, the observed SD of the per-item differences). Points "
         "for scores, nats/token for `self_drift/nll` and `kl_task/kl`."
     )
