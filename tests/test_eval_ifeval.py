@@ -16,7 +16,7 @@ from ssr.eval.ifeval import IFEval, IFEvalConfig, Replies, aggregate, ifeval_tas
 from ssr.eval.items import ItemSink
 from ssr.eval.task_metrics import grounded_qa_scores
 from ssr.eval.token_nll import row_scores
-from ssr.report.paired import change_rows, difference_rows, measures
+from ssr.report.paired import change_rows, coverage, difference_rows, measures
 from ssr.report.pareto import on_front, pareto_points
 from ssr.report.runs import find_runs
 from ssr.report.tables import table
@@ -197,10 +197,10 @@ def test_ifeval_items_feed_the_paired_statistics(tmp_path):
     runs = find_runs([tmp_path])
     groups = {r.method: [r] for r in runs}
     (measure,) = [m for m in measures(runs, []) if m.name == "ifeval/prompt_level_strict_acc"]
-    change = {r.group: r.estimate for r in change_rows(groups, runs, []) if r.measure == measure}
+    change = {r.group: r.estimate for r in change_rows(groups, coverage(runs, [])) if r.measure == measure}
     assert change["sft"].mean == pytest.approx((1 - 2) / 5) and change["sft"].n_items == 5
     assert change["ssr"].mean == pytest.approx((4 - 2) / 5)
-    (diff,) = [r for r in difference_rows(groups, "sft", runs, []) if r.measure == measure]
+    (diff,) = [r for r in difference_rows(groups, "sft", coverage(runs, [])) if r.measure == measure]
     assert diff.estimate.mean == pytest.approx((4 - 1) / 5)  # ssr - sft on the same 5 prompts
     header = table(runs).splitlines()[0]  # ssr-report's columns and Pareto axes
     assert "ifeval/prompt_level_strict_acc" in header and "ifeval/refusal_leak" in header

@@ -178,6 +178,29 @@ def runs_with(runs: list[Any], measure: Measure, tags: Callable[[Any], list[str]
     return having
 
 
+@dataclass(frozen=True)
+class Coverage:
+    """One measure, the runs with its items on both evaluations of their :func:`pair_tags`, and the
+    item ids those runs all share: what every item-level table compares it on."""
+
+    measure: Measure
+    runs: list[Any]
+    ids: list[str]
+
+
+def coverage(all_runs: list[Any], bench: list[str]) -> list[Coverage]:
+    """:class:`Coverage` of each of :func:`measures` that some run has items of (a run without
+    them is logged once here, not once per table)."""
+    out = []
+    for measure in measures(all_runs, bench):
+        tags = functools.partial(pair_tags, measure=measure)
+        having = runs_with(all_runs, measure, lambda r, tags=tags: list(tags(r)))
+        ids = shared_ids(having, measure, lambda r, tags=tags: list(tags(r)))
+        if ids:
+            out.append(Coverage(measure, having, ids))
+    return out
+
+
 def _present(groups: dict[str, list[Any]], having: list[Any]) -> dict[str, list[Any]]:
     """``groups`` cut to the runs in ``having`` (groups left empty are dropped)."""
     kept = {id(r) for r in having}
@@ -185,77 +208,63 @@ def _present(groups: dict[str, list[Any]], having: list[Any]) -> dict[str, list[
     return {name: group for name, group in out.items() if group}
 
 
+def _at(group: list[Any], cov: Coverage, which: int) -> np.ndarray:
+    """Seeds x items of ``group`` on the base (``which`` 0) or final (1) evaluation of its pair."""
+    return _matrix(group, lambda r: pair_tags(r, cov.measure)[which], cov.measure, cov.ids)
+
+
 def _base_final(
-    groups: dict[str, list[Any]], all_runs: list[Any], measure_list: list[Measure]
-) -> Iterator[tuple[Measure, str, list[Any], list[str], np.ndarray, np.ndarray]]:
-    """Per measure (with items all the runs that have it share) and group: the seeds x items
-    matrices of the base and the final model, each run on its :func:`pair_tags` pair."""
-    for measure in measure_list:
-        tags = functools.partial(pair_tags, measure=measure)
-        having = runs_with(all_runs, measure, lambda r, tags=tags: list(tags(r)))
-        ids = shared_ids(having, measure, lambda r, tags=tags: list(tags(r)))
-        if not ids:
-            continue
-        for name, group in _present(groups, having).items():
-            base = _matrix(group, lambda r, tags=tags: tags(r)[0], measure, ids)
-            final = _matrix(group, lambda r, tags=tags: tags(r)[1], measure, ids)
-            yield measure, name, group, ids, base, final
+    groups: dict[str, list[Any]], covered: list[Coverage]
+) -> Iterator[tuple[Coverage, str, list[Any], np.ndarray, np.ndarray]]:
+    """Per measure and group: the seeds x items matrices of the base and the final model."""
+    for cov in covered:
+        for name, group in _present(groups, cov.runs).items():
+            yield cov, name, group, _at(group, cov, 0), _at(group, cov, 1)
 
 
-def change_rows(groups: dict[str, list[Any]], all_runs: list[Any], bench: list[str]) -> list[Row]:
-    """Paired change final - base per group and measure, on the items all ``all_runs`` that have
-    the measure share."""
+def change_rows(groups: dict[str, list[Any]], covered: list[Coverage]) -> list[Row]:
+    """Paired change final - base per group and measure, on the items of its :class:`Coverage`."""
     rows = []
-    for measure, name, _, ids, base_runs, final in _base_final(groups, all_runs, measures(all_runs, bench)):
+    for cov, name, _, base_runs, final in _base_final(groups, covered):
         base = base_runs.mean(axis=0)
         est = paired_change(base, final)
         sd = difference_sd(final.mean(axis=0) - base, base)
-        rows.append(Row(name, measure, est, minimum_detectable_difference(len(ids), sd, ALPHA)))
+        rows.append(Row(name, cov.measure, est, minimum_detectable_difference(len(cov.ids), sd, ALPHA)))
     return rows
 
 
-def difference_rows(
-    groups: dict[str, list[Any]], reference: str, all_runs: list[Any], bench: list[str]
-) -> list[Row]:
-    """Final scores of each group minus the ``reference`` group's, on shared items."""
-    if reference not in groups:
-        return []
+def difference_rows(groups: dict[str, list[Any]], reference: str, covered: list[Coverage]) -> list[Row]:
+    """Final scores of each group minus the ``reference`` group's, on the same items."""
     rows = []
-    for measure in measures(all_runs, bench):
-        tags = functools.partial(pair_tags, measure=measure)
-        final = lambda r, tags=tags: tags(r)[1]  # noqa: E731
-        having = runs_with(all_runs, measure, lambda r, final=final: [final(r)])
-        ids = shared_ids(having, measure, lambda r, final=final: [final(r)])
-        present = _present(groups, having)
-        if not ids or reference not in present:
+    for cov in covered:
+        present = _present(groups, cov.runs)
+        if reference not in present:
             continue
-        ref = _matrix(present[reference], final, measure, ids)
+        ref = _at(present[reference], cov, 1)
         for name, group in present.items():
             if name == reference:
                 continue
-            other = _matrix(group, final, measure, ids)
+            other = _at(group, cov, 1)
             est = method_difference(ref, other)
             sd = difference_sd(other.mean(axis=0) - ref.mean(axis=0), ref.mean(axis=0))
-            rows.append(Row(name, measure, est, minimum_detectable_difference(len(ids), sd, ALPHA)))
+            rows.append(Row(name, cov.measure, est, minimum_detectable_difference(len(cov.ids), sd, ALPHA)))
     return rows
 
 
-def refusal_split_rows(
-    groups: dict[str, list[Any]], all_runs: list[Any], bench: list[str]
-) -> list[dict[str, Any]]:
+def refusal_split_rows(groups: dict[str, list[Any]], covered: list[Coverage]) -> list[dict[str, Any]]:
     """Where each group's declines of answerable rows fall (every ``over_refusal`` measure): the
     share declined among the rows the base declined and among those it answered (mean over the
-    group's runs, on the items all ``all_runs`` share). A method that rehearses the base's own
+    group's runs, on the items of its :class:`Coverage`). A method that rehearses the base's own
     behaviour declines where the base did; one that learned a new habit declines evenly."""
     out = []
-    refusals = [m for m in measures(all_runs, bench) if m.metric == "over_refusal"]
-    for measure, name, group, ids, base, final in _base_final(groups, all_runs, refusals):
+    refusals = [cov for cov in covered if cov.measure.metric == "over_refusal"]
+    for cov, name, group, base, final in _base_final(groups, refusals):
         declined, answered = base == 1, base == 0
         out.append(
             {
                 "group": name,
-                "measure": measure.name,
-                "n_items": len(ids),
+                "measure": cov.measure.name,
+                "n_items": len(cov.ids),
                 "seeds": len(group),
                 "base_declined": float(declined.mean()),
                 "where_base_declined": float(final[declined].mean()) if declined.any() else None,

@@ -29,7 +29,7 @@ from ssr.report.curves import (
 from ssr.report.declines import decline_rows
 from ssr.report.grid import REPORT_SET, choose_lr, selection_set
 from ssr.report.matched_items import item_level_rows
-from ssr.report.paired import change_rows, difference_rows, has_items, refusal_split_rows
+from ssr.report.paired import change_rows, coverage, difference_rows, has_items, refusal_split_rows
 from ssr.report.pareto import pareto_points
 from ssr.report.plots import plot_drift, plot_pareto, plot_summary
 from ssr.report.runs import Run, _by_method, benchmark_keys, export_runs, find_runs, task_keys
@@ -93,9 +93,10 @@ def write_report(paths: list[Path], out_dir: Path, grid: list[Path] | None = Non
     item_runs = [r for r in runs if has_items(r)]
     groups = _by_method(item_runs)
     bench = benchmark_keys(runs)
-    changes = change_rows(groups, item_runs, bench)
-    differences = difference_rows(groups, "sft", item_runs, bench)
-    splits = refusal_split_rows(groups, item_runs, bench)
+    covered = coverage(item_runs, bench)
+    changes = change_rows(groups, covered)
+    differences = difference_rows(groups, "sft", covered)
+    splits = refusal_split_rows(groups, covered)
     declines = decline_rows(groups)
     (out_dir / "item_stats.json").write_text(
         json.dumps(
