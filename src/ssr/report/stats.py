@@ -83,8 +83,13 @@ def bootstrap_ci(
     the mean of the resampled block, so the CI covers both sources of variation.
     """
     data = _matrix(values)
-    lo, hi = percentile_interval(bootstrap_means(data, n_boot, seed), alpha)
-    return Estimate(float(data.mean()), float(lo), float(hi), data.shape[1], data.shape[0])
+    return _interval_estimate(data, bootstrap_means(data, n_boot, seed), alpha)
+
+
+def _interval_estimate(data: np.ndarray, replicates: np.ndarray, alpha: float) -> Estimate:
+    """The mean of a seeds x items ``data`` with the percentile interval of its ``replicates``."""
+    lo, hi = percentile_interval(replicates, alpha)
+    return Estimate(float(data.mean()), lo, hi, data.shape[1], data.shape[0])
 
 
 def bootstrap_means(
@@ -137,8 +142,7 @@ def paired_change(
         raise ValueError(f"{run_arr.shape[1]} run items for {base_arr.shape[0]} base items")
     changes = run_arr - base_arr[None, :]
     replicates = bootstrap_means(changes, n_boot, seed)
-    lo, hi = percentile_interval(replicates, alpha)
-    est = Estimate(float(changes.mean()), lo, hi, changes.shape[1], changes.shape[0])
+    est = _interval_estimate(changes, replicates, alpha)
     return _with_test(
         est, base_arr, run_arr.mean(axis=0), binary, replicates if run_arr.shape[0] > 1 else None
     )
